@@ -1,0 +1,41 @@
+"""stablenas: stable differentiable neural architecture search.
+
+Python API (everything the CLI does)::
+
+    import stablenas as sn
+    cfg = sn.load_config("quickstart", overrides=["optim.epochs=2"])
+    result = sn.run_search(cfg, out_dir="runs/quick")
+    print(result.genotype, result.metrics[-1]["val_acc"])
+"""
+
+from .config import ConfigError, SearchConfig, config_from_dict, list_presets, load_config
+from .genotype import Genotype, GenotypeError, derive
+from .methods import METHODS, Method, Mix, register_method
+from .spaces.ops import OPS, register_op
+from .spaces.registry import SPACES, SearchSpace, get_space, list_spaces, register_space
+from .supernet.arch import ArchParams, register_activation
+from .supernet.network import build_supernet
+
+__version__ = "0.1.0"
+
+
+def run_search(config, out_dir=None, *, resume: bool = False, progress=None, log=None):
+    """Build and run a search from a ``SearchConfig``; returns a ``SearchResult``."""
+    from .search.loop import run_search as _run
+
+    return _run(config, out_dir, resume=resume, progress=progress, log=log)
+
+
+def load_run(path):
+    """Read a run directory: config, metrics and genotype."""
+    from .analysis.run import load_run as _load
+
+    return _load(path)
+
+
+__all__ = [
+    "ArchParams", "ConfigError", "Genotype", "GenotypeError", "METHODS", "Method", "Mix", "OPS", "SPACES",
+    "SearchConfig", "SearchSpace", "build_supernet", "config_from_dict", "derive", "get_space", "list_presets",
+    "list_spaces", "load_config", "load_run", "register_activation", "register_method", "register_op",
+    "register_space", "run_search",
+]

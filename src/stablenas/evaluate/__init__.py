@@ -1,0 +1,33 @@
+"""Evaluation networks, published genotypes and model profiling (params / multiply-adds)."""
+
+from .networks import (
+    AuxiliaryHeadCIFAR,
+    AuxiliaryHeadImageNet,
+    EvalCell,
+    NB201Cell,
+    NB201Network,
+    NetworkCIFAR,
+    NetworkImageNet,
+    build_eval_network,
+    drop_path,
+)
+from .profile import count_macs, count_params, info
+from .published import PUBLISHED, get_published, list_published
+
+__all__ = [
+    "AuxiliaryHeadCIFAR",
+    "AuxiliaryHeadImageNet",
+    "EvalCell",
+    "NB201Cell",
+    "NB201Network",
+    "NetworkCIFAR",
+    "NetworkImageNet",
+    "PUBLISHED",
+    "build_eval_network",
+    "count_macs",
+    "count_params",
+    "drop_path",
+    "get_published",
+    "info",
+    "list_published",
+]

@@ -1,0 +1,258 @@
+"""Search configuration: a validated tree loaded from YAML presets.
+
+Every section forbids unknown keys, and every error is reported as one line that names the key
+path, what was wrong and what is allowed, so a typo in a 40-line preset does not silently run the
+default. ``--set a.b=value`` overrides are applied to the raw tree *before* validation, so they
+are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is the whole explanation."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "fashion-mnist"
+    root: str | None = None  # directory for user-supplied datasets (cifar10/100, svhn, idx files)
+    subset: int | None = Field(None, gt=0)  # use this many training images for the search
+    train_portion: float = Field(0.5, gt=0.0, lt=1.0)  # share of the subset for weights (rest: alpha)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    crop_padding: int = Field(0, ge=0)
+    flip: bool = False
+    cutout: int = Field(0, ge=0)  # cutout length on search batches (R-DARTS regularisation), 0 = off
+    cutout_prob: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class NetworkConfig(_Section):
+    channels: int = Field(16, gt=0)
+    layers: int = Field(8, gt=0)  # cells (darts skeleton) or cells per stage (nb201)
+    stem_multiplier: int = Field(3, gt=0)
+    partial_channels: int = Field(1, ge=1)  # PC-DARTS K: 1/K of channels through the mixed op
+    node_norm: bool = False  # iDARTS node normalisation
+    channels_last: bool = True  # faster convolutions on CPU, numerically the same
+
+
+class ArchConfig(_Section):
+    activation: str = "softmax"
+    init: Literal["normal"] | float = "normal"
+    init_scale: float = Field(1e-3, ge=0.0)
+    edge_betas: bool = False  # PC-DARTS edge normalisation
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(50, ge=1)
+    lr: float = Field(0.025, gt=0.0)
+    lr_min: float = Field(0.001, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(3e-4, ge=0.0)  # the L2 factor on the weights (R-DARTS(L2) scales it)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    arch_optimizer: Literal["adam", "sgd"] = "adam"
+    arch_lr: float = Field(3e-4, gt=0.0)
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = Field(1e-3, ge=0.0)
+    warmup_epochs: int = Field(0, ge=0)  # epochs with alpha frozen (weights only)
+
+
+class SearchSection(_Section):
+    update: Literal["first", "second", "single", "none"] = "first"
+    # first: alternate val-step on alpha (1st order); second: unrolled (robust-darts App. A);
+    # single: one loss on one batch updates weights and alpha together (Single-DARTS);
+    # none: alpha untouched (random search with weight sharing samples instead)
+    xi: float | None = None  # virtual step size; None = the current weight learning rate
+    steps_per_epoch: int | None = Field(None, gt=0)  # cap (smoke runs); None = one pass of the split
+    val_batches: int | None = Field(None, gt=0)  # batches of the val split evaluated per epoch
+    discretizer: str = "default"
+    checkpoint_every: int | None = Field(None, gt=0)  # also checkpoint every N steps within an epoch
+
+
+class RegularizationConfig(_Section):
+    drop_path_max: float = Field(0.0, ge=0.0, lt=1.0)  # ScheduledDropPath 0 -> max over the search
+
+
+class MethodEntry(BaseModel):
+    """One method: its registered name plus its own options (validated by the method)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class SearchConfig(_Section):
+    name: str = "darts"
+    description: str = ""
+    seed: int = 2
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0)
+    deterministic: bool = True
+    space: str = "darts"
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = NetworkConfig()
+    arch: ArchConfig = ArchConfig()
+    optim: OptimConfig = OptimConfig()
+    search: SearchSection = SearchSection()
+    regularization: RegularizationConfig = RegularizationConfig()
+    methods: list[MethodEntry] = []
+
+    @field_validator("space")
+    @classmethod
+    def _space_known(cls, v: str) -> str:
+        from .spaces.registry import SPACES
+
+        if v not in SPACES:
+            raise ValueError(f"unknown search space {v!r}; available: {', '.join(SPACES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SearchConfig:
+        from .data import DATASETS
+        from .methods import METHODS
+        from .supernet.arch import ACTIVATIONS
+
+        if self.data.dataset not in DATASETS:
+            raise ValueError(f"data.dataset: unknown dataset {self.data.dataset!r}; "
+                             f"available: {', '.join(DATASETS)}")
+        if self.arch.activation not in ACTIVATIONS:
+            raise ValueError(f"arch.activation: unknown {self.arch.activation!r}; "
+                             f"available: {', '.join(ACTIVATIONS)}")
+        if self.network.channels % self.network.partial_channels:
+            raise ValueError(f"network.channels ({self.network.channels}) must be divisible by "
+                             f"network.partial_channels ({self.network.partial_channels})")
+        if self.optim.warmup_epochs > self.optim.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds optim.epochs "
+                             f"({self.optim.epochs})")
+        for m in self.methods:
+            if m.name not in METHODS:
+                raise ValueError(f"methods: unknown method {m.name!r}; available: {', '.join(METHODS)}")
+            METHODS[m.name].parse_options(m.model_extra or {})
+        from .search.discretize import DISCRETIZERS
+
+        if self.search.discretizer not in DISCRETIZERS:
+            raise ValueError(f"search.discretizer: unknown {self.search.discretizer!r}; "
+                             f"available: {', '.join(DISCRETIZERS)}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = self.model_dump(mode="json")
+        d["methods"] = [{"name": m.name, **(m.model_extra or {})} for m in self.methods]
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _format_error(err: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = _section_for(model, e["loc"][:-1])
+            valid = ", ".join(parent.model_fields) if parent is not None else "?"
+            lines.append(f"{loc}: unknown key; valid keys here: {valid}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid config: " + "; ".join(lines)
+
+
+def _section_for(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+        if field is None:
+            return None
+        cur = field.annotation
+        if isinstance(cur, type) and issubclass(cur, BaseModel):
+            continue
+        return None
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """``a.b=value`` pairs; values parse as YAML (numbers, bools, lists, null)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.epochs=10")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key segment")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        for p in parts[:-1]:
+            if p.isdigit() and isinstance(node, list):
+                node = node[int(p)]
+                continue
+            nxt = node.get(p)
+            if not isinstance(nxt, (dict, list)):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = parsed
+        else:
+            node[last] = parsed
+    return raw
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None) -> SearchConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config: the top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return SearchConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, SearchConfig)) from None
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    cand = PRESET_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    raise ConfigError(f"no config file {str(name_or_path)!r} and no preset of that name; "
+                      f"presets: {', '.join(list_presets())}")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
+    """A YAML file path or a preset name (``darts``, ``sdarts-adv``, ...), plus ``--set`` overrides."""
+    path = resolve_preset(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

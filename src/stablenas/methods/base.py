@@ -1,0 +1,113 @@
+"""The hook interface every search method implements.
+
+One search loop (``search.loop.Search``) runs every method. A method is a small object whose hooks
+the loop calls at fixed points; it never copies the loop. The hooks, in call order:
+
+- ``setup(search)``: once, after the supernet, alpha and optimisers exist (and before a resume
+  restores state).
+- ``on_epoch_start(search, epoch)``: schedules (perturbation radius, temperature, ...).
+- ``arch_step(search, train_batch, val_batch) -> bool``: replace the alpha update of this step;
+  return False to leave it to the configured rule (first/second order, single-level).
+- ``transform(search, mix, phase, batch) -> Mix``: edit the op weights that reach the supernet in
+  a phase: ``"weights"`` (the weight step: SDARTS perturbations, MS-DARTS shift, GDAS/RS-ws
+  sampling), ``"arch"`` (the alpha step), ``"eval"`` (validation passes). Methods compose in
+  config order, each seeing the previous one's output.
+- ``on_epoch_end(search, epoch, record)``: add numbers to the epoch's metrics record, ask the loop
+  to stop (``search.request_stop(...)``), or override the returned genotype.
+- ``state_dict()`` / ``load_state_dict(state)``: whatever must survive a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Mix:
+    """What the supernet mixes with: op weights per cell type, optional edge weights (PC-DARTS
+    betas) and optional hard per-edge op choices (only the chosen op runs)."""
+
+    op: dict[str, torch.Tensor]
+    edge: dict[str, torch.Tensor] | None = None
+    hard: dict[str, list[int]] | None = None
+
+    def replace(self, **kw: Any) -> Mix:
+        return replace(self, **kw)
+
+    def detached(self) -> Mix:
+        return Mix({k: v.detach() for k, v in self.op.items()},
+                   None if self.edge is None else {k: v.detach() for k, v in self.edge.items()}, self.hard)
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    preset: ClassVar[str | None] = None  # configs/<preset>.yaml
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, options: MethodOptions | dict | None = None):
+        if not isinstance(options, MethodOptions):
+            options = self.parse_options(options or {})
+        self.opts = options
+
+    @classmethod
+    def parse_options(cls, raw: dict) -> MethodOptions:
+        try:
+            return cls.Options.model_validate(raw)
+        except ValidationError as e:
+            parts = []
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    valid = ", ".join(cls.Options.model_fields) or "(none)"
+                    parts.append(f"unknown option {loc!r}; valid options: {valid}")
+                else:
+                    parts.append(f"{loc}: {err['msg']}")
+            raise ValueError(f"method {cls.name}: " + "; ".join(parts)) from None
+
+    # -- hooks (all optional) ----------------------------------------------------------------
+    def setup(self, search: Search) -> None:
+        pass
+
+    def on_epoch_start(self, search: Search, epoch: int) -> None:
+        pass
+
+    def arch_step(self, search: Search, train_batch: Batch, val_batch: Batch) -> bool:
+        return False
+
+    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+        return mix
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    METHODS[cls.name] = cls
+    return cls

@@ -1,0 +1,512 @@
+"""The one search loop.
+
+Each step: (1) unless alpha is frozen, update alpha on a validation batch by the configured rule
+(first order, second order = DARTS unrolled, or nothing) or let a method do it; (2) update the
+weights on a training batch with the op weights the methods hand over (perturbed, shifted,
+sampled). ``single`` updates both from one loss on one batch. Everything a resume needs is in
+the checkpoint, written atomically at every epoch end (and optionally every N steps), so a run
+killed at any point continues to the same final alpha as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..config import ConfigError, SearchConfig
+from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
+from ..genotype import Genotype
+from ..methods import METHODS, Method, Mix
+from ..spaces.registry import get_space
+from ..supernet.arch import ArchParams
+from ..supernet.network import build_supernet
+from ..utils import (atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything,
+                     set_rng_state)
+from .discretize import DISCRETIZERS
+
+CHECKPOINT = "checkpoint.pt"
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+@dataclass
+class SearchResult:
+    genotype: Genotype
+    metrics: list[dict]
+    out_dir: Path | None
+    config: SearchConfig
+    search: Search
+
+    @property
+    def arch(self) -> ArchParams:
+        return self.search.arch
+
+
+class Search:
+    """A configured search: data, supernet, alpha, optimisers and methods, ready to ``run()``."""
+
+    def __init__(self, config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
+                 progress: bool | None = None, log: Callable[[str], None] | None = None):
+        self.cfg = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._check_out_dir(resume)
+
+        cfg = config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.space = get_space(cfg.space)
+
+        # data: the DARTS split of the training set into a weight half and an alpha half
+        d = cfg.data
+        self.dataset = load_dataset(d.dataset, "train", d.root)
+        train_idx, val_idx = search_split(len(self.dataset), d.train_portion, d.subset, cfg.seed)
+        augment = Augment(crop_padding=d.crop_padding, flip=d.flip, cutout=d.cutout, cutout_prob=d.cutout_prob)
+        cl = cfg.network.channels_last
+        self.train_loader = TensorLoader(self.dataset, train_idx, d.batch_size, shuffle=True, drop_last=True,
+                                         augment=augment, device=self.device, seed=cfg.seed * 1000 + 1,
+                                         channels_last=cl)
+        self.val_stream = InfiniteLoader(TensorLoader(
+            self.dataset, val_idx, d.batch_size, shuffle=True, drop_last=True, augment=None,
+            device=self.device, seed=cfg.seed * 1000 + 2, channels_last=cl))
+        self.val_eval_loader = TensorLoader(self.dataset, val_idx, d.eval_batch_size, shuffle=False,
+                                            drop_last=False, augment=None, device=self.device,
+                                            seed=cfg.seed * 1000 + 3, channels_last=cl)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {len(train_idx)} training images "
+                              "of the search split; lower it or raise data.subset")
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.search.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.search.steps_per_epoch)
+
+        # model and alpha (alpha lives outside the network; see supernet.arch)
+        n = cfg.network
+        self.num_classes = self.dataset.num_classes
+        self.net = build_supernet(self.space, C=n.channels, layers=n.layers, num_classes=self.num_classes,
+                                  in_channels=self.dataset.x.shape[1], stem_multiplier=n.stem_multiplier,
+                                  partial_k=n.partial_channels, node_norm=n.node_norm).to(self.device)
+        if cl:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net.channels_last = True
+        a = cfg.arch
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.arch = ArchParams(self.space, a.activation, a.init, a.init_scale, a.edge_betas,
+                               generator=gen).to(self.device)
+        o = cfg.optim
+        self.w_optimizer = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, o.epochs, eta_min=o.lr_min)
+        if o.arch_optimizer == "adam":
+            self.a_optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                self.arch.parameters(), lr=o.arch_lr, betas=o.arch_betas, weight_decay=o.arch_weight_decay)
+        else:
+            self.a_optimizer = torch.optim.SGD(self.arch.parameters(), lr=o.arch_lr,
+                                               weight_decay=o.arch_weight_decay)
+        self.criterion = nn.CrossEntropyLoss()
+        self.methods: list[Method] = [METHODS[m.name](m.model_extra or {}) for m in cfg.methods]
+
+        # loop state
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.metrics: list[dict] = []
+        self.stop_reason: str | None = None
+        self.final_genotype: Genotype | None = None  # a method may pin the returned architecture
+        self._accum = torch.zeros(3, device=self.device)  # loss sum, correct, count (no host syncs)
+        self.epoch_start_time = 0.0
+        self.extra_state: dict = {}  # free slot for methods that need loop-level state
+
+        for m in self.methods:
+            m.setup(self)
+        # alpha steps happen when a rule or a method needs validation batches
+        self._uses_val_stream = cfg.search.update in ("first", "second") or any(
+            type(m).arch_step is not Method.arch_step for m in self.methods)
+        if resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
+            self.load_checkpoint(self.out_dir / CHECKPOINT)
+
+    # ---------------------------------------------------------------------------------------
+    # run directory
+
+    def _check_out_dir(self, resume: bool) -> None:
+        if self.out_dir is None:
+            return
+        ck = self.out_dir / CHECKPOINT
+        cfg_file = self.out_dir / "config.yaml"
+        if resume:
+            if cfg_file.exists():
+                import yaml
+
+                saved = yaml.safe_load(cfg_file.read_text())
+                now = self.cfg.to_dict()
+                diff = sorted(_diff_keys(saved, now))
+                if diff:
+                    raise ConfigError(f"--resume: the config differs from the one {self.out_dir} was started "
+                                      f"with at {', '.join(diff)}; resume with the same config "
+                                      f"(e.g. `stablenas search {cfg_file} --out {self.out_dir} --resume`)")
+            return
+        if ck.exists() or (self.out_dir / "metrics.jsonl").exists():
+            raise RunExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
+                                 "or choose another --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_file, self.cfg.to_yaml())
+
+    # ---------------------------------------------------------------------------------------
+    # forward helpers
+
+    def mix(self, phase: str, batch: Batch | None = None) -> Mix:
+        """Op weights from alpha, then every method's transform for this phase."""
+        m = Mix(self.arch.op_weights(), self.arch.edge_weights())
+        for method in self.methods:
+            m = method.transform(self, m, phase, batch)
+        return m
+
+    def forward(self, x: torch.Tensor, mix: Mix, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Supernet logits; with ``params`` the weights are substituted functionally and BN
+        running statistics go to throw-away copies (virtual steps must not move them)."""
+        if params is None:
+            return self.net(x, mix.op, mix.edge, mix.hard)
+        buffers = {n: b.clone() for n, b in self.net.named_buffers()}
+        return functional_call(self.net, {**params, **buffers}, (x, mix.op, mix.edge, mix.hard))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, mix: Mix,
+             params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.criterion(self.forward(x, mix, params), y)
+
+    @property
+    def lr(self) -> float:
+        return self.w_optimizer.param_groups[0]["lr"]
+
+    @property
+    def progress_fraction(self) -> float:
+        """Fraction of the search done at the current step, in [0, 1) (for linear schedules)."""
+        return (self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1)) / self.cfg.optim.epochs
+
+    def alpha_frozen(self) -> bool:
+        return self.epoch < self.cfg.optim.warmup_epochs or self.cfg.search.update == "none"
+
+    # ---------------------------------------------------------------------------------------
+    # alpha updates
+
+    def arch_step(self, train_batch: Batch, val_batch: Batch) -> None:
+        for m in self.methods:
+            if m.arch_step(self, train_batch, val_batch):
+                return
+        rule = self.cfg.search.update
+        if rule == "first":
+            grads = self.first_order_grad(val_batch)
+        elif rule == "second":
+            grads = self.second_order_grad(train_batch, val_batch)
+        else:
+            return
+        self.apply_arch_grads(grads)
+
+    def apply_arch_grads(self, grads: list[torch.Tensor]) -> None:
+        for p, g in zip(self.arch.parameters(), grads):
+            p.grad = g
+        self.a_optimizer.step()
+        self.a_optimizer.zero_grad(set_to_none=True)
+
+    def first_order_grad(self, val_batch: Batch) -> list[torch.Tensor]:
+        xv, yv = val_batch
+        loss = self.loss(xv, yv, self.mix("arch", val_batch))
+        return list(torch.autograd.grad(loss, list(self.arch.parameters()), allow_unused=True))
+
+    def second_order_grad(self, train_batch: Batch, val_batch: Batch) -> list[torch.Tensor]:
+        """DARTS unrolled gradient (robust-darts App. A, eq. 12-14).
+
+        w' = w - xi * grad_w L_train(w, a); returns
+        grad_a L_val(w', a) - xi * [grad_a L_train(w+, a) - grad_a L_train(w-, a)] / (2 eps)
+        with w+- = w +- eps * grad_w' L_val(w', a) and eps = 0.01 / ||grad_w' L_val||.
+        """
+        xt, yt = train_batch
+        xv, yv = val_batch
+        xi = self.cfg.search.xi if self.cfg.search.xi is not None else self.lr
+        names, weights = zip(*[(n, p) for n, p in self.net.named_parameters()])
+        arch_params = list(self.arch.parameters())
+
+        # virtual step
+        loss_t = self.loss(xt, yt, self.mix("arch", train_batch).detached(), dict(zip(names, weights)))
+        g = torch.autograd.grad(loss_t, weights)
+        w_virtual = [(w - xi * gw).detach().requires_grad_(True) for w, gw in zip(weights, g)]
+
+        # validation loss at w'
+        loss_v = self.loss(xv, yv, self.mix("arch", val_batch), dict(zip(names, w_virtual)))
+        grads = torch.autograd.grad(loss_v, arch_params + w_virtual, allow_unused=True)
+        d_alpha, d_w = grads[: len(arch_params)], grads[len(arch_params):]
+        d_w = [torch.zeros_like(w) if gw is None else gw for w, gw in zip(w_virtual, d_w)]
+
+        # finite-difference Hessian-vector product in weight space (no host sync: eps is a tensor)
+        eps = 0.01 / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in d_w]))
+        hvp = []
+        for sign in (1.0, -1.0):
+            shifted = {n: (w + sign * eps * v).detach() for n, w, v in zip(names, weights, d_w)}
+            lt = self.loss(xt, yt, self.mix("arch", train_batch), shifted)
+            hvp.append(torch.autograd.grad(lt, arch_params, allow_unused=True))
+        out = []
+        for da, gp, gm, p in zip(d_alpha, hvp[0], hvp[1], arch_params):
+            da = torch.zeros_like(p) if da is None else da
+            gp = torch.zeros_like(p) if gp is None else gp
+            gm = torch.zeros_like(p) if gm is None else gm
+            out.append(da - xi * (gp - gm) / (2 * eps))
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # the weight step
+
+    def weight_step(self, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        single = self.cfg.search.update == "single" and not self.alpha_frozen()
+        mix = self.mix("weights", batch)
+        if not single:
+            mix = mix.detached()
+        logits = self.forward(x, mix)
+        loss = self.criterion(logits, y)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        if single:
+            self.a_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        self.w_optimizer.step()
+        if single:
+            self.a_optimizer.step()
+        with torch.no_grad():
+            self._accum += torch.stack([loss.detach() * y.shape[0],
+                                        (logits.argmax(1) == y).sum().to(loss.dtype),
+                                        torch.tensor(float(y.shape[0]), device=loss.device)])
+        return loss
+
+    # ---------------------------------------------------------------------------------------
+    # epochs
+
+    def _start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.step_in_epoch = 0
+        self._accum.zero_()
+        self.train_loader.set_epoch(epoch)
+        self.net.drop_path_prob = self.cfg.regularization.drop_path_max * epoch / self.cfg.optim.epochs
+        for m in self.methods:
+            m.on_epoch_start(self, epoch)
+
+    def train_epoch(self) -> None:
+        """Run (the rest of) the current epoch from ``self.step_in_epoch``."""
+        self.net.train()
+        start = time.perf_counter()
+        it = iter(self.train_loader)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, leave=False, file=sys.stderr,
+                       desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
+        every = self.cfg.search.checkpoint_every
+        while self.step_in_epoch < self.steps_per_epoch:
+            batch = next(it)
+            if self._uses_val_stream and not self.alpha_frozen():
+                val_batch = next(self.val_stream)
+                self.arch_step(batch, val_batch)
+            self.weight_step(batch)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            if bar is not None:
+                bar.update(1)
+            if every and self.step_in_epoch % every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        self.extra_state["epoch_seconds"] = self.extra_state.get("epoch_seconds", 0.0) + time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluate(self, loader: TensorLoader | None = None, max_batches: int | None = None,
+                 mix: Mix | None = None) -> tuple[float, float]:
+        """Loss and accuracy of the supernet (eval mode) on the validation split."""
+        loader = loader or self.val_eval_loader
+        max_batches = max_batches or self.cfg.search.val_batches
+        was_training = self.net.training
+        self.net.eval()
+        mix = mix or self.mix("eval").detached()
+        acc = torch.zeros(3, device=self.device)
+        loader.set_epoch(0)
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            logits = self.forward(x, mix)
+            acc += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum().float(),
+                                torch.tensor(float(y.shape[0]), device=self.device)])
+        self.net.train(was_training)
+        loss_sum, correct, count = acc.tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def genotype(self) -> Genotype:
+        return DISCRETIZERS[self.cfg.search.discretizer](self)
+
+    def op_weights_record(self) -> dict[str, list[list[float]]]:
+        w = {ct: t.detach().cpu() for ct, t in self.arch.op_weights().items()}
+        out = {}
+        for ct, t in w.items():
+            out[ct] = [[round(float(v), 6) for v in t[e, : len(ops)]]
+                       for e, ops in enumerate(self.space.edge_ops[ct])]
+        return out
+
+    def _end_epoch(self) -> dict:
+        epoch = self.epoch
+        loss_sum, correct, count = self._accum.tolist()
+        val_loss, val_acc = self.evaluate()
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": self.lr,
+            "seconds": round(self.extra_state.pop("epoch_seconds", 0.0), 3),
+            "alpha_frozen": self.alpha_frozen(),
+            "op_weights": self.op_weights_record(),
+        }
+        if self.arch.edge_weights() is not None:
+            record["edge_weights"] = {ct: [round(float(v), 6) for v in t.detach().cpu()]
+                                      for ct, t in self.arch.edge_weights().items()}
+        record["genotype"] = self.genotype().to_dict()
+        for m in self.methods:
+            m.on_epoch_end(self, epoch, record)
+        self.metrics.append(record)
+        self.scheduler.step()
+        self.epoch = epoch + 1
+        self.step_in_epoch = 0
+        if self.out_dir is not None:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.save_checkpoint()
+        self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs}  train loss {record['train_loss']:.4f} "
+                 f"acc {record['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+                 f"lr {record['lr']:.5f}  {record['seconds']:.1f}s")
+        return record
+
+    def request_stop(self, reason: str, genotype: Genotype | None = None) -> None:
+        """Methods (e.g. DARTS-ES) end the search after this epoch, optionally pinning the result."""
+        self.stop_reason = reason
+        if genotype is not None:
+            self.final_genotype = genotype
+
+    def run(self) -> SearchResult:
+        epochs = self.cfg.optim.epochs
+        while self.epoch < epochs and self.stop_reason is None:
+            if self.step_in_epoch == 0:
+                self._start_epoch(self.epoch)
+            self.train_epoch()
+            self._end_epoch()
+        genotype = self.final_genotype or self.genotype()
+        if self.stop_reason:
+            self.log(f"stopped early: {self.stop_reason}")
+        if self.out_dir is not None:
+            genotype.save(self.out_dir / "genotype.json")
+            self.save_checkpoint()
+        return SearchResult(genotype, self.metrics, self.out_dir, self.cfg, self)
+
+    # ---------------------------------------------------------------------------------------
+    # checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "net": self.net.state_dict(),
+            "arch": self.arch.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.a_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "methods": [m.state_dict() for m in self.methods],
+            "train_loader": self.train_loader.state_dict(),
+            "val_stream": self.val_stream.state_dict(),
+            "rng": rng_state(),
+            "accum": self._accum.cpu(),
+            "metrics": self.metrics,
+            "stop_reason": self.stop_reason,
+            "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
+            "extra_state": self.extra_state,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        path = path or (self.out_dir / CHECKPOINT if self.out_dir else None)
+        if path is None:
+            return
+        atomic_torch_save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:  # a torn or foreign file
+            raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+        self.net.load_state_dict(st["net"])
+        self.arch.load_state_dict(st["arch"])
+        self.w_optimizer.load_state_dict(st["w_optimizer"])
+        self.a_optimizer.load_state_dict(st["a_optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        for m, s in zip(self.methods, st["methods"]):
+            m.load_state_dict(s)
+        self.train_loader.load_state_dict(st["train_loader"])
+        self.val_stream.load_state_dict(st["val_stream"])
+        set_rng_state(st["rng"])
+        self._accum = st["accum"].to(self.device)
+        self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
+        self.metrics = list(st["metrics"])
+        self.stop_reason = st["stop_reason"]
+        self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
+        self.extra_state = dict(st.get("extra_state", {}))
+        self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
+        if self.step_in_epoch > 0:
+            # mid-epoch checkpoint: per-epoch method schedules must be in force again
+            for m in self.methods:
+                m.on_epoch_start(self, self.epoch)
+        if self.out_dir is not None:
+            # metrics.jsonl may hold epochs past the checkpoint (killed after the write): trim
+            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics))
+        self.log(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+
+
+def _diff_keys(a, b, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return {prefix}
+        out = set()
+        for i, (x, y) in enumerate(zip(a, b)):
+            out |= _diff_keys(x, y, f"{prefix}.{i}")
+        return out
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return set() if math.isclose(float(a), float(b)) else {prefix}
+        except (TypeError, ValueError):
+            return {prefix}
+    return set() if a == b else {prefix}
+
+
+def run_search(config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
+               progress: bool | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
+    """Python entry point: build and run a search from a validated config."""
+    return Search(config, out_dir, resume=resume, progress=progress, log=log).run()
