@@ -66,9 +66,9 @@ def spaces() -> None:
 @app.command()
 def presets() -> None:
     """List the YAML presets shipped with the package."""
-    from .config import PRESET_DIR, list_presets
-
     import yaml
+
+    from .config import PRESET_DIR, list_presets
 
     for name in list_presets():
         raw = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
@@ -107,6 +107,348 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
                    f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}")
     if run.genotype is not None:
         typer.echo(f"genotype: {run.genotype.to_json()}")
+
+
+def _err(e: BaseException) -> str:
+    """The message of an exception (KeyError's str() adds quotes around it)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+@app.command()
+def train(
+    genotype: Annotated[str, typer.Argument(help="genotype.json, a run directory, an NB201 arch string or a "
+                                                 "published name (see `stablenas info --list`)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="training run directory")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="default: the preset's (cifar10)")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="darts | darts-small | nb201")] = "darts",
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="initial channels C")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="cells (nb201: cells per stage)")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="batch size")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="dataset directory")] = None,
+    network: Annotated[str | None, typer.Option("--network", help="auto | cifar | imagenet | nb201")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="any field of stablenas.evaluate.train.TrainConfig, e.g. --set cutout=0")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="progress bar (default: when a terminal)")] = None,
+) -> None:
+    """Train a genotype from scratch (DARTS recipe) and write result.json with test accuracy,
+    parameters and multiply-adds; checkpointed every epoch (--resume continues)."""
+    from .evaluate.train import TrainExistsError, train_config, train_genotype
+
+    try:
+        cfg = train_config(preset, set_, dataset=dataset, epochs=epochs, channels=channels, layers=layers,
+                           batch_size=batch, lr=lr, seed=seed, data_root=data_root, network=network)
+        result = train_genotype(genotype, cfg, out, resume=resume, progress=progress)
+    except (*_user_errors(), TrainExistsError, ValueError, KeyError) as e:
+        _fail(_err(e))
+    msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
+    typer.echo(f"{'  '.join(msg)}  params {result['params'] / 1e6:.3f}M  "
+               f"multiply-adds {result['macs'] / 1e6:.1f}M")
+    typer.echo(f"result: {out / 'result.json'}")
+
+
+@app.command()
+def info(
+    genotype: Annotated[str | None, typer.Argument(
+        help="genotype.json, a run directory, an NB201 arch string or a published name")] = None,
+    network: Annotated[str | None, typer.Option("--network", help="cifar | imagenet | nb201 (default: cifar, "
+                                                                  "nb201 for nb201 genotypes)")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="default: 36 / 48 / 16")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="default: 20 / 14 / 5")] = None,
+    classes: Annotated[int | None, typer.Option("--classes")] = None,
+    input_size: Annotated[str | None, typer.Option("--input-size", help="side, or C,H,W: 1,28,28")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the published genotypes")] = False,
+) -> None:
+    """Parameters (auxiliary head excluded, as the papers count) and multiply-adds of a genotype."""
+    from .evaluate.profile import info as profile_info
+    from .evaluate.published import PUBLISHED
+    from .evaluate.train import resolve_genotype
+
+    if list_ or genotype is None:
+        if not list_:
+            _fail("give a GENOTYPE (or --list for the published ones)")
+        for name, g in PUBLISHED.items():
+            typer.echo(f"{name:22s} {g.space:6s} {g.extra.get('reported', '')}")
+        return
+    size = None
+    if input_size is not None:
+        try:
+            dims = [int(s) for s in input_size.replace("x", ",").split(",")]
+        except ValueError:
+            _fail(f"--input-size {input_size!r}: expected a side (32) or C,H,W (1,28,28)")
+        if len(dims) not in (1, 3):
+            _fail(f"--input-size {input_size!r}: expected a side (32) or C,H,W (1,28,28)")
+        size = dims[0] if len(dims) == 1 else tuple(dims)
+    try:
+        g = resolve_genotype(genotype)
+        net = network or ("nb201" if g.is_nb201 else "cifar")
+        r = profile_info(g, net, C=channels, layers=layers, num_classes=classes, input_size=size)
+    except (*_user_errors(), ValueError, KeyError) as e:
+        _fail(_err(e))
+    shape = "x".join(str(s) for s in r["input_size"])
+    typer.echo(f"{genotype}: {r['network']} network, C={r['C']}, {r['layers']} "
+               f"{'cells per stage' if r['network'] == 'nb201' else 'cells'}, {r['num_classes']} classes, "
+               f"input {shape}")
+    typer.echo(f"parameters:    {_count(r['params'])} ({r['params']:,}; auxiliary head excluded)")
+    typer.echo(f"multiply-adds: {_count(r['macs'])} ({r['macs']:,})")
+
+
+@app.command("s5-table")
+def s5_table(
+    work: Annotated[Path, typer.Option(
+        "--work", help="one training run directory per architecture (resumable)")] = Path("runs/s5-table"),
+    out: Annotated[Path | None, typer.Option("--out", help="table file (default: the packaged "
+                                                           "resources/s5_<dataset>.json)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="trainings run at once (processes)")] = 1,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="change stablenas.evaluate.s5.S5_PROTOCOL, e.g. --set epochs=8")] = None,
+    repeat_archs: Annotated[str, typer.Option(
+        "--repeat-archs", help="architectures trained with extra seeds, comma separated")] = "0,17,40,80",
+    repeat_seeds: Annotated[str, typer.Option("--repeat-seeds", help="extra seeds, comma separated")] = "1,2",
+    seeds: Annotated[str, typer.Option(
+        "--seeds", help="train each architecture with these seeds, tabulate the mean")] = "",
+    show: Annotated[bool, typer.Option("--show", help="print the existing table's summary and exit")] = False,
+) -> None:
+    """Ground truth for space S5: train all 81 architectures with one fixed protocol and write the
+    table (test accuracy, params, seconds) that search runs on s5 use for their test regret."""
+    import shlex
+
+    import yaml
+
+    from .evaluate import s5
+
+    if show:
+        table = s5.load_table(path=out) if out else s5.load_table()
+        if table is None:
+            _fail(f"no table at {out or s5.table_path()}; generate it with `stablenas s5-table`")
+        typer.echo(json.dumps({**table.summary(), "command": table.meta.get("command"),
+                               "repeats": table.meta.get("repeats")}, indent=1))
+        return
+    overrides = {}
+    for item in set_ or []:
+        if "=" not in item:
+            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=8")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    try:
+        archs = [int(i) for i in repeat_archs.split(",") if i.strip()]
+        extra = [int(i) for i in repeat_seeds.split(",") if i.strip()]
+        main_seeds = [int(i) for i in seeds.split(",") if i.strip()]
+    except ValueError:
+        _fail("--repeat-archs / --repeat-seeds / --seeds: comma-separated integers, e.g. 0,17,40,80")
+    command = "stablenas " + shlex.join(sys.argv[1:]) if sys.argv and "s5-table" in sys.argv else None
+    try:
+        s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=archs, repeat_seeds=extra,
+                          command=command, seeds=main_seeds or None)
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+
+
+_RAW_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_RAW_ARGS)
+def sweep(ctx: typer.Context) -> None:
+    """Protocol of the papers' tables: searches over seeds (and L2 / drop-path strengths), selection of
+    the best architecture by short retraining on a validation split, final retraining, table.
+
+    stablenas sweep CONFIG --seeds 0 1 2 [--l2 V ... | --drop-path V ...] --out DIR [--jobs N]
+    [--retrain-epochs E] [--final-epochs E] [--final-seeds S ...] [--final selected|all|none]
+    [--set KEY=VALUE ...] [--train-preset darts] [--train-set KEY=VALUE ...] [--holdout N]
+    (run `stablenas sweep --help` for every option)
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog="stablenas sweep", description=(
+        "Run a search config over seeds (R-DARTS: and regularisation strengths), select the final "
+        "architecture by a short retraining on a held-out validation split (robust-darts Sec. 5.3), "
+        "retrain it and write OUT/table.md + OUT/table.json. Re-running the same command resumes."))
+    p.add_argument("config", help="search preset name or YAML file")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="search seeds")
+    reg = p.add_mutually_exclusive_group()
+    reg.add_argument("--l2", type=float, nargs="+",
+                     help="R-DARTS(L2): weight decay values of the search, e.g. 3e-4 9e-4 27e-4 81e-4")
+    reg.add_argument("--drop-path", type=float, nargs="+",
+                     help="R-DARTS(DP): max ScheduledDropPath probabilities, e.g. 0 0.2 0.4 0.6")
+    p.add_argument("--out", "-o", required=True, help="sweep directory")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="runs at once (processes)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="search override KEY=VALUE")
+    p.add_argument("--train-preset", default="darts", help="retraining preset: darts | darts-small | nb201")
+    p.add_argument("--train-set", dest="train_overrides", action="append", default=[],
+                   help="retraining override KEY=VALUE (both retrainings), e.g. channels=16")
+    p.add_argument("--retrain-epochs", type=int, default=None,
+                   help="selection retraining epochs (default: final epochs // 6)")
+    p.add_argument("--holdout", type=int, default=5000,
+                   help="training images held out to score the selection")
+    p.add_argument("--final-epochs", type=int, default=None, help="final retraining epochs (default: preset)")
+    p.add_argument("--final-seeds", type=int, nargs="+", default=[0], help="final retraining seeds")
+    p.add_argument("--final", choices=["selected", "all", "none"], default="selected",
+                   help="retrain the selected architecture, every searched one, or none")
+    argv = list(ctx.args)
+    if any(a in ("-h", "--help") for a in argv):
+        p.print_help()
+        return
+    args = p.parse_args(argv)
+    from .evaluate.sweep import SweepPlan, run_sweep
+
+    kind, values = (None, [])
+    if args.l2:
+        kind, values = "l2", args.l2
+    elif args.drop_path:
+        kind, values = "drop-path", args.drop_path
+    try:
+        plan = SweepPlan(config=args.config, seeds=args.seeds, overrides=args.overrides, reg=kind,
+                         reg_values=values, train_preset=args.train_preset,
+                         train_overrides=args.train_overrides, retrain_epochs=args.retrain_epochs,
+                         holdout=args.holdout, final_epochs=args.final_epochs, final_seeds=args.final_seeds,
+                         final=args.final)
+        table = run_sweep(plan, args.out, jobs=args.jobs, threads=args.threads)
+    except (*_user_errors(), ValueError, KeyError) as e:
+        _fail(_err(e))
+    typer.echo((Path(args.out) / "table.md").read_text())
+    typer.echo(f"selected: {table['selected']}")
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (config.yaml + checkpoint.pt)")],
+    batches: Annotated[int, typer.Option("--batches",
+                                         help="validation batches for accuracies / landscape")] = 2,
+    curvature_batches: Annotated[int, typer.Option("--curvature-batches",
+                                                   help="batches (search batch size) for the Hessian")] = 1,
+    iters: Annotated[int, typer.Option("--iters", help="Lanczos steps for lambda_max")] = 20,
+    spectrum: Annotated[str, typer.Option("--spectrum", help="exact Hessian spectrum: auto (<= 128 alpha) | "
+                                                             "yes | no")] = "auto",
+    landscape: Annotated[bool, typer.Option("--landscape/--no-landscape",
+                                            help="2-D accuracy landscape")] = True,
+    grid: Annotated[int, typer.Option("--grid", help="landscape grid points per axis")] = 7,
+    radius: Annotated[float, typer.Option("--radius", help="landscape half-width in alpha units")] = 1.0,
+    grad_corr: Annotated[bool, typer.Option("--grad-corr/--no-grad-corr",
+                                            help="bi- vs single-level gradient correlation")] = True,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="also write TensorBoard scalars "
+                                                                     "(needs tensorboard)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set",
+                                                   help="config override, e.g. --set device=cpu")] = None,
+) -> None:
+    """Curvature, discretisation drop, landscape, alpha distance, cell statistics and gradient
+    correlation of a run; writes RUN_DIR/analysis.json and RUN_DIR/plots/*.png."""
+    from .analysis.analyze import analyze_run
+
+    if spectrum not in ("auto", "yes", "no"):
+        _fail(f"--spectrum {spectrum!r}: use auto, yes or no")
+    if grid < 2:
+        _fail(f"--grid {grid}: need at least 2 points per axis")
+    for name, v in (("--batches", batches), ("--curvature-batches", curvature_batches), ("--iters", iters)):
+        if v < 1:
+            _fail(f"{name} {v}: must be at least 1")
+    try:
+        a = analyze_run(run_dir, batches=batches, curvature_batches=curvature_batches, iters=iters,
+                        spectrum=spectrum, landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr,
+                        tensorboard=tensorboard, overrides=set_, log=lambda m: typer.echo(m, err=True))
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+    d, c = a["discretization"], a["curvature"]
+    typer.echo(f"lambda_max {c['lambda_max']:.5g}  supernet acc {d['acc_supernet']:.4f}  discretised acc "
+               f"{d['acc_discrete']:.4f}  drop {d['acc_drop']:.4f}")
+    if a.get("cells"):
+        parts = [f"{ct}: free {v['param_free_share']:.3f} width {v['width_c']:.2f}c depth {v['depth']}"
+                 for ct, v in a["cells"].items() if ct != "all"]
+        typer.echo("  ".join(parts))
+    if tensorboard and not a.get("tensorboard"):
+        typer.echo("tensorboard is not installed: no TensorBoard scalars written", err=True)
+    typer.echo(f"analysis: {run_dir / 'analysis.json'}  plots: {run_dir / 'plots'}")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one or more run directories")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="comparison page for several runs "
+                                                                 "(default: comparison.html next to the "
+                                                                 "first run)")] = None,
+) -> None:
+    """Self-contained HTML report per run (RUN_DIR/report.html, images inlined) and, for several
+    runs, a comparison page. Uses analysis.json when `stablenas analyze` has been run."""
+    from .analysis.report import write_comparison, write_report
+
+    try:
+        for d in run_dirs:
+            typer.echo(f"report: {write_report(d)}")
+        if len(run_dirs) > 1:
+            target = out or (Path(run_dirs[0]).resolve().parent / "comparison.html")
+            typer.echo(f"comparison: {write_comparison(run_dirs, target)}")
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+
+@app.command()
+def bench(
+    space: Annotated[str, typer.Option("--space", help="search space (see `stablenas spaces`)")] = "darts",
+    cells: Annotated[int, typer.Option("--cells", help="cells (nb201: cells per stage)")] = 8,
+    channels: Annotated[int, typer.Option("--channels", help="initial channels C")] = 16,
+    batch: Annotated[int, typer.Option("--batch", help="batch size")] = 64,
+    input_: Annotated[str, typer.Option("--input", help="synthetic image shape CxHxW")] = "3x32x32",
+    repeats: Annotated[int, typer.Option("--repeats", help="timed repeats (median reported)")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", help="untimed iterations first")] = 1,
+    methods_: Annotated[str | None, typer.Option(
+        "--methods", help="comma-separated presets to time; 'all' (default) = every preset with a method, "
+                          "'none' = skip")] = "all",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON")] = None,
+    plain: Annotated[bool, typer.Option("--plain/--no-plain", help="also time plain DARTS")] = True,
+    second_order: Annotated[bool, typer.Option("--second-order/--no-second-order")] = True,
+    curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="lambda_max, Lanczos")] = True,
+    exact: Annotated[bool, typer.Option("--exact/--no-exact", help="exact Hessian (HVP per alpha)")] = True,
+    plain_exact: Annotated[bool, typer.Option("--plain-exact/--no-plain-exact",
+                                              help="exact Hessian of the plain model too (slow)")] = False,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="peak memory (subprocesses)")] = True,
+    scaling: Annotated[bool, typer.Option("--scaling/--no-scaling",
+                                          help="step time at 2x batch, channels and cells")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch intra-op threads")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Time a search step (1st/2nd order, every method preset, lambda_max, exact Hessian) and its peak
+    memory, against a plain reimplementation of DARTS in the same run; prints a table, --json for all."""
+    from .bench import BenchConfig, format_table, parse_input, run_bench
+    from .spaces.registry import SPACES
+
+    if space not in SPACES:
+        _fail(f"--space {space!r}: unknown; available: {', '.join(SPACES)}")
+    for name, v, low in (("--cells", cells, 1), ("--channels", channels, 1), ("--batch", batch, 1),
+                         ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
+        if v < low:
+            _fail(f"{name} must be >= {low}, got {v}")
+    try:
+        shape = parse_input(input_)
+    except ValueError as e:
+        _fail(str(e))
+    names: list[str] | None
+    if methods_ is None or methods_.strip().lower() == "all":
+        names = None
+    elif methods_.strip().lower() in ("none", ""):
+        names = []
+    else:
+        names = [m.strip() for m in methods_.split(",") if m.strip()]
+    cfg = BenchConfig(space=space, cells=cells, channels=channels, batch=batch, input=shape,
+                      repeats=repeats, warmup=warmup, methods=names, plain=plain, second_order=second_order,
+                      curvature=curvature, exact=exact, plain_exact=plain_exact, memory=memory,
+                      scaling=scaling, threads=threads, device=device, seed=seed)
+    try:
+        res = run_bench(cfg)
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+    typer.echo(format_table(res))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1))
+        typer.echo(f"json: {json_out}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,6 +75,9 @@ class SearchSection(_Section):
     # single: one loss on one batch updates weights and alpha together (Single-DARTS);
     # none: alpha untouched (random search with weight sharing samples instead)
     xi: float | None = None  # virtual step size; None = the current weight learning rate
+    # how the 2nd-order mixed derivative is taken: DARTS's weight-space finite difference (eq. 13-14),
+    # or exactly by double backward (slower, no kink error in ReLU networks)
+    unrolled_hvp: Literal["finite-difference", "autograd"] = "finite-difference"
     steps_per_epoch: int | None = Field(None, gt=0)  # cap (smoke runs); None = one pass of the split
     val_batches: int | None = Field(None, gt=0)  # batches of the val split evaluated per epoch
     discretizer: str = "default"
@@ -83,6 +86,14 @@ class SearchSection(_Section):
 
 class RegularizationConfig(_Section):
     drop_path_max: float = Field(0.0, ge=0.0, lt=1.0)  # ScheduledDropPath 0 -> max over the search
+
+
+class EvaluationConfig(_Section):
+    # per-epoch ground truth of the derived architecture (see stablenas.evaluate.lookup): the S5 table
+    # (space s5) and the NAS-Bench-201 file (space nb201); nothing is trained for it
+    lookup: bool = True
+    nb201_file: str | None = None  # NAS-Bench-201-v1_0-e61699.pth or -v1_1-096897.pth ($STABLENAS_NB201_FILE)
+    nb201_hp: Literal["200", "12"] = "200"  # the benchmark's training schedule (epochs); papers quote 200
 
 
 class MethodEntry(BaseModel):
@@ -106,6 +117,7 @@ class SearchConfig(_Section):
     optim: OptimConfig = OptimConfig()
     search: SearchSection = SearchSection()
     regularization: RegularizationConfig = RegularizationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     methods: list[MethodEntry] = []
 
     @field_validator("space")

@@ -86,7 +86,13 @@ class Genotype:
             if unknown:
                 raise GenotypeError(f"unknown genotype keys {sorted(unknown)}; an nb201 genotype has "
                                     "'space' and 'arch'")
-            parse_nb201(d["arch"])  # validates
+            nodes = parse_nb201(d["arch"])  # validates
+            from .spaces.registry import SPACES
+
+            sp = SPACES.get(space)
+            if sp is not None and sp.skeleton == "nb201" and len(nodes) != sp.n_nodes:
+                raise GenotypeError(f"malformed nb201 arch string {d['arch']!r}: {len(nodes)} nodes, "
+                                    f"space {space!r} has {sp.n_nodes}")
             return cls(space=space, arch=str(d["arch"]))
         required = ("normal", "normal_concat", "reduce", "reduce_concat")
         missing = [k for k in required if k not in d]
@@ -171,6 +177,9 @@ def parse_nb201(arch: str) -> list[list[Pair]]:
             if int(inp) > n:
                 raise GenotypeError(f"nb201 arch: node {n + 1} cannot take input {inp}")
             pairs.append((op, int(inp)))
+        if [i for _, i in pairs] != list(range(n + 1)):
+            raise GenotypeError(f"malformed nb201 arch string {arch!r}: node {n + 1} must list one op from "
+                                f"each of inputs 0..{n} in order")
         nodes.append(pairs)
     return nodes
 

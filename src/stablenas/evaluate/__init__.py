@@ -13,6 +13,7 @@ from .networks import (
 )
 from .profile import count_macs, count_params, info
 from .published import PUBLISHED, get_published, list_published
+from .train import TrainConfig, resolve_genotype, train_config, train_genotype
 
 __all__ = [
     "AuxiliaryHeadCIFAR",
@@ -23,6 +24,7 @@ __all__ = [
     "NetworkCIFAR",
     "NetworkImageNet",
     "PUBLISHED",
+    "TrainConfig",
     "build_eval_network",
     "count_macs",
     "count_params",
@@ -30,4 +32,7 @@ __all__ = [
     "get_published",
     "info",
     "list_published",
+    "resolve_genotype",
+    "train_config",
+    "train_genotype",
 ]

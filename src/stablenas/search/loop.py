@@ -25,13 +25,13 @@ from torch.func import functional_call
 
 from ..config import ConfigError, SearchConfig
 from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
+from ..evaluate.lookup import annotate_record
 from ..genotype import Genotype
 from ..methods import METHODS, Method, Mix
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
 from ..supernet.network import build_supernet
-from ..utils import (atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything,
-                     set_rng_state)
+from ..utils import atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything, set_rng_state
 from .discretize import DISCRETIZERS
 
 CHECKPOINT = "checkpoint.pt"
@@ -253,6 +253,15 @@ class Search:
         d_alpha, d_w = grads[: len(arch_params)], grads[len(arch_params):]
         d_w = [torch.zeros_like(w) if gw is None else gw for w, gw in zip(w_virtual, d_w)]
 
+        if self.cfg.search.unrolled_hvp == "autograd":
+            # exact mixed second derivative by double backward: d/d alpha <grad_w L_train(w, a), v>
+            lt = self.loss(xt, yt, self.mix("arch", train_batch), dict(zip(names, weights)))
+            gw = torch.autograd.grad(lt, weights, create_graph=True)
+            dot = sum((a * b).sum() for a, b in zip(gw, d_w))
+            mixed = torch.autograd.grad(dot, arch_params, allow_unused=True)
+            return [(torch.zeros_like(p) if da is None else da) - xi * (torch.zeros_like(p) if m is None else m)
+                    for da, m, p in zip(d_alpha, mixed, arch_params)]
+
         # finite-difference Hessian-vector product in weight space (no host sync: eps is a tensor)
         eps = 0.01 / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in d_w]))
         hvp = []
@@ -385,6 +394,7 @@ class Search:
             record["edge_weights"] = {ct: [round(float(v), 6) for v in t.detach().cpu()]
                                       for ct, t in self.arch.edge_weights().items()}
         record["genotype"] = self.genotype().to_dict()
+        annotate_record(self, record)  # S5 table / NAS-Bench-201: test acc (regret) of the genotype
         for m in self.methods:
             m.on_epoch_end(self, epoch, record)
         self.metrics.append(record)

@@ -125,23 +125,33 @@ class Noise(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halves resolution with two offset 1x1 stride-2 convs (skip_connect at stride 2)."""
+    """Halves resolution with two offset 1x1 stride-2 convs (skip_connect at stride 2).
+
+    A 1x1 conv with stride 2 reads only every other pixel, so each branch subsamples first (even
+    pixels, odd pixels) and then applies a stride-1 1x1 conv: the same arithmetic as DARTS's
+    ``conv_1(x)`` / ``conv_2(x[:, :, 1:, 1:])`` with stride 2, and it avoids a oneDNN bug: on CPU,
+    channels_last float32 1x1 *stride-2* convs with 2-4 input channels return wrong weight
+    gradients (torch 2.13; checked in tests/test_perf.py).
+    """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The two branches on an already rectified input, concatenated (before BN)."""
         # pad odd sizes so both branches agree in shape
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return torch.cat([self.conv_1(x[:, :, 0::2, 0::2]), self.conv_2(x[:, :, 1::2, 1::2])], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.reduce(self.relu(x)))
 
 
 class ResNetBasicBlock(nn.Module):

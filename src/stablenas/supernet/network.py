@@ -5,20 +5,71 @@ Per edge the mixed op computes ``sum_k w_k * op_k(x)`` over its own op list, ski
 output is identically zero (`none`): their weight still enters the softmax, so alpha's gradient
 is unchanged, but no zeros are computed or stored. ``hard`` selects one op per edge (GDAS,
 random search with weight sharing) and then only that op runs.
+
+Fast path (on by default; ``fast_path(False)`` runs every op module as written, for A/B checks).
+The modules and parameter names are those of the plain definition (``spaces.ops`` blocks inside
+``MixedOp.ops``), so state dicts, ``functional_call`` and the evaluation code are unaffected;
+only the order and grouping of the arithmetic changes, never its result (up to float rounding,
+checked against ``supernet.reference`` in tests/test_perf.py). What it does, and why:
+
+* one ReLU per *tensor*, not per op: SepConv, DilConv, ReLUConvBN and FactorizedReduce all
+  begin with ReLU, and a state feeds several edges (DARTS: ``c_{k-2}`` feeds 4 edges x 4 conv
+  ops) and two cells' preprocessing. ``_Input`` computes ``relu(x)`` (and its derived forms)
+  once and shares it: fewer passes and, above all, fewer saved activations.
+* op weight folded into the op's last BatchNorm: ``w * BN(z)`` is ``BN(z)`` with affine scale
+  ``w`` (and ``w * beta_edge`` with PC-DARTS edge weights). The BN kernel then produces the
+  weighted output directly, and autograd keeps only BN's input instead of also keeping the op
+  output for the multiplication's alpha gradient (one activation less per op).
+* dilated depthwise convs without dilation (CPU): oneDNN has no fast kernel for the backward of
+  dilated depthwise convs (it falls back to a generic grouped path, ~10-30x slower than a plain
+  3x3 depthwise). A dilation-2 conv is exactly a plain conv on each of the 4 polyphase
+  components of its input (stride 1), or on the even component alone (stride 2), so we run it
+  that way; the pointwise conv and BN that follow are per-pixel and run on the phase layout too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..spaces.ops import OPS, FactorizedReduce, Identity, ReLUConvBN, ResNetBasicBlock, build_op
+from ..spaces.ops import (
+    OPS,
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    ResNetBasicBlock,
+    SepConv,
+    build_op,
+)
 from ..spaces.registry import SearchSpace
 
 OpWeights = Mapping[str, torch.Tensor]
 Hard = Mapping[str, Sequence[int]]
+
+# -- fast-path switches ------------------------------------------------------------------------
+_FAST = True
+# where dilated depthwise convs run as polyphase plain convs: "cpu" (measured win), "always", "never"
+PHASE_DILATION = "cpu"
+
+
+@contextmanager
+def fast_path(enabled: bool = True) -> Iterator[None]:
+    """Switch the fused supernet arithmetic on or off (off = call every op module as written)."""
+    global _FAST
+    old, _FAST = _FAST, bool(enabled)
+    try:
+        yield
+    finally:
+        _FAST = old
+
+
+def fast_path_enabled() -> bool:
+    return _FAST
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -28,9 +79,200 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x * mask / keep
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """PC-DARTS channel shuffle; keeps a channels_last input channels_last."""
     b, c, h, w = x.shape
+    if _is_channels_last(x):
+        y = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
+        return y.permute(0, 3, 1, 2)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+# -- fused building blocks ---------------------------------------------------------------------
+
+
+def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+    """``gamma * bn(x)`` with the scale applied inside the BN kernel (as its affine weight).
+
+    Mirrors ``nn.BatchNorm2d.forward`` (running-stat update, ``num_batches_tracked``, eval mode),
+    so module state evolves exactly as when the module is called.
+    """
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    weight, bias = bn.weight, bn.bias
+    if gamma is not None:
+        # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
+        # weight when input and grad are channels_last (measured on torch 2.13)
+        weight = gamma.expand(x.shape[1]).contiguous() if weight is None else weight * gamma
+        bias = None if bias is None else bias * gamma
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        weight, bias, use_batch, factor, bn.eps)
+
+
+def _phase_ok(x: torch.Tensor) -> bool:
+    if PHASE_DILATION == "always":
+        return True
+    return PHASE_DILATION == "cpu" and x.device.type == "cpu"
+
+
+def _to_phases(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2h, 2w) -> (4B, C, h, w): the 4 polyphase components stacked on the batch axis."""
+    b, c, H, W = x.shape
+    h, w = H // 2, W // 2
+    if _is_channels_last(x):
+        y = x.permute(0, 2, 3, 1).reshape(b, h, 2, w, 2, c).permute(2, 4, 0, 1, 3, 5).reshape(4 * b, h, w, c)
+        return y.permute(0, 3, 1, 2)
+    return x.reshape(b, c, h, 2, w, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * b, c, h, w)
+
+
+def _from_phases(y: torch.Tensor, b: int) -> torch.Tensor:
+    """Inverse of :func:`_to_phases`."""
+    _, c, h, w = y.shape
+    if _is_channels_last(y):
+        z = y.permute(0, 2, 3, 1).reshape(2, 2, b, h, w, c).permute(2, 3, 0, 4, 1, 5)
+        return z.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return y.reshape(2, 2, b, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h, 2 * w)
+
+
+class _Input:
+    """A tensor that feeds several ops (and edges), with its derived forms computed once."""
+
+    __slots__ = ("x", "_cache")
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._cache: dict = {}
+
+    def relu(self) -> torch.Tensor:
+        r = self._cache.get("relu")
+        if r is None:
+            r = self._cache["relu"] = F.relu(self.x)
+        return r
+
+    def relu_even(self) -> torch.Tensor:
+        """relu(x)[..., ::2, ::2]: all a stride-2, dilation-2 conv ever reads."""
+        r = self._cache.get("even")
+        if r is None:
+            r = self.relu()[:, :, ::2, ::2]
+            r = self._cache["even"] = r.contiguous(
+                memory_format=torch.channels_last if _is_channels_last(self.x) else torch.contiguous_format)
+        return r
+
+    def relu_phases(self) -> torch.Tensor:
+        """Polyphase components of relu(x), zero-padded to even size (zeros = the conv's padding)."""
+        r = self._cache.get("phases")
+        if r is None:
+            x = self.relu()
+            H, W = x.shape[-2:]
+            if H % 2 or W % 2:
+                x = F.pad(x, (0, W % 2, 0, H % 2))
+            r = self._cache["phases"] = _to_phases(x)
+        return r
+
+    def head(self, c: int) -> _Input:
+        """The first ``c`` channels (PC-DARTS), shared by every edge leaving this tensor."""
+        key = ("head", c)
+        r = self._cache.get(key)
+        if r is None:
+            r = self._cache[key] = _Input(self.x[:, :c])
+        return r
+
+
+def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gamma: torch.Tensor | None,
+              relu: torch.Tensor | None = None) -> torch.Tensor:
+    """DilConv's body on a shared ReLU: depthwise (maybe dilated) -> pointwise -> BN(gamma)."""
+    k, d, p, s = dw.kernel_size[0], dw.dilation[0], dw.padding[0], dw.stride[0]
+    if relu is None and d == 2 and p == k - 1 and dw.kernel_size[1] == k and dw.dilation[1] == 2 \
+            and dw.padding[1] == p and dw.stride[1] == s and s in (1, 2) and dw.groups == dw.in_channels \
+            and dw.padding_mode == "zeros" and _phase_ok(inp.x):
+        if s == 2:
+            z = F.conv2d(inp.relu_even(), dw.weight, dw.bias, 1, (k - 1) // 2, 1, dw.groups)
+            return _bn(bn, pw(z), gamma)
+        xp = inp.relu_phases()
+        b = inp.x.shape[0]
+        z = F.conv2d(xp, dw.weight, dw.bias, 1, (k - 1) // 2, 1, dw.groups)
+        H, W = inp.x.shape[-2:]
+        if H % 2 == 0 and W % 2 == 0:
+            # pointwise conv and BN are per pixel: stay in phase layout (same BN statistics)
+            return _from_phases(_bn(bn, pw(z), gamma), b)
+        z = _from_phases(z, b)[:, :, :H, :W]
+        return _bn(bn, pw(z), gamma)
+    return _bn(bn, pw(dw(inp.relu() if relu is None else relu)), gamma)
+
+
+def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    _, dw, pw, bn = op
+    return _dw_pw_bn(dw, pw, bn, inp, gamma)
+
+
+def _sep_conv(op: SepConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    a, b = op[0], op[1]
+    y = _dw_pw_bn(a[1], a[2], a[3], inp, None)
+    return _dw_pw_bn(b[1], b[2], b[3], inp, gamma, relu=F.relu(y))
+
+
+def _relu_conv_bn(op: ReLUConvBN, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    _, conv, bn = op
+    return _bn(bn, conv(inp.relu()), gamma)
+
+
+def _factorized_reduce(op: FactorizedReduce, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    return _bn(op.bn, op.reduce(inp.relu()), gamma)
+
+
+def _pool_bn(op: nn.Sequential, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    return _bn(op[1], op[0](inp.x), gamma)
+
+
+_FUSED = {"sep": _sep_conv, "dil": _dil_conv, "rcb": _relu_conv_bn, "fr": _factorized_reduce,
+          "pool_bn": _pool_bn}
+
+
+def _is_relu(m: nn.Module) -> bool:
+    return type(m) is nn.ReLU
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return type(m) is nn.BatchNorm2d
+
+
+def _is_dilconv(m: nn.Module) -> bool:
+    return (type(m) is DilConv and len(m) == 4 and _is_relu(m[0]) and type(m[1]) is nn.Conv2d
+            and type(m[2]) is nn.Conv2d and _is_bn(m[3]))
+
+
+def _kind(op: nn.Module) -> str:
+    """How the fast path runs an op; exact type checks so a plugin subclass is never mistaken."""
+    t = type(op)
+    if t is Identity:
+        return "identity"
+    if _is_dilconv(op):
+        return "dil"
+    if t is SepConv and len(op) == 2 and all(_is_dilconv(m) for m in op):
+        return "sep"
+    if t is ReLUConvBN and len(op) == 3 and _is_relu(op[0]) and type(op[1]) is nn.Conv2d and _is_bn(op[2]):
+        return "rcb"
+    if t is FactorizedReduce:
+        return "fr"
+    if t is nn.Sequential and len(op) == 2 and type(op[0]) in (nn.MaxPool2d, nn.AvgPool2d) and _is_bn(op[1]):
+        return "pool_bn"
+    return "generic"
+
+
+def _preprocess(module: nn.Module, inp: _Input) -> torch.Tensor:
+    kind = _kind(module)
+    if kind in ("rcb", "fr"):
+        return _FUSED[kind](module, inp, None)
+    return module(inp.x)
 
 
 class MixedOp(nn.Module):
@@ -67,6 +309,7 @@ class MixedOp(nn.Module):
             return torch.zeros_like(x)
         return torch.zeros_like(x[:, :, ::self.stride, ::self.stride])
 
+    # -- plain path: every op module as written ---------------------------------------------
     def _mix(self, x: torch.Tensor, w: torch.Tensor, hard: int | None, drop_prob: float) -> torch.Tensor:
         ks = self.active if hard is None else ([hard] if hard in self.active else [])
         out = None
@@ -81,8 +324,54 @@ class MixedOp(nn.Module):
             out = self._out_shape_zero(x) * w.sum()
         return out
 
+    # -- fast path ---------------------------------------------------------------------------
+    def _mix_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float) -> torch.Tensor:
+        kinds = self.__dict__.get("_kinds")
+        if kinds is None or len(kinds) != len(self.ops):
+            kinds = self.__dict__["_kinds"] = [_kind(op) for op in self.ops]
+        ks = self.active if hard is None else ([hard] if hard in self.active else [])
+        drop = drop_prob > 0.0 and self.training
+        out = None
+        for k in ks:
+            kind = kinds[k]
+            if kind == "identity":
+                out = inp.x * w[k] if out is None else torch.addcmul(out, inp.x, w[k])
+                continue
+            fused = _FUSED.get(kind)
+            if fused is not None:
+                y = fused(self.ops[k], inp, w[k])
+                if drop and self.droppable[k]:
+                    y = drop_path(y, drop_prob)
+            else:
+                y = self.ops[k](inp.x)
+                if drop and self.droppable[k]:
+                    y = drop_path(y, drop_prob)
+                y = w[k] * y
+            out = y if out is None else out + y
+        if out is None:
+            out = self._out_shape_zero(inp.x) * w.sum()
+        return out
+
+    def _forward_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float,
+                      edge_w: torch.Tensor | None = None) -> torch.Tensor:
+        """The edge output, times ``edge_w`` when given (folded into the op weights)."""
+        if edge_w is not None:
+            w = w * edge_w
+        if self.partial_k == 1:
+            return self._mix_fast(inp, w, hard, drop_prob)
+        c = inp.x.shape[1] // self.partial_k
+        ya = self._mix_fast(inp.head(c), w, hard, drop_prob)
+        xb = inp.x[:, c:]
+        if self.bypass_pool is not None:
+            xb = self.bypass_pool(xb)
+        if edge_w is not None:
+            xb = xb * edge_w
+        return channel_shuffle(torch.cat([ya, xb], dim=1), self.partial_k)
+
     def forward(self, x: torch.Tensor, w: torch.Tensor, hard: int | None = None,
                 drop_prob: float = 0.0) -> torch.Tensor:
+        if _FAST:
+            return self._forward_fast(_Input(x), w, hard, drop_prob)
         if self.partial_k == 1:
             return self._mix(x, w, hard, drop_prob)
         c = x.shape[1] // self.partial_k
@@ -115,8 +404,25 @@ class SearchCell(nn.Module):
         self.node_edges = [list(space.node_edges(i)) for i in range(space.n_nodes)]
         self.sources = [src for src, _ in space.edges]
 
+    def _forward_fast(self, in0: _Input, in1: _Input, w: torch.Tensor, edge_w: torch.Tensor | None,
+                      hard: Sequence[int] | None, drop_prob: float) -> torch.Tensor:
+        states = [_Input(_preprocess(self.preprocess0, in0)), _Input(_preprocess(self.preprocess1, in1))]
+        for i, edges in enumerate(self.node_edges):
+            s = None
+            for e in edges:
+                y = self.edges[e]._forward_fast(states[self.sources[e]], w[e],
+                                                None if hard is None else hard[e], drop_prob,
+                                                None if edge_w is None else edge_w[e])
+                s = y if s is None else s + y
+            if self.node_norm is not None:
+                s = self.node_norm[i](s)
+            states.append(_Input(s))
+        return torch.cat([st.x for st in states[self.space.n_inputs:]], dim=1)
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
                 hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
+        if _FAST:
+            return self._forward_fast(_Input(s0), _Input(s1), w, edge_w, hard, drop_prob)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i, edges in enumerate(self.node_edges):
             s = None
@@ -145,7 +451,8 @@ class SearchNetwork(nn.Module):
         self.drop_path_prob = 0.0
         self.channels_last = False
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -167,10 +474,21 @@ class SearchNetwork(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            ct = cell.cell_type
-            s0, s1 = s1, cell(s0, s1, weights[ct], None if edge_weights is None else edge_weights[ct],
-                              None if hard is None else hard[ct], self.drop_path_prob)
+        if _FAST:
+            # cell outputs feed two cells' preprocessing: share their ReLU through _Input
+            in0 = in1 = _Input(s1)
+            for cell in self.cells:
+                ct = cell.cell_type
+                out = cell._forward_fast(in0, in1, weights[ct],
+                                         None if edge_weights is None else edge_weights[ct],
+                                         None if hard is None else hard[ct], self.drop_path_prob)
+                in0, in1 = in1, _Input(out)
+            s1 = in1.x
+        else:
+            for cell in self.cells:
+                ct = cell.cell_type
+                s0, s1 = s1, cell(s0, s1, weights[ct], None if edge_weights is None else edge_weights[ct],
+                                  None if hard is None else hard[ct], self.drop_path_prob)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
@@ -192,25 +510,31 @@ class NB201SearchCell(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
                 hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [x]
+        fast = _FAST
+        states = [_Input(x) if fast else x]
         for i, edges in enumerate(self.node_edges):
             s = None
             for e in edges:
-                y = self.edges[e](states[self.sources[e]], w[e], None if hard is None else hard[e], drop_prob)
-                if edge_w is not None:
-                    y = edge_w[e] * y
+                h = None if hard is None else hard[e]
+                if fast:
+                    y = self.edges[e]._forward_fast(states[self.sources[e]], w[e], h, drop_prob,
+                                                    None if edge_w is None else edge_w[e])
+                else:
+                    y = self.edges[e](states[self.sources[e]], w[e], h, drop_prob)
+                    if edge_w is not None:
+                        y = edge_w[e] * y
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
-            states.append(s)
-        return states[-1]
+            states.append(_Input(s) if fast else s)
+        return states[-1].x if fast else states[-1]
 
 
 class NB201SearchNetwork(nn.Module):
     """NAS-Bench-201 skeleton: stem, 3 stages of N cells (C, 2C, 4C) joined by ResNet blocks."""
 
-    def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3,
-                 partial_k: int = 1, node_norm: bool = False):
+    def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
+                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False):
         super().__init__()
         self.space = space
         self.drop_path_prob = 0.0

@@ -1,0 +1,224 @@
+"""``stablenas analyze RUN_DIR``: rebuild a finished (or interrupted) search from its directory and
+compute the diagnostics of ``analysis.curvature`` and ``analysis.diagnostics``.
+
+Writes ``RUN_DIR/analysis.json`` and the figures under ``RUN_DIR/plots/``. The search is rebuilt
+from ``config.yaml`` with no output directory (so nothing in the run is touched) and restored from
+``checkpoint.pt``: the weights, alpha and BN statistics the search ended with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .run import Run, load_run
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+
+ANALYSIS = "analysis.json"
+PLOTS = "plots"
+
+
+def load_search(run_dir: str | Path, overrides: list[str] | None = None) -> Search:
+    """The run's ``Search`` (config.yaml + checkpoint.pt), detached from the run directory."""
+    from ..config import config_from_dict
+    from ..search.loop import CHECKPOINT, Search
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    ck = run_dir / CHECKPOINT
+    if not ck.exists():
+        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: nothing to analyse (was the search "
+                                "started?)")
+    cfg = config_from_dict(yaml.safe_load(cfg_file.read_text()) or {}, overrides)
+    search = Search(cfg, None, progress=False, log=lambda _m: None)
+    search.load_checkpoint(ck)
+    return search
+
+
+def lambda_info(metrics: list[dict], window: int = 5, k: int = 5, threshold: float = 0.75) -> dict:
+    """lambda_max series of the metrics, its local average, the actual DARTS-ES stop (if the run
+    stopped early) and where the rule *would* stop (simulated, as RobustDARTS's early_stop=2)."""
+    from ..methods.curvature import lambda_series
+    from ..methods.darts_es import first_stop, local_average
+
+    pts = lambda_series(metrics)
+    epochs = [e + 1 for e, _ in pts]
+    values = [v for _, v in pts]
+    la = local_average(values, window)
+    sim = first_stop(values, window, k, threshold)
+    simulated = None
+    if sim is not None:
+        simulated = {"stop_epoch": epochs[sim["stop"]], "decided_at": epochs[sim["decided"]],
+                     "smoothed_epoch": epochs[sim["i"]], "ratio": sim["ratio"]}
+    actual = next((r["early_stop"] for r in metrics if r.get("early_stop")), None)
+    events = next((r["ada_events"] for r in reversed(metrics) if r.get("ada_events")), [])
+    return {"epochs": epochs, "lambda_max": values,
+            "local_average": [[e, v] for e, v in zip(epochs, la) if v is not None],
+            "window": window, "k": k, "threshold": threshold, "early_stop": actual,
+            "simulated_stop": simulated, "ada_events": events}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, tuples -> lists, int keys -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int = 1, iters: int = 20,
+                spectrum: str = "auto", top_k: int = 30, landscape: bool = True, grid: int = 7,
+                radius: float = 1.0, grad_corr: bool = True, plots: bool = True, tensorboard: bool = False,
+                overrides: list[str] | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Compute every diagnostic of a run and save ``analysis.json`` (+ plots) into it.
+
+    ``batches``: validation batches for accuracies and the landscape (eval batch size);
+    ``curvature_batches``: batches of the search batch size for the Hessian (BN in train mode, as
+    RobustDARTS); ``spectrum``: ``"auto"`` computes the exact spectrum when alpha has at most 128
+    entries, ``"yes"``/``"no"`` force it.
+    """
+    from . import curvature as cv
+    from . import diagnostics as dg
+
+    log = log or (lambda _m: None)
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    t0 = time.perf_counter()
+    search = load_search(run_dir, overrides)
+    out: dict[str, Any] = {"run": str(run_dir), "status": run.status, "epochs_done": len(run.metrics),
+                           "space": search.space.name, "n_alpha": search.arch.num_alpha()}
+    returned = run.genotype
+    current = search.genotype()
+    out["genotype"] = returned.to_dict() if returned else None
+    out["genotype_current_alpha"] = current.to_dict()
+
+    log("discretisation drop ...")
+    out["discretization"] = dg.discretization_drop(search, current, max_batches=batches)
+
+    log("curvature ...")
+    obj = cv.AlphaObjective.from_search(search, batches=curvature_batches, bn="train")
+    cur = cv.dominant_eigenvalue(obj, iters=iters)
+    curv: dict[str, Any] = {"lambda_max": cur.lambda_max, "iters": iters, "hvps": cur.hvps,
+                            "seconds": round(cur.seconds, 3), "batches": curvature_batches, "bn": "train",
+                            "ritz_top": cur.ritz[:10]}
+    want_exact = spectrum == "yes" or (spectrum == "auto" and search.arch.num_alpha() <= 128)
+    if want_exact:
+        _, ex = cv.exact_spectrum(obj)
+        curv.update({"lambda_max_exact": ex.lambda_max, "spectrum_top": ex.top_k(top_k),
+                     "spectrum_seconds": round(ex.seconds, 3), "negative_share": sum(
+                         1 for v in ex.eigenvalues if v < 0) / len(ex.eigenvalues)})
+    out["curvature"] = curv
+
+    if landscape:
+        log("landscape ...")
+        out["landscape"] = dg.landscape(search, grid=grid, radius=radius, batches=batches)
+    out["alpha_distance"] = dg.alpha_distance(run.metrics)
+    if returned is not None:
+        out["cells"] = dg.cell_stats(returned)
+    if grad_corr:
+        log("gradient correlation ...")
+        out["gradient_correlation"] = dg.gradient_correlation(search, batches=1)
+    out["lambda"] = lambda_info(run.metrics)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    out = _clean(out)
+    from ..utils import atomic_write_text
+
+    atomic_write_text(run_dir / ANALYSIS, json.dumps(out, indent=1) + "\n")
+    if plots:
+        write_plots(run, out, run_dir / PLOTS)
+    if tensorboard:
+        out["tensorboard"] = write_tensorboard(run, out)
+    return out
+
+
+def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
+    """Every figure of a run as PNG bytes, keyed by name (shared by ``analyze`` and the report)."""
+    from ..spaces.registry import get_space
+    from . import cells, plots
+
+    figs: dict[str, bytes] = {}
+    m = run.metrics
+    title = run.path.name
+    if m:
+        figs["curves"] = plots.curves(m, title)
+        space = get_space(run.config.get("space", "darts"))
+        for ct in space.cell_types:
+            if all("op_weights" in r and ct in r["op_weights"] for r in m):
+                figs[f"op_weights_{ct}"] = plots.op_weights(m, space.edge_ops, ct)
+    lam = (analysis or {}).get("lambda") or lambda_info(m)
+    figs["lambda"] = plots.lambda_plot(list(zip(lam["epochs"], lam["lambda_max"])),
+                                       [tuple(p) for p in lam["local_average"]], lam.get("early_stop"),
+                                       lam.get("simulated_stop"), lam.get("ada_events", []), title)
+    if run.genotype is not None:
+        for ct in cells.cell_types(run.genotype):
+            figs[f"cell_{ct}"] = cells.draw_cell(run.genotype, ct)[0]
+    a = analysis or {}
+    if a.get("landscape"):
+        figs["landscape"] = plots.landscape_plot(a["landscape"])
+    ad = a.get("alpha_distance")
+    if ad is None and m:
+        from .diagnostics import alpha_distance
+
+        ad = alpha_distance(m)
+    if ad and ad.get("distance"):
+        figs["alpha_distance"] = plots.alpha_distance_plot(ad)
+    spec = (a.get("curvature") or {}).get("spectrum_top")
+    if spec:
+        figs["spectrum"] = plots.spectrum_plot(spec)
+    if a.get("gradient_correlation"):
+        figs["grad_corr"] = plots.grad_corr_plot(a["gradient_correlation"])
+    return figs
+
+
+def write_plots(run: Run, analysis: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in figures(run, analysis).items():
+        p = folder / f"{name}.png"
+        p.write_bytes(png)
+        paths.append(p)
+    return paths
+
+
+def write_tensorboard(run: Run, analysis: dict) -> bool:
+    """Scalars per epoch into RUN_DIR/tensorboard when ``tensorboard`` is importable (optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return False
+    w = SummaryWriter(str(run.path / "tensorboard"))
+    try:
+        for r in run.metrics:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "lambda_max"):
+                if isinstance(r.get(key), (int, float)):
+                    w.add_scalar(f"search/{key}", r[key], r["epoch"])
+        disc = analysis.get("discretization") or {}
+        for key in ("acc_drop", "loss_increase"):
+            if key in disc and disc[key] is not None:
+                w.add_scalar(f"analysis/{key}", disc[key], len(run.metrics))
+    finally:
+        w.close()
+    return True
+
+
+def load_analysis(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / ANALYSIS
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None

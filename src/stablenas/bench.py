@@ -1,0 +1,756 @@
+"""``stablenas bench``: how fast and how big a search step is, against plain DARTS, in one run.
+
+Every figure is measured twice in the same process, interleaved repeat by repeat: once with the
+library's engine (``search.loop.Search`` on the fast supernet) and once with the plain
+reimplementation of the original DARTS search model (``supernet.reference``: per-op Python loop,
+``none`` computed, channels-first, DARTS's architect). Both start from the same weights and alpha
+and see the same seeded synthetic batches, so each figure comes with a same-run ratio, which is
+what survives a shared, noisy machine (the 1-minute load average is recorded next to each repeat).
+
+Measured, after ``warmup`` iterations, as the median over ``repeats``:
+
+* seconds per first-order iteration (alpha step on a validation batch + weight step) and per
+  second-order (unrolled) iteration, with images per second (training images of the weight step);
+* seconds per iteration of every method preset in ``configs/`` (read at run time; a preset that
+  does not fit the configuration is skipped with the reason);
+* seconds per lambda_max estimate (Lanczos, ``analysis.curvature``) and per exact Hessian, with
+  the relative error of lambda_max against the exact top eigenvalue (skipped with a note when the
+  curvature module is not installed);
+* peak memory per measurement: each one runs in a fresh subprocess and reports its peak RSS growth
+  over the iteration (``ru_maxrss``; torch allocations are invisible to tracemalloc), or
+  ``torch.cuda.max_memory_allocated`` on CUDA.
+
+``python -m stablenas.bench worker '<json>'`` is the memory subprocess; it is not a user command.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["BenchConfig", "parse_input", "run_bench", "format_table"]
+
+SYNTHETIC_PREFIX = "bench-synthetic"
+
+
+@dataclass
+class BenchConfig:
+    space: str = "darts"
+    cells: int = 8
+    channels: int = 16
+    batch: int = 64
+    input: tuple[int, int, int] = (3, 32, 32)
+    classes: int = 10
+    repeats: int = 3
+    warmup: int = 1
+    methods: list[str] | None = None  # None = every preset in configs/ that configures a method
+    second_order: bool = True
+    plain: bool = True
+    curvature: bool = True
+    curvature_iters: int = 20
+    exact: bool = True  # exact Hessian for the fast engine (one HVP per alpha entry)
+    plain_exact: bool = False  # also for the plain model (else extrapolated from its per-HVP time)
+    memory: bool = True
+    scaling: bool = False
+    threads: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    channels_last: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_input(text: str) -> tuple[int, int, int]:
+    """'3x32x32' -> (3, 32, 32)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"--input {text!r}: expected CxHxW with positive integers, e.g. 3x32x32")
+    return shape  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic data through the real data path
+
+
+def _synthetic_name(shape: tuple[int, int, int], classes: int) -> str:
+    c, h, w = shape
+    return f"{SYNTHETIC_PREFIX}-{c}x{h}x{w}-{classes}"
+
+
+def register_synthetic(shape: tuple[int, int, int], classes: int, n: int, seed: int) -> str:
+    """Register seeded random uint8 images as a dataset so ``Search`` runs unchanged on them."""
+    from .data.datasets import DATASETS
+
+    name = _synthetic_name(shape, classes)
+    if name not in DATASETS:
+        def load(split: str, root: Path | None, _shape=shape, _n=n, _seed=seed, _k=classes):
+            rng = np.random.default_rng(_seed + (0 if split == "train" else 1))
+            x = rng.integers(0, 256, size=(_n, *_shape), dtype=np.uint8)
+            y = rng.integers(0, _k, size=(_n,), dtype=np.int64)
+            return x, y, _k
+
+        DATASETS[name] = load
+    return name
+
+
+def _base_config(bc: BenchConfig, update: str = "first") -> dict:
+    return {
+        "name": "bench", "seed": bc.seed, "device": bc.device, "threads": bc.threads, "space": bc.space,
+        "data": {"dataset": _synthetic_name(bc.input, bc.classes), "batch_size": bc.batch, "subset": None,
+                 "train_portion": 0.5},
+        "network": {"channels": bc.channels, "layers": bc.cells, "channels_last": bc.channels_last},
+        "search": {"update": update},
+        "evaluation": {"lookup": False},
+    }
+
+
+def _apply_bench(raw: dict, bc: BenchConfig) -> dict:
+    """A preset's method settings at the bench's size, data and device."""
+    raw = dict(raw)
+    base = _base_config(bc)
+    raw["space"] = bc.space
+    raw["seed"] = bc.seed
+    raw["device"] = bc.device
+    raw["threads"] = bc.threads
+    raw["data"] = base["data"]
+    net = dict(raw.get("network") or {})
+    net.update(channels=bc.channels, layers=bc.cells, channels_last=bc.channels_last)
+    raw["network"] = net
+    optim = dict(raw.get("optim") or {})
+    optim["warmup_epochs"] = 0  # time the steady state: alpha steps on
+    raw["optim"] = optim
+    raw["evaluation"] = {"lookup": False}
+    return raw
+
+
+def _make_search(raw: dict):
+    from .config import config_from_dict
+    from .search.loop import Search
+
+    cfg = config_from_dict(raw)
+    s = Search(cfg, None, progress=False, log=lambda _m: None)
+    s._start_epoch(0)
+    s.net.train()
+    return s
+
+
+def _batches(search) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    train = next(iter(search.train_loader))
+    val = next(search.val_stream)
+    return train, val
+
+
+def _search_iteration(search, train, val) -> Callable[[], None]:
+    """One step of ``Search.train_epoch``'s loop on fixed batches."""
+    def run() -> None:
+        if search._uses_val_stream and not search.alpha_frozen():
+            search.arch_step(train, val)
+        search.weight_step(train)
+    return run
+
+
+def _plain_model(search, bc: BenchConfig):
+    """Plain DARTS model with the search's weights and alpha, on the search's device."""
+    from .supernet.reference import PlainDARTS, PlainSearchStep
+
+    n = search.cfg.network
+    o = search.cfg.optim
+    model = PlainDARTS(search.space, C=n.channels, layers=n.layers, num_classes=search.num_classes,
+                       in_channels=bc.input[0], stem_multiplier=n.stem_multiplier)
+    model.net.load_state_dict(search.net.state_dict())
+    model.to(search.device)
+    for a, b in zip(model.arch_parameters(), search.arch.alphas.values()):
+        a.data.copy_(b.data)
+    step = PlainSearchStep(model, lr=search.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           grad_clip=o.grad_clip, arch_lr=o.arch_lr, arch_betas=tuple(o.arch_betas),
+                           arch_weight_decay=o.arch_weight_decay)
+    return model, step
+
+
+def _cf(batch):
+    x, y = batch
+    return x.contiguous(), y
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on this platform
+        return float("nan")
+
+
+class _Series:
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.load: list[float] = []
+
+    def add(self, wall: float, cpu: float, load: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+        self.load.append(load)
+
+    def summary(self, images: int | None = None) -> dict:
+        if not self.wall:
+            return {}
+        med = statistics.median(self.wall)
+        out = {"median_s": round(med, 4), "wall_s": [round(v, 4) for v in self.wall],
+               "cpu_s": [round(v, 4) for v in self.cpu],
+               "median_cpu_s": round(statistics.median(self.cpu), 4), "load1": self.load}
+        if images:
+            out["images_per_s"] = round(images / med, 2)
+        return out
+
+
+def _time(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, Any]:
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
+def _ratio(slow: _Series, fast: _Series) -> dict:
+    """Same-run ratios slow/fast: of medians, and the median of per-repeat paired ratios."""
+    if not slow.wall or not fast.wall:
+        return {}
+    paired = [a / b for a, b in zip(slow.wall, fast.wall) if b > 0]
+    paired_cpu = [a / b for a, b in zip(slow.cpu, fast.cpu) if b > 0]
+    return {"of_medians": round(statistics.median(slow.wall) / statistics.median(fast.wall), 3),
+            "paired_median": round(statistics.median(paired), 3) if paired else None,
+            "cpu_paired_median": round(statistics.median(paired_cpu), 3) if paired_cpu else None}
+
+
+# --------------------------------------------------------------------------------------------
+# curvature (optional module)
+
+
+def _curvature_module():
+    try:
+        from .analysis import curvature
+    except ImportError:
+        return None
+    needed = ("AlphaObjective", "dominant_eigenvalue", "exact_spectrum", "validation_batches")
+    return curvature if all(hasattr(curvature, n) for n in needed) else None
+
+
+def _objective(cur, search, net=None):
+    batches = cur.validation_batches(search, 1, search.cfg.data.batch_size)
+    if net is not None:
+        batches = [_cf(b) for b in batches]
+    return cur.AlphaObjective(search.net if net is None else net, search.arch, batches, bn="train",
+                              edge_weights=search.arch.edge_weights())
+
+
+# --------------------------------------------------------------------------------------------
+# memory: one measurement per fresh subprocess
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: reset the RSS high-water mark to the current RSS, so the peak is this measurement's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _worker(spec: dict) -> dict:
+    """Build one measurement's objects, then run its iteration once and report the memory peak."""
+    bc = BenchConfig(**{k: (tuple(v) if k == "input" else v) for k, v in spec["config"].items()})
+    what, engine = spec["what"], spec["engine"]
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
+    update = "second" if what == "second_order" else "first"
+    search = _make_search(_base_config(bc, update))
+    train, val = _batches(search)
+    device = search.device
+    if engine == "plain":
+        model, step = _plain_model(search, bc)
+        train_p, val_p = _cf(train), _cf(val)
+        if what == "lambda_max":
+            cur = _curvature_module()
+            obj = _objective(cur, search, model.net)
+            fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
+        else:
+            fn = lambda: step(train_p, val_p, unrolled=(what == "second_order"))  # noqa: E731
+    else:
+        if what == "lambda_max":
+            cur = _curvature_module()
+            obj = _objective(cur, search)
+            fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
+        else:
+            fn = _search_iteration(search, train, val)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        hwm = _reset_peak_rss()
+        base = _rss_bytes()
+    fn()
+    _sync(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        kind = "cuda_max_memory_allocated"
+    else:
+        peak = (_hwm_bytes() if hwm else None) or _maxrss_bytes()
+        kind = "peak_rss (VmHWM after reset)" if hwm else "peak_rss (ru_maxrss, lifetime)"
+    return {"what": what, "engine": engine, "kind": kind, "base_mb": round(base / 2**20, 1),
+            "peak_mb": round(peak / 2**20, 1), "growth_mb": round(max(0, peak - base) / 2**20, 1)}
+
+
+def _run_worker(spec: dict, timeout: float | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "stablenas.bench", "worker", json.dumps(spec)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"worker exited {p.returncode}: {tail[0][:300]}"}
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# scaling
+
+
+def _forward_flops(net: torch.nn.Module, x: torch.Tensor, weights) -> int:
+    """Forward FLOPs of one batch (conv/linear/matmul), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = net.training
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(x, weights)
+    net.train(was)
+    return int(fc.get_total_flops())
+
+
+def _scaling(bc: BenchConfig, log: Callable[[str], None]) -> list[dict]:
+    variants = [("base", {}), ("batch x2", {"batch": 2 * bc.batch}),
+                ("channels x2", {"channels": 2 * bc.channels}), ("cells x2", {"cells": 2 * bc.cells})]
+    runs = []
+    for name, change in variants:
+        v = BenchConfig(**{**asdict(bc), **change})
+        register_synthetic(v.input, v.classes, 4 * v.batch, v.seed)
+        s = _make_search(_base_config(v))
+        train, val = _batches(s)
+        w = {k: t.detach() for k, t in s.arch.op_weights().items()}
+        flops = _forward_flops(s.net, train[0], w)
+        runs.append((name, v, s, _search_iteration(s, train, val), flops, _Series()))
+    for r in range(bc.warmup + bc.repeats):
+        for _name, _v, s, fn, _flops, series in runs:
+            wall, cpu, _ = _time(fn, s.device)
+            if r >= bc.warmup:
+                series.add(wall, cpu, _load())
+        log(f"scaling repeat {r + 1}/{bc.warmup + bc.repeats}")
+    base_t = statistics.median(runs[0][5].wall)
+    base_f = runs[0][4]
+    out = []
+    for name, v, _s, _fn, flops, series in runs:
+        t = statistics.median(series.wall)
+        out.append({"variant": name, "batch": v.batch, "channels": v.channels, "cells": v.cells,
+                    "forward_gflop": round(flops / 1e9, 3), "work_ratio": round(flops / base_f, 3),
+                    "median_s": round(t, 4), "time_ratio": round(t / base_t, 3),
+                    "time_per_work": round((t / base_t) / (flops / base_f), 3), "load1": series.load})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def _method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str | None]]:
+    """(preset, raw config or None, reason when skipped)."""
+    import yaml
+
+    from .config import PRESET_DIR, list_presets
+
+    out = []
+    available = list_presets()
+    wanted = names if names is not None else available
+    for name in wanted:
+        if name not in available:
+            out.append((name, None, f"no preset {name!r} in configs/"))
+            continue
+        raw = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
+        if names is None and not raw.get("methods"):
+            continue  # plain DARTS presets are the first/second-order rows
+        out.append((name, raw, None))
+    return out
+
+
+def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Run every measurement of ``bc``; returns the JSON-able result (see module docstring)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    started = time.time()
+    register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
+    result: dict[str, Any] = {
+        "config": {**asdict(bc), "input": "x".join(map(str, bc.input))},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "machine": platform.machine(), "load1_start": _load()},
+        "notes": list(bc.notes),
+    }
+    log(f"building: {bc.space}, {bc.cells} cells, {bc.channels} channels, batch {bc.batch}, input {bc.input}")
+    first = _make_search(_base_config(bc, "first"))
+    device = first.device
+    result["environment"]["device"] = str(device)
+    train, val = _batches(first)
+    train_p, val_p = _cf(train), _cf(val)
+
+    # (name, callable, images per call); fast/plain pairs sit next to each other in every repeat
+    jobs: list[tuple[str, Callable[[], Any], int | None]] = [
+        ("first_order/fast", _search_iteration(first, train, val), bc.batch)]
+    plain_model = plain_step = None
+    if bc.plain:
+        plain_model, plain_step = _plain_model(first, bc)
+        jobs.append(("first_order/plain", lambda: plain_step(train_p, val_p, unrolled=False), bc.batch))
+    if bc.second_order:
+        second = _make_search(_base_config(bc, "second"))
+        second.net.load_state_dict(first.net.state_dict())
+        second.arch.load_state_dict(first.arch.state_dict())
+        jobs.append(("second_order/fast", _search_iteration(second, train, val), bc.batch))
+        if bc.plain:
+            p2_model, p2_step = _plain_model(second, bc)
+            jobs.append(("second_order/plain", lambda: p2_step(train_p, val_p, unrolled=True), bc.batch))
+
+    methods_out: dict[str, dict] = {}
+    for name, raw, reason in _method_presets(bc.methods):
+        if raw is None:
+            methods_out[name] = {"skipped": reason}
+            continue
+        try:
+            s = _make_search(_apply_bench(raw, bc))
+        except Exception as e:  # a preset that cannot run at this size/space: report, do not abort
+            methods_out[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:240]}"}
+            continue
+        tb, vb = _batches(s)
+        methods_out[name] = {"methods": [m.name for m in s.cfg.methods], "update": s.cfg.search.update}
+        jobs.append((f"preset/{name}", _search_iteration(s, tb, vb), bc.batch))
+
+    cur = _curvature_module() if bc.curvature else None
+    if bc.curvature and cur is None:
+        result["notes"].append("stablenas.analysis.curvature not available: lambda_max and exact Hessian "
+                               "skipped")
+    curv: dict[str, Any] = {}
+    if cur is not None:
+        obj_fast = _objective(cur, first)
+        iters = bc.curvature_iters
+        jobs.append(("lambda_max/fast", lambda: cur.dominant_eigenvalue(obj_fast, iters=iters), None))
+        if bc.plain:
+            obj_plain = _objective(cur, first, plain_model.net)
+            jobs.append(("lambda_max/plain", lambda: cur.dominant_eigenvalue(obj_plain, iters=iters), None))
+
+    series = {name: _Series() for name, _, _ in jobs}
+    values: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    total = bc.warmup + bc.repeats
+    for r in range(total):
+        for name, fn, _img in jobs:
+            if name in failed:
+                continue
+            try:
+                wall, cpu, out = _time(fn, device)
+            except Exception as e:
+                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
+                log(f"  {name}: failed ({failed[name]})")
+                continue
+            if r >= bc.warmup:
+                series[name].add(wall, cpu, _load())
+                if out is not None and hasattr(out, "lambda_max"):
+                    values.setdefault(name, []).append({"lambda_max": out.lambda_max, "hvps": out.hvps})
+            log(f"  repeat {r + 1}/{total} {'(warm-up) ' if r < bc.warmup else ''}{name}: {wall:.3f} s "
+                f"(load {_load()})")
+
+    def pair(key: str) -> dict:
+        f, p = series.get(f"{key}/fast"), series.get(f"{key}/plain")
+        img = next((i for n, _, i in jobs if n == f"{key}/fast"), None)
+        d: dict[str, Any] = {}
+        if f is not None:
+            d["fast"] = f.summary(img) or {"error": failed.get(f"{key}/fast")}
+        if p is not None:
+            d["plain"] = p.summary(img) or {"error": failed.get(f"{key}/plain")}
+        if f is not None and p is not None:
+            d["speedup"] = _ratio(p, f)  # plain time / fast time
+        return d
+
+    timing: dict[str, Any] = {"first_order": pair("first_order")}
+    if bc.second_order:
+        timing["second_order"] = pair("second_order")
+        f1, f2 = series["first_order/fast"], series["second_order/fast"]
+        if f1.wall and f2.wall:
+            timing["second_over_first"] = {"fast": _ratio(f2, f1)}
+            if bc.plain and series["first_order/plain"].wall and series["second_order/plain"].wall:
+                timing["second_over_first"]["plain"] = _ratio(series["second_order/plain"],
+                                                              series["first_order/plain"])
+    for name, info in methods_out.items():
+        s = series.get(f"preset/{name}")
+        if s is None:
+            continue
+        if failed.get(f"preset/{name}"):
+            info["error"] = failed[f"preset/{name}"]
+        info.update(s.summary(bc.batch))
+        if s.wall and series["first_order/fast"].wall:
+            info["vs_first_order"] = _ratio(s, series["first_order/fast"])
+    timing["presets"] = methods_out
+
+    if cur is not None:
+        curv["lambda_max"] = pair("lambda_max")
+        for eng in ("fast", "plain"):
+            v = values.get(f"lambda_max/{eng}")
+            if v and eng in curv["lambda_max"]:
+                curv["lambda_max"][eng]["value"] = v[-1]["lambda_max"]
+                curv["lambda_max"][eng]["hvps"] = v[-1]["hvps"]
+        if bc.exact:
+            log("exact Hessian (fast engine): one HVP per alpha entry")
+            try:
+                wall, cpu, (_, ex) = _time(lambda: cur.exact_spectrum(obj_fast), device)
+                top = ex.eigenvalues[0]
+                curv["exact_hessian"] = {"fast": {"seconds": round(wall, 3), "cpu_s": round(cpu, 3),
+                                                  "n": ex.n, "hvps": ex.hvps, "top_eigenvalue": top,
+                                                  "load1": _load()}}
+                lm = curv["lambda_max"].get("fast", {})
+                if "value" in lm and top != 0:
+                    curv["lambda_max_vs_exact"] = {
+                        "relative_error": round(abs(lm["value"] - top) / abs(top), 6),
+                        "time_fraction": round(lm["median_s"] / wall, 4)}
+                if bc.plain:
+                    if bc.plain_exact:
+                        wall_p, cpu_p, (_, exp) = _time(lambda: cur.exact_spectrum(obj_plain), device)
+                        curv["exact_hessian"]["plain"] = {
+                            "seconds": round(wall_p, 3), "cpu_s": round(cpu_p, 3),
+                            "top_eigenvalue": exp.eigenvalues[0], "load1": _load()}
+                    elif "plain" in curv["lambda_max"] and curv["lambda_max"]["plain"].get("median_s"):
+                        pl = curv["lambda_max"]["plain"]
+                        per_hvp = pl["median_s"] / max(pl.get("hvps", bc.curvature_iters), 1)
+                        curv["exact_hessian"]["plain"] = {
+                            "seconds_extrapolated": round(per_hvp * ex.n, 1),
+                            "how": "plain lambda_max seconds / its HVPs x n (not run; --plain-exact runs it)"}
+                    pe = curv["exact_hessian"].get("plain", {})
+                    ps = pe.get("seconds", pe.get("seconds_extrapolated"))
+                    if ps:
+                        curv["exact_hessian"]["speedup"] = round(ps / wall, 3)
+            except Exception as e:
+                curv["exact_hessian"] = {"error": f"{type(e).__name__}: {str(e)[:240]}"}
+        result["curvature"] = curv
+
+    if bc.memory:
+        log("memory: one fresh subprocess per measurement")
+        mem: dict[str, Any] = {}
+        whats = ["first_order"] + (["second_order"] if bc.second_order else [])
+        spec_cfg = {**asdict(bc), "input": list(bc.input)}
+        for what in whats:
+            mem[what] = {}
+            for eng in ("fast", "plain") if bc.plain else ("fast",):
+                mem[what][eng] = _run_worker({"config": spec_cfg, "what": what, "engine": eng})
+                log(f"  {what}/{eng}: {mem[what][eng]}")
+            f, p = mem[what].get("fast", {}), mem[what].get("plain", {})
+            if f.get("growth_mb") and p.get("growth_mb"):
+                mem[what]["fast_over_plain"] = round(f["growth_mb"] / p["growth_mb"], 3)
+        result["memory"] = mem
+
+    if bc.scaling:
+        log("scaling: fast first-order iteration at 2x batch / channels / cells")
+        result["scaling"] = _scaling(bc, log)
+
+    result["timing"] = timing
+    result["environment"]["load1_end"] = _load()
+    result["environment"]["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def _fmt_s(d: dict | None) -> str:
+    if not d or "median_s" not in d:
+        return "-" if not d else ("error" if "error" in d else "-")
+    return f"{d['median_s']:.3f}"
+
+
+def format_table(res: dict) -> str:
+    """A plain-text table of the result (the JSON has everything, this is the summary)."""
+    c = res["config"]
+    env = res["environment"]
+    lines = [f"stablenas bench: space {c['space']}, {c['cells']} cells, {c['channels']} channels, "
+             f"batch {c['batch']}, input {c['input']}, {c['repeats']} repeats after {c['warmup']} warm-up; "
+             f"device {env.get('device')}, {env['threads']} threads, torch {env['torch']}; "
+             f"load1 {env['load1_start']} -> {env.get('load1_end')}",
+             "",
+             f"{'measurement':28s} {'fast s':>9s} {'plain s':>9s} {'speedup':>8s} {'paired':>7s} "
+             f"{'fast img/s':>10s} {'load1':>12s}"]
+    t = res.get("timing", {})
+
+    def row(label: str, d: dict) -> None:
+        f, p, sp = d.get("fast", {}), d.get("plain"), d.get("speedup", {})
+        loads = f.get("load1") or []
+        load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+        lines.append(f"{label:28s} {_fmt_s(f):>9s} {_fmt_s(p):>9s} "
+                     f"{(str(sp.get('of_medians')) + 'x') if sp else '-':>8s} "
+                     f"{(str(sp.get('paired_median')) + 'x') if sp else '-':>7s} "
+                     f"{f.get('images_per_s', '-')!s:>10s} {load:>12s}")
+
+    for key, label in (("first_order", "first-order iteration"), ("second_order", "second-order iteration")):
+        if key in t:
+            row(label, t[key])
+    if "second_over_first" in t:
+        so = t["second_over_first"]
+        lines.append(f"{'second / first order':28s} {str(so['fast']['of_medians']) + 'x':>9s} "
+                     f"{(str(so['plain']['of_medians']) + 'x') if 'plain' in so else '-':>9s}")
+    cur = res.get("curvature", {})
+    if "lambda_max" in cur:
+        row("lambda_max (Lanczos)", cur["lambda_max"])
+    if "exact_hessian" in cur:
+        e = cur["exact_hessian"]
+        if "fast" in e:
+            p = e.get("plain", {})
+            ps = p.get("seconds", p.get("seconds_extrapolated"))
+            lines.append(f"{'exact Hessian':28s} {e['fast']['seconds']:>9.3f} "
+                         f"{(f'{ps:.1f}' + ('*' if 'seconds_extrapolated' in p else '')) if ps else '-':>9s} "
+                         f"{(str(e.get('speedup')) + 'x') if e.get('speedup') else '-':>8s}")
+        else:
+            lines.append(f"{'exact Hessian':28s} {e.get('error', '-')}")
+    if "lambda_max_vs_exact" in cur:
+        lv = cur["lambda_max_vs_exact"]
+        lines.append(f"lambda_max vs exact top eigenvalue: relative error {lv['relative_error']:.2e}, "
+                     f"time fraction {lv['time_fraction']:.3f}")
+    presets = t.get("presets", {})
+    if presets:
+        lines += ["", f"{'preset':28s} {'fast s':>9s} {'vs 1st-order':>12s} {'img/s':>9s}  methods"]
+        for name, d in presets.items():
+            if "skipped" in d:
+                lines.append(f"{name:28s} skipped: {d['skipped']}")
+                continue
+            vs = d.get("vs_first_order", {}).get("of_medians")
+            lines.append(f"{name:28s} {_fmt_s(d):>9s} {(str(vs) + 'x') if vs else '-':>12s} "
+                         f"{d.get('images_per_s', '-')!s:>9s}  {', '.join(d.get('methods', []))}"
+                         + (f"  error: {d['error']}" if d.get("error") else ""))
+    mem = res.get("memory", {})
+    if mem:
+        lines += ["", f"{'peak memory (growth, MB)':28s} {'fast':>9s} {'plain':>9s} {'fast/plain':>10s}"]
+        for what, d in mem.items():
+            f, p = d.get("fast", {}), d.get("plain", {})
+            lines.append(f"{what:28s} {f.get('growth_mb', f.get('error', '-'))!s:>9s} "
+                         f"{p.get('growth_mb', p.get('error', '-'))!s:>9s} "
+                         f"{d.get('fast_over_plain', '-')!s:>10s}")
+    if res.get("scaling"):
+        lines += ["", f"{'scaling (fast, 1st order)':28s} {'GFLOP fwd':>9s} {'work x':>7s} {'time x':>7s} "
+                      f"{'time/work':>9s}"]
+        for s in res["scaling"]:
+            lines.append(f"{s['variant']:28s} {s['forward_gflop']:>9.3f} {s['work_ratio']:>7.2f} "
+                         f"{s['time_ratio']:>7.2f} {s['time_per_work']:>9.2f}")
+    for n in res.get("notes", []):
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def _limit_memory() -> None:
+    """Cap the worker's address space so a too-big measurement fails alone instead of taking the
+    (shared) machine down with it."""
+    avail = _mem_available()
+    if not avail:
+        return
+    try:
+        with open("/proc/self/statm") as f:
+            vsize = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return
+    limit = vsize + int(0.8 * avail) + (2 << 30)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or limit < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "worker":
+        _limit_memory()
+        try:
+            out = _worker(json.loads(argv[1]))
+        except MemoryError:
+            out = {"error": "out of memory (worker capped at 80% of available memory)"}
+        except RuntimeError as e:
+            msg = str(e)
+            first_line = msg.splitlines()[0][:300] if msg else type(e).__name__
+            out = {"error": ("out of memory: " if "memory" in msg.lower() else "") + first_line}
+        print(json.dumps(out), flush=True)
+        return 0
+    print("usage: stablenas bench ... (this module's entry point is only the memory worker)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
+

@@ -1,0 +1,644 @@
+"""Training a discrete architecture from scratch (the papers' "final evaluation").
+
+One loop for every skeleton: SGD with momentum and cosine learning rate, weight decay, gradient
+clipping, the auxiliary tower (weight 0.4), ScheduledDropPath rising linearly from 0 to its maximum
+over training, and cutout -- the DARTS CIFAR recipe (Liu et al. 2019, Sec. 3.2; robust-darts
+App. C), every knob configurable so that short protocols (S5 ground truth, the validation
+retraining that selects among searches) use the same code.
+
+A run directory holds ``train.json`` (the config), ``metrics.jsonl`` (one record per epoch),
+``checkpoint.pt`` (written atomically after every epoch) and, when done, ``result.json``.
+Everything that draws random numbers is either stateless per epoch (the data order and
+augmentation of :class:`~stablenas.data.TensorLoader`) or saved in the checkpoint (the global
+RNG that drop-path uses), so a run interrupted at any epoch boundary and resumed ends with
+bit-identical weights and accuracy on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from ..genotype import Genotype, GenotypeError
+from ..utils import (
+    atomic_torch_save,
+    atomic_write_text,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from .networks import build_eval_network
+from .profile import count_macs, count_params
+
+__all__ = [
+    "TRAIN_PRESETS",
+    "TrainConfig",
+    "TrainExistsError",
+    "resolve_genotype",
+    "train_config",
+    "train_genotype",
+]
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+CONFIG_FILE = "train.json"
+
+# datasets whose images are not mirror-symmetric in meaning (digits): no horizontal flip
+_NO_FLIP = {"mnist", "digits", "svhn"}
+# keys that may change between a run and its resume without changing the result
+_RUNTIME_KEYS = {"device", "threads", "eval_batch_size"}
+
+
+class TrainExistsError(FileExistsError):
+    """The output directory already holds a training run (pass resume to continue it)."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a from-scratch training run; defaults = DARTS CIFAR-10 evaluation.
+
+    ``cutout``, ``crop_padding`` and ``flip`` default to ``None`` = derived from the input size
+    (see :meth:`augmentation`): the CIFAR recipe (cutout 16, crop padding 4 on 32x32) is scaled
+    by side/32 so a 28x28 Fashion-MNIST image gets cutout 14 and an 8x8 digit cutout 4, i.e. the
+    same fraction of the image is erased.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    network: Literal["auto", "cifar", "imagenet", "nb201"] = "auto"  # auto: nb201 for nb201 genotypes
+    channels: int = Field(36, gt=0)
+    layers: int = Field(20, gt=0)  # cells (darts skeleton) or cells per stage N (nb201)
+    stem_multiplier: int = Field(3, gt=0)
+    epochs: int = Field(600, ge=1)
+    batch_size: int = Field(96, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    lr: float = Field(0.025, gt=0.0)
+    lr_min: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(3e-4, ge=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    auxiliary: bool = True
+    auxiliary_weight: float = Field(0.4, ge=0.0)
+    drop_path: float = Field(0.2, ge=0.0, lt=1.0)  # ScheduledDropPath: 0 -> drop_path linearly
+    cutout: int | None = Field(None, ge=0)  # None: 16 * side / 32
+    crop_padding: int | None = Field(None, ge=0)  # None: round(4 * side / 32)
+    flip: bool | None = None  # None: on, except for digit datasets (mnist, digits, svhn)
+    subset: int | None = Field(None, gt=0)  # train on this many training images (drawn with data_seed)
+    holdout: int = Field(0, ge=0)  # training images held out as a validation split (valid_acc)
+    test_subset: int | None = Field(None, gt=0)  # evaluate on this many test images (drawn with data_seed)
+    evaluate_test: bool = True  # False: never touch the test split (model selection runs)
+    eval_every: int = Field(0, ge=0)  # also evaluate every N epochs (0: only after the last epoch)
+    steps_per_epoch: int | None = Field(None, gt=0)  # cap (smoke runs); None = one pass
+    seed: int = 0  # weights init, data order, augmentation, drop-path
+    data_seed: int = 0  # which images form subset / holdout / test_subset: fixed across seeds
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0)
+    deterministic: bool = True
+    channels_last: bool = True
+    # recompute BatchNorm statistics over the (un-augmented) training images before the final
+    # evaluation: short runs end with running averages dominated by the last noisy steps
+    precise_bn: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        from ..data import DATASETS
+
+        name = self.dataset.strip().lower().replace("_", "-")
+        if name not in DATASETS and name not in ("fashionmnist", "cifar-10", "cifar-100"):
+            raise ValueError(f"dataset: unknown {self.dataset!r}; available: {', '.join(DATASETS)}")
+        return self
+
+    def augmentation(self, side: int) -> dict[str, Any]:
+        """Resolved crop padding, flip and cutout for images of ``side`` pixels."""
+        scale = side / 32.0
+        name = self.dataset.strip().lower()
+        return {
+            "crop_padding": self.crop_padding if self.crop_padding is not None else max(1, round(4 * scale)),
+            "flip": self.flip if self.flip is not None else name not in _NO_FLIP,
+            "cutout": self.cutout if self.cutout is not None else max(1, round(16 * scale)),
+        }
+
+
+# Named starting points; any field can then be overridden (``--set key=value``).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Liu et al. 2019 / robust-darts App. C: 600 epochs, batch 96, 36 channels, 20 cells
+    "darts": {},
+    # robust-darts App. C, CIFAR-100/SVHN and L2-scaled CIFAR-10 runs: 16 channels, 8 cells
+    "darts-small": {"channels": 16, "layers": 8},
+    # NAS-Bench-201 (Dong & Yang 2020): 200 epochs, lr 0.1, Nesterov, wd 5e-4, batch 256, crop+flip only
+    "nb201": {
+        "network": "nb201",
+        "channels": 16,
+        "layers": 5,
+        "epochs": 200,
+        "batch_size": 256,
+        "lr": 0.1,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "grad_clip": None,
+        "auxiliary": False,
+        "drop_path": 0.0,
+        "cutout": 0,
+    },
+}
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key; valid keys: {', '.join(TrainConfig.model_fields)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid training config: " + "; ".join(parts)
+
+
+def train_config(
+    preset: str | dict | None = "darts", overrides: list[str] | dict | None = None, **fields: Any
+) -> TrainConfig:
+    """Build a validated :class:`TrainConfig` from a preset name (or dict), ``key=value`` strings
+    (values parsed as YAML, like ``stablenas search --set``) and keyword fields, in that order."""
+    import yaml
+
+    from ..config import ConfigError
+
+    if preset is None:
+        raw: dict[str, Any] = {}
+    elif isinstance(preset, dict):
+        raw = dict(preset)
+    elif preset in TRAIN_PRESETS:
+        raw = dict(TRAIN_PRESETS[preset])
+    else:
+        raise ConfigError(f"unknown training preset {preset!r}; available: {', '.join(TRAIN_PRESETS)}")
+    if isinstance(overrides, dict):
+        raw.update(overrides)
+    else:
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=10")
+            key, value = item.split("=", 1)
+            try:
+                raw[key.strip()] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raw[key.strip()] = value
+    raw.update({k: v for k, v in fields.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
+    """A Genotype from a genotype.json, a run directory, an NB201 arch string or a published name."""
+    if isinstance(spec, Genotype):
+        return spec
+    if isinstance(spec, dict):
+        return Genotype.from_dict(spec)
+    text = str(spec)
+    if text.startswith("|"):
+        return Genotype.from_dict({"space": "nb201", "arch": text})  # validates the arch string
+    path = Path(text)
+    if path.is_dir():
+        if (path / "genotype.json").exists():
+            return Genotype.load(path / "genotype.json")
+        if (path / RESULT).exists():  # a training run directory
+            return Genotype.from_dict(json.loads((path / RESULT).read_text())["genotype"])
+        if (path / "metrics.jsonl").exists():
+            from ..analysis.run import load_run
+
+            run = load_run(path)
+            if run.genotype is not None:
+                return run.genotype
+        raise GenotypeError(f"{path} holds no genotype.json (nor a finished epoch to take one from)")
+    if path.suffix == ".json" or path.exists():
+        return Genotype.load(path)
+    from .published import PUBLISHED, get_published
+
+    try:
+        return get_published(text)
+    except KeyError:
+        raise GenotypeError(
+            f"{text!r} is neither a genotype file, a run directory, an NB201 arch string "
+            f"nor a published genotype ({', '.join(PUBLISHED)})"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def _split_indices(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Training and holdout indices: a fixed permutation by ``data_seed``, holdout first."""
+    if cfg.holdout == 0 and cfg.subset is None:
+        return torch.arange(n), None
+    if cfg.holdout >= n:
+        raise ValueError(f"holdout {cfg.holdout} leaves no training images (the split has {n})")
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    perm = torch.randperm(n, generator=g)
+    hold = perm[: cfg.holdout].sort().values if cfg.holdout else None
+    pool = perm[cfg.holdout :]
+    if cfg.subset is not None:
+        if cfg.subset > pool.numel():
+            raise ValueError(f"subset {cfg.subset} exceeds the {pool.numel()} training images available")
+        pool = pool[: cfg.subset]
+    return pool.sort().values, hold
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    acc = None
+    loader.set_epoch(0)
+    for x, y in loader:
+        logits, _ = model(x)
+        part = torch.stack(
+            [
+                F.cross_entropy(logits, y, reduction="sum"),
+                (logits.argmax(1) == y).sum().float(),
+                torch.tensor(float(y.shape[0]), device=logits.device),
+            ]
+        )
+        acc = part if acc is None else acc + part
+    model.train(was_training)
+    loss_sum, correct, count = acc.tolist() if acc is not None else (0.0, 0.0, 0.0)
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}
+
+
+class _Trainer:
+    def __init__(
+        self,
+        genotype: Genotype,
+        cfg: TrainConfig,
+        out_dir: Path | None,
+        *,
+        resume: bool,
+        progress: bool | None,
+        log: Callable[[str], None],
+    ):
+        from ..data import Augment, TensorLoader, load_dataset
+
+        self.genotype, self.cfg, self.out_dir, self.log = genotype, cfg, out_dir, log
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed)
+
+        train_set = load_dataset(cfg.dataset, "train", cfg.data_root)
+        self.input_shape = train_set.shape
+        train_idx, hold_idx = _split_indices(len(train_set), cfg)
+        self._train_set, self._train_idx = train_set, train_idx
+        aug = cfg.augmentation(self.input_shape[-1])
+        self.aug = aug
+        augment = Augment(crop_padding=aug["crop_padding"], flip=aug["flip"], cutout=aug["cutout"])
+        cl = cfg.channels_last
+        self.train_loader = TensorLoader(
+            train_set,
+            train_idx,
+            cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            augment=augment,
+            device=self.device,
+            seed=cfg.seed * 1000 + 11,
+            channels_last=cl,
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_idx)} training images")
+        self.steps = len(self.train_loader)
+        if cfg.steps_per_epoch:
+            self.steps = min(self.steps, cfg.steps_per_epoch)
+        self.valid_loader = None
+        if hold_idx is not None:
+            self.valid_loader = TensorLoader(
+                train_set, hold_idx, cfg.eval_batch_size, shuffle=False, device=self.device, channels_last=cl
+            )
+        self.test_loader = None
+        if cfg.evaluate_test:
+            test_set = load_dataset(cfg.dataset, "test", cfg.data_root)
+            test_idx = None
+            if cfg.test_subset is not None and cfg.test_subset < len(test_set):
+                g = torch.Generator().manual_seed(cfg.data_seed + 7919)
+                test_idx = torch.randperm(len(test_set), generator=g)[: cfg.test_subset].sort().values
+            self.test_loader = TensorLoader(
+                test_set, test_idx, cfg.eval_batch_size, shuffle=False, device=self.device, channels_last=cl
+            )
+        self.num_classes = train_set.num_classes
+
+        network = cfg.network
+        if network == "auto":
+            network = "nb201" if genotype.is_nb201 else "cifar"
+        self.network = network
+        sizes: dict[str, Any] = {
+            "C": cfg.channels,
+            "layers": cfg.layers,
+            "num_classes": self.num_classes,
+            "in_channels": self.input_shape[0],
+        }
+        if network == "cifar":
+            sizes["stem_multiplier"] = cfg.stem_multiplier
+        if network != "nb201":
+            sizes["auxiliary"] = cfg.auxiliary and cfg.auxiliary_weight > 0
+        self.model = build_eval_network(genotype, network, **sizes).to(self.device)
+        if cl:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = count_params(self.model)
+        self.macs = count_macs(self.model, self.input_shape)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, cfg.epochs, eta_min=cfg.lr_min
+        )
+        self.criterion = nn.CrossEntropyLoss()
+        self.epoch = 0
+        self.metrics: list[dict] = []
+        self.seconds = 0.0
+        if resume and out_dir is not None and (out_dir / CHECKPOINT).exists():
+            self._load(out_dir / CHECKPOINT)
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "metrics": self.metrics,
+            "seconds": self.seconds,
+            "config": self.cfg.model_dump(mode="json"),
+            "genotype": self.genotype.to_dict(),
+        }
+
+    def _load(self, path: Path) -> None:
+        from ..config import ConfigError
+
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:  # a torn or foreign file
+            raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        set_rng_state(st["rng"])
+        self.epoch, self.metrics, self.seconds = st["epoch"], list(st["metrics"]), float(st["seconds"])
+        if self.out_dir is not None:  # metrics.jsonl may hold an epoch past the checkpoint
+            atomic_write_text(
+                self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics)
+            )
+        self.log(f"resumed from {path} after epoch {self.epoch}")
+
+    # -- loop -----------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        cfg, model = self.cfg, self.model
+        model.train()
+        model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
+        self.train_loader.set_epoch(self.epoch)
+        accum = torch.zeros(3, device=self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=self.steps,
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            )
+        aux_w = cfg.auxiliary_weight
+        for step, (x, y) in enumerate(self.train_loader):
+            if step >= self.steps:
+                break
+            logits, logits_aux = model(x)
+            loss = self.criterion(logits, y)
+            if logits_aux is not None and aux_w > 0:
+                loss = loss + aux_w * self.criterion(logits_aux, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            with torch.no_grad():
+                accum += torch.stack(
+                    [
+                        loss.detach() * y.shape[0],
+                        (logits.argmax(1) == y).sum().to(loss.dtype),
+                        torch.tensor(float(y.shape[0]), device=loss.device),
+                    ]
+                )
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.scheduler.step()
+        loss_sum, correct, count = accum.tolist()
+        record = {
+            "epoch": self.epoch + 1,
+            "train_loss": loss_sum / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            "lr": lr,
+            "drop_path": model.drop_path_prob,
+        }
+        self.epoch += 1
+        last = self.epoch == cfg.epochs
+        if cfg.eval_every and (self.epoch % cfg.eval_every == 0) and not last:
+            record.update(self._eval_all())
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        self.seconds += record["seconds"]
+        return record
+
+    @torch.no_grad()
+    def _precise_bn(self) -> None:
+        """Population BatchNorm statistics: a cumulative average over one pass of the training
+        images (no augmentation, no drop-path: the inputs the network sees at test time)."""
+        from ..data import TensorLoader
+
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        loader = TensorLoader(
+            self._train_set,
+            self._train_idx,
+            self.cfg.eval_batch_size,
+            shuffle=False,
+            device=self.device,
+            channels_last=self.cfg.channels_last,
+        )
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training, drop = self.model.training, self.model.drop_path_prob
+        self.model.train()
+        self.model.drop_path_prob = 0.0
+        for x, _ in loader:
+            self.model(x)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        self.model.train(was_training)
+        self.model.drop_path_prob = drop
+
+    def _eval_all(self) -> dict[str, float]:
+        out = {}
+        if self.valid_loader is not None:
+            r = _evaluate(self.model, self.valid_loader)
+            out["valid_loss"], out["valid_acc"] = r["loss"], r["acc"]
+        if self.test_loader is not None:
+            r = _evaluate(self.model, self.test_loader)
+            out["test_loss"], out["test_acc"] = r["loss"], r["acc"]
+        return out
+
+    def run(self, stop_after: int | None = None) -> dict | None:
+        cfg = self.cfg
+        done_now = 0
+        while self.epoch < cfg.epochs:
+            if stop_after is not None and done_now >= stop_after:
+                return None
+            record = self.train_epoch()
+            done_now += 1
+            self.metrics.append(record)
+            if self.out_dir is not None:
+                with open(self.out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                atomic_torch_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            msg = (
+                f"epoch {record['epoch']}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_acc']:.4f}  lr {record['lr']:.5f}  {record['seconds']:.1f}s"
+            )
+            if "test_acc" in record or "valid_acc" in record:
+                msg += "  " + "  ".join(
+                    f"{k} {record[k]:.4f}" for k in ("valid_acc", "test_acc") if k in record
+                )
+            self.log(msg)
+        start = time.perf_counter()
+        if cfg.precise_bn:
+            self._precise_bn()
+        final = self._eval_all()
+        eval_seconds = time.perf_counter() - start
+        result = {
+            "genotype": self.genotype.to_dict(),
+            "dataset": cfg.dataset,
+            "network": self.network,
+            **final,
+            "params": self.params,
+            "params_M": round(self.params / 1e6, 4),
+            "macs": self.macs,
+            "macs_M": round(self.macs / 1e6, 4),
+            "input_shape": list(self.input_shape),
+            "epochs": cfg.epochs,
+            "final_train_acc": self.metrics[-1]["train_acc"] if self.metrics else None,
+            "final_train_loss": self.metrics[-1]["train_loss"] if self.metrics else None,
+            "augmentation": self.aug,
+            "train_seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds + eval_seconds, 3),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "host": platform.node(),
+            "config": cfg.model_dump(mode="json"),
+        }
+        if self.out_dir is not None:
+            atomic_write_text(self.out_dir / RESULT, json.dumps(result, indent=2) + "\n")
+        summary = "  ".join(f"{k} {final[k]:.4f}" for k in ("valid_acc", "test_acc") if k in final)
+        self.log(f"done: {summary}  params {self.params / 1e6:.3f}M  multiply-adds {self.macs / 1e6:.2f}M")
+        return result
+
+
+def config_diff(saved: dict, now: dict) -> list[str]:
+    """Keys whose value changed, ignoring runtime-only keys; a key missing from ``saved`` (a field
+    added to TrainConfig since) counts as its default, so old runs stay resumable."""
+    defaults = TrainConfig.model_construct().model_dump(mode="json")
+    return sorted(
+        k
+        for k in set(saved) | set(now)
+        if k not in _RUNTIME_KEYS and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k))
+    )
+
+
+def _check_out_dir(out_dir: Path, cfg: TrainConfig, genotype: Genotype, resume: bool) -> dict | None:
+    """Create/validate the run directory; returns the finished result when resuming a done run."""
+    from ..config import ConfigError
+
+    cfg_file = out_dir / CONFIG_FILE
+    if resume and cfg_file.exists():
+        saved = json.loads(cfg_file.read_text())
+        now = {"config": cfg.model_dump(mode="json"), "genotype": genotype.to_dict()}
+        diff = config_diff(saved["config"], now["config"])
+        if saved.get("genotype") != now["genotype"]:
+            diff.insert(0, "genotype")
+        if diff:
+            raise ConfigError(
+                f"--resume: {out_dir} was started with a different {', '.join(diff)}; resume "
+                "with the same genotype and settings or choose another --out"
+            )
+        if (out_dir / RESULT).exists():
+            return json.loads((out_dir / RESULT).read_text())
+        return None
+    if not resume and (cfg_file.exists() or (out_dir / CHECKPOINT).exists() or (out_dir / RESULT).exists()):
+        raise TrainExistsError(
+            f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        cfg_file,
+        json.dumps({"config": cfg.model_dump(mode="json"), "genotype": genotype.to_dict()}, indent=2) + "\n",
+    )
+    return None
+
+
+def train_genotype(
+    genotype: Genotype | str | Path,
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> dict | None:
+    """Train ``genotype`` from scratch and return the result dict (test accuracy, params, MACs...).
+
+    ``genotype`` may be a :class:`Genotype` or anything :func:`resolve_genotype` accepts. With
+    ``out_dir`` the run is checkpointed after every epoch and ``result.json`` written at the end;
+    ``resume=True`` continues a run there (or just returns its result if it finished).
+    ``stop_after`` ends this call after that many epochs and returns ``None`` (time-sliced
+    runs; also how the tests simulate a kill).
+    """
+    genotype = resolve_genotype(genotype)
+    cfg = config or TrainConfig()
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        done = _check_out_dir(out, cfg, genotype, resume)
+        if done is not None:
+            log(f"{out}: already finished")
+            return done
+    trainer = _Trainer(genotype, cfg, out, resume=resume, progress=progress, log=log)
+    return trainer.run(stop_after=stop_after)

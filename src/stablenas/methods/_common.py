@@ -1,0 +1,162 @@
+"""Small pieces the method hooks share: schedules, projections back onto the op-weight domain,
+forwards with a chosen batch-norm mode, and uniform discrete architectures.
+
+Kept here (not in the loop) because they are method semantics: SDARTS/MS-DARTS perturb op
+weights *after* the activation and must land back where the activation lands (the simplex for
+softmax, the box [0, 1] for sigmoid); the public SDARTS / MS-DARTS code evaluates perturbed
+losses with batch norm in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from ..genotype import Genotype, nb201_string
+from ..spaces.ops import OPS
+from .base import Mix
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+    from ..supernet.arch import ArchParams
+
+OpWeights = dict[str, torch.Tensor]
+Ramp = Literal["epoch", "step", "off"]
+Projection = Literal["auto", "simplex", "box"]
+BNMode = Literal["eval", "train"]
+
+
+def linear_ramp(start: float, end: float, search: Search, ramp: Ramp) -> float:
+    """``start -> end`` linearly over the search. ``epoch``: constant within an epoch,
+    ``start + (end - start) * epoch / epochs`` (the SmoothDARTS / MS-DARTS code); ``step``: the same
+    line evaluated at every step; ``off``: always ``end``."""
+    if ramp == "off":
+        return end
+    frac = search.epoch / search.cfg.optim.epochs if ramp == "epoch" else search.progress_fraction
+    return start + (end - start) * frac
+
+
+def projection_mode(arch: ArchParams, mode: Projection) -> str:
+    if mode != "auto":
+        return mode
+    return "simplex" if arch.activation == "softmax" else "box"
+
+
+def project(arch: ArchParams, weights: OpWeights, mode: Projection = "auto") -> OpWeights:
+    """Back onto the activation's range after a perturbation.
+
+    ``simplex``: clip to [0, 1] and renormalise per edge over the valid ops (``ArchParams.project``,
+    the SDARTS ``clip``); an edge clipped to all zeros gets weight 1 on its largest perturbed entry,
+    as SmoothDARTS does, so no edge silently vanishes. ``box``: clip to [0, 1] (independent
+    sigmoid weights have no sum constraint)."""
+    mode = projection_mode(arch, mode)
+    if mode == "box":
+        return {ct: w.clamp(0.0, 1.0) * arch.mask(ct) for ct, w in weights.items()}
+    out = arch.project(weights)
+    for ct, w in weights.items():
+        m = arch.mask(ct)
+        dead = (w.clamp(0.0, 1.0) * m).sum(-1, keepdim=True) <= 0
+        best = w.masked_fill(~m, float("-inf")).argmax(-1, keepdim=True)
+        onehot = torch.zeros_like(w).scatter_(-1, best, 1.0)
+        out[ct] = torch.where(dead, onehot, out[ct])
+    return out
+
+
+def uniform_like(weights: OpWeights, eps: float | torch.Tensor, arch: ArchParams,
+                 generator: torch.Generator | None = None) -> OpWeights:
+    """delta ~ U[-eps, eps] on the valid entries (padding stays 0)."""
+    out = {}
+    for ct, w in weights.items():
+        u = torch.rand_like(w) if generator is None else \
+            torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device)
+        out[ct] = (2.0 * u - 1.0) * eps * arch.mask(ct)
+    return out
+
+
+@contextmanager
+def bn_mode(net: torch.nn.Module, mode: BNMode) -> Iterator[None]:
+    """Temporarily switch the supernet to eval mode (BN running statistics, no drop path)."""
+    was = net.training
+    if mode == "eval":
+        net.eval()
+    try:
+        yield
+    finally:
+        net.train(was)
+
+
+def perturbed_loss(search: Search, x: torch.Tensor, y: torch.Tensor, mix: Mix, mode: BNMode) -> torch.Tensor:
+    """Training loss at perturbed op weights without touching BN running statistics: in ``eval``
+    mode they are read, in ``train`` mode batch statistics are used and the running buffers go to
+    throw-away copies (``Search.forward`` with ``params``)."""
+    if mode == "eval":
+        with bn_mode(search.net, "eval"):
+            return search.loss(x, y, mix)
+    return search.loss(x, y, mix, dict(search.net.named_parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# discrete architectures as a Mix (RS-ws sampling, GDAS argmax evaluation)
+
+
+def candidate_ops(space, cell_type: str, edge: int, allow_zero: bool) -> list[int]:
+    ops = space.edge_ops[cell_type][edge]
+    ks = [k for k, name in enumerate(ops) if allow_zero or not OPS[name].is_zero]
+    return ks or list(range(len(ops)))
+
+
+def sample_architecture(space, generator: torch.Generator | None = None) -> dict[str, list[int]]:
+    """A uniformly random discrete architecture under the space's rule, as an op index per edge
+    (-1 = edge not kept). DARTS skeleton: per node ``inputs_per_node`` distinct incoming edges, a
+    non-`none` op on each (Li & Talwalkar's sampler); NB201: an op (`none` included) on every edge."""
+    out: dict[str, list[int]] = {}
+    for ct in space.cell_types:
+        hard = [-1] * space.n_edges
+        for node in range(space.n_nodes):
+            edges = list(space.node_edges(node))
+            if space.skeleton == "nb201":
+                keep = edges
+            else:
+                k = min(space.inputs_per_node, len(edges))
+                perm = torch.randperm(len(edges), generator=generator)[:k].tolist()
+                keep = [edges[i] for i in sorted(perm)]
+            for e in keep:
+                cands = candidate_ops(space, ct, e, allow_zero=space.skeleton == "nb201")
+                hard[e] = cands[int(torch.randint(len(cands), (1,), generator=generator))]
+        out[ct] = hard
+    return out
+
+
+def discrete_mix(arch: ArchParams, hard: dict[str, list[int]], device: torch.device) -> Mix:
+    """One-hot op weights and hard choices for a discrete architecture (no edge weights: a
+    discrete cell sums its kept edges)."""
+    op = {}
+    for ct, choice in hard.items():
+        w = torch.zeros(arch.alphas[ct].shape)
+        rows = [e for e, k in enumerate(choice) if k >= 0]
+        if rows:
+            w[rows, [choice[e] for e in rows]] = 1.0
+        op[ct] = w.to(device)
+    return Mix(op, None, {ct: list(v) for ct, v in hard.items()})
+
+
+def genotype_of(space, hard: dict[str, list[int]]) -> Genotype:
+    """The genotype of an op-index-per-edge architecture (-1 = edge not kept)."""
+    if space.skeleton == "nb201":
+        names = [space.edge_ops["cell"][e][k] for e, k in enumerate(hard["cell"])]
+        return Genotype(space=space.name, arch=nb201_string(names, space.n_nodes))
+    cells = {}
+    for ct in space.cell_types:
+        pairs = []
+        for node in range(space.n_nodes):
+            for e in space.node_edges(node):
+                k = hard[ct][e]
+                if k >= 0:
+                    pairs.append((space.edge_ops[ct][e][k], space.edges[e][0]))
+        cells[ct] = tuple(pairs)
+    concat = tuple(range(space.n_inputs, space.n_inputs + space.n_nodes))
+    return Genotype(space=space.name, normal=cells["normal"], normal_concat=concat,
+                    reduce=cells["reduce"], reduce_concat=concat)

@@ -1,0 +1,80 @@
+"""``hessian``: track the dominant eigenvalue of the validation Hessian w.r.t. alpha during search.
+
+Adds ``lambda_max`` (and, when asked, the top eigenvalues of the exact spectrum) to the epoch
+record every ``every`` epochs and at the last epoch (the RobustDARTS schedule: ``epoch % freq ==
+0 or last``). It never changes the search: fixed validation batches (not the search's stream),
+cloned BN buffers, DropPath off and a private RNG for the start vector (see
+``analysis.curvature``). It also records raw alpha (``alpha``: the flat valid entries) so that
+distances in alpha space can be computed afterwards (MS-DARTS Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from .base import Method, MethodOptions, register_method
+
+if TYPE_CHECKING:
+    from ..analysis.curvature import Curvature
+    from ..search.loop import Search
+
+
+class HessianOptions(MethodOptions):
+    every: int = Field(1, ge=1)  # epochs between measurements (plus the last epoch)
+    batches: int = Field(1, ge=1)  # validation batches the loss is averaged over
+    batch_size: int | None = Field(None, gt=0)  # None = data.batch_size (BN batch statistics depend on it)
+    iters: int = Field(20, ge=2)  # Lanczos steps / power iterations (HVPs)
+    algorithm: Literal["lanczos", "power", "exact"] = "lanczos"
+    bn: Literal["train", "eval"] = "train"  # train = batch statistics, as RobustDARTS measures
+    top_k: int = Field(0, ge=0)  # also store the top-k (by magnitude) eigenvalues of the exact Hessian
+    arch_weight_decay: bool = False  # add optim.arch_weight_decay * I (the RobustDARTS code does)
+    record_alpha: bool = True
+    seed: int = 0
+
+
+def lambda_series(records: list[dict]) -> list[tuple[int, float]]:
+    """(0-based epoch, lambda_max) of every record that has a measurement, in order."""
+    out = []
+    for r in records:
+        v = r.get("lambda_max")
+        if v is not None and math.isfinite(v):
+            out.append((int(r["epoch"]) - 1, float(v)))
+    return out
+
+
+@register_method
+class Hessian(Method):
+    name = "hessian"
+    description = "track lambda_max of the val. Hessian w.r.t. alpha (Lanczos on HVPs); search unchanged"
+    preset = None
+    Options = HessianOptions
+
+    def due(self, search: Search, epoch: int) -> bool:
+        return epoch % self.opts.every == 0 or epoch == search.cfg.optim.epochs - 1
+
+    def measure(self, search: Search) -> Curvature:
+        from ..analysis.curvature import measure
+
+        o = self.opts
+        l2 = search.cfg.optim.arch_weight_decay if o.arch_weight_decay else 0.0
+        return measure(search, batches=o.batches, batch_size=o.batch_size, bn=o.bn, iters=o.iters,
+                       algorithm=o.algorithm, exact=o.top_k > 0 or o.algorithm == "exact", alpha_l2=l2,
+                       seed=o.seed)
+
+    def write(self, search: Search, epoch: int, record: dict) -> None:
+        """Measure (if due and not already in the record) and add the keys."""
+        if self.opts.record_alpha and "alpha" not in record:
+            record["alpha"] = [round(float(v), 7) for v in search.arch.flat().detach().cpu()]
+        if "lambda_max" in record or not self.due(search, epoch):
+            return
+        cur = self.measure(search)
+        record["lambda_max"] = cur.lambda_max
+        record["lambda_seconds"] = round(cur.seconds, 3)
+        if self.opts.top_k and cur.eigenvalues is not None:
+            record["eigenvalues_top"] = [round(v, 8) for v in cur.top_k(self.opts.top_k)]
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        self.write(search, epoch, record)

@@ -1,0 +1,220 @@
+"""DARTS-ADA (robust-darts Sec. 5.3, App. D.1, Alg. 1): raise the regularisation and roll back.
+
+With the DARTS-ES criterion, when it fires at the end of epoch e for stop epoch s (= i - k), the
+search is restored to its state at the end of epoch s and continues with the regularisation R
+multiplied by eta. This repeats while the raised value stays within R_max; once it cannot rise
+any more the search simply runs to the end and returns the final architecture (as Alg. 1 and the
+reference code, whose last iteration ignores the criterion). Defaults are the paper's: R = 3e-4
+(DARTS's L2 factor, i.e. ``optim.weight_decay``), eta = 10, R_max = 3e-2, so at most two rises
+(3e-4 -> 3e-3 -> 3e-2). ``regularizer: drop_path`` scales the ScheduledDropPath maximum instead
+(linear 0 -> R over the search, like ``regularization.drop_path_max``).
+
+Rolling back needs earlier states: at the start of every epoch (= the end of the previous one)
+the method keeps a CPU snapshot of everything the loop would checkpoint (weights, alpha, both
+optimisers, the scheduler, both data streams, RNG, metrics length, the other methods' states),
+pruned to the ``(window//2 + k) * every + 1`` most recent: the furthest a trigger can reach
+back. The rollback itself happens at the start of the epoch after the trigger (the loop finishes
+its epoch-end bookkeeping first), truncates ``search.metrics`` and rewrites ``metrics.jsonl``.
+
+For resume, the method checkpoints R, the rollback history, a pending rollback and the snapshots
+(they are part of the search state: without them a run resumed between a snapshot and its
+trigger could not roll back). That multiplies the checkpoint size by up to ~9 for large
+supernets; ``checkpoint_snapshots: false`` trades that for rollbacks limited to epochs after the
+resume point. Put ``darts-ada`` after any method with an epoch schedule: on a rollback the loop
+has already called earlier methods' ``on_epoch_start`` for the wrong epoch, so it restores their
+state and calls them again for the restored epoch (later methods would be left wrong).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from ..utils import atomic_write_text, rng_state, set_rng_state
+from .base import Method, register_method
+from .darts_es import DartsES, EarlyStopOptions
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+
+
+class AdaOptions(EarlyStopOptions):
+    regularizer: Literal["l2", "drop_path"] = "l2"
+    initial: float | None = Field(None, ge=0.0)  # None = optim.weight_decay / regularization.drop_path_max
+    eta: float = Field(10.0, gt=1.0)
+    max_value: float = Field(3e-2, gt=0.0)  # R_max
+    checkpoint_snapshots: bool = True
+
+    @model_validator(mode="after")
+    def _dp_below_one(self):
+        if self.regularizer == "drop_path" and self.max_value >= 1.0:
+            raise ValueError(f"max_value must be < 1 for drop_path (a probability), got {self.max_value}")
+        return self
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy with every tensor cloned to CPU (optimizer state dicts share tensors otherwise)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(v) for v in obj)
+    return obj
+
+
+@register_method
+class DartsADA(DartsES):
+    name = "darts-ada"
+    description = "DARTS-ADA: on the DARTS-ES criterion roll back and raise L2 (or DropPath) by eta, to R_max"
+    preset = "darts-ada"
+    Options = AdaOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.R: float | None = None
+        self.events: list[dict] = []
+        self.pending: dict | None = None
+        self.snapshots: dict[int, dict] = {}  # epoch about to start -> state
+        self.floor_epoch = 0  # 0-based: no stop epoch before the last rollback point
+
+    # -- set-up and regularisation -------------------------------------------------------------
+    def setup(self, search: Search) -> None:
+        me = search.methods.index(self)
+        for later in search.methods[me + 1:]:
+            if type(later).on_epoch_start is not Method.on_epoch_start:
+                raise ValueError(f"method darts-ada must come after {later.name!r} in `methods` (it has an "
+                                 "epoch schedule that a rollback has to restore)")
+        o = self.opts
+        if o.initial is not None:
+            self.R = float(o.initial)
+        elif o.regularizer == "l2":
+            self.R = float(search.cfg.optim.weight_decay)
+        else:
+            self.R = float(search.cfg.regularization.drop_path_max)
+        if self.R <= 0:
+            key = "optim.weight_decay" if o.regularizer == "l2" else "regularization.drop_path_max"
+            raise ValueError(f"darts-ada multiplies the regularisation, so it must start above 0: set "
+                             f"`initial` or {key}")
+
+    def apply(self, search: Search) -> None:
+        if self.opts.regularizer == "l2":
+            for group in search.w_optimizer.param_groups:
+                group["weight_decay"] = self.R
+        else:
+            search.net.drop_path_prob = self.R * search.epoch / search.cfg.optim.epochs
+
+    def can_raise(self) -> bool:
+        return self.R * self.opts.eta <= self.opts.max_value * (1 + 1e-9)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def _others(self, search: Search) -> list[Method]:
+        return [m for m in search.methods if m is not self]
+
+    def snapshot(self, search: Search) -> dict:
+        return _cpu_copy({
+            "epoch": search.epoch,
+            "global_step": search.global_step,
+            "n_metrics": len(search.metrics),
+            "net": search.net.state_dict(),
+            "arch": search.arch.state_dict(),
+            "w_optimizer": search.w_optimizer.state_dict(),
+            "a_optimizer": search.a_optimizer.state_dict(),
+            "scheduler": search.scheduler.state_dict(),
+            "train_loader": search.train_loader.state_dict(),
+            "val_stream": search.val_stream.state_dict(),
+            "rng": rng_state(),
+            "extra_state": dict(search.extra_state),
+            "final_genotype": search.final_genotype,
+            "methods": [m.state_dict() for m in self._others(search)],
+        })
+
+    def restore(self, search: Search, snap: dict) -> None:
+        search.net.load_state_dict(snap["net"])
+        search.arch.load_state_dict(snap["arch"])
+        search.w_optimizer.load_state_dict(snap["w_optimizer"])
+        search.a_optimizer.load_state_dict(snap["a_optimizer"])
+        search.scheduler.load_state_dict(snap["scheduler"])
+        search.train_loader.load_state_dict(snap["train_loader"])
+        search.val_stream.load_state_dict(snap["val_stream"])
+        set_rng_state(snap["rng"])
+        search.global_step = snap["global_step"]
+        search.metrics = search.metrics[: snap["n_metrics"]]
+        search.extra_state = dict(snap["extra_state"])
+        search.final_genotype = snap["final_genotype"]
+        search.stop_reason = None
+        search.epoch = snap["epoch"]
+        search.step_in_epoch = 0
+        cfg = search.cfg
+        search.net.drop_path_prob = cfg.regularization.drop_path_max * search.epoch / cfg.optim.epochs
+        for m, st in zip(self._others(search), snap["methods"]):
+            m.load_state_dict(st)
+        if search.out_dir is not None:
+            atomic_write_text(search.out_dir / "metrics.jsonl",
+                              "".join(json.dumps(r) + "\n" for r in search.metrics))
+
+    def horizon(self) -> int:
+        """How many epochs back a trigger can reach (snapshots older than this are dropped)."""
+        o = self.opts
+        return (o.window // 2 + o.k) * o.every + 1
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def on_epoch_start(self, search: Search, epoch: int) -> None:
+        if search.step_in_epoch > 0:  # mid-epoch resume: state is restored, only re-apply R
+            self.apply(search)
+            return
+        if self.pending is not None:
+            target = self.pending["stop_epoch"]  # 1-based stop epoch = 0-based epoch to restart at
+            snap = self.snapshots.get(target)
+            if snap is None:
+                search.log(f"darts-ada: no snapshot of epoch {target} (resumed without snapshots?); "
+                           "not rolling back")
+                self.pending = None
+            else:
+                old = self.R
+                self.restore(search, snap)
+                self.R = old * self.opts.eta
+                event = dict(self.pending, R_before=old, R_after=self.R)
+                self.events.append(event)
+                self.pending = None
+                self.floor_epoch = target - 1
+                self.snapshots = {e: s for e, s in self.snapshots.items() if e <= target}
+                search.log(f"darts-ada: rolled back to the end of epoch {target} (criterion met at epoch "
+                           f"{event['decided_at']}); {self.opts.regularizer} {old:g} -> {self.R:g}")
+                self.apply(search)
+                for m in self._others(search):
+                    m.on_epoch_start(search, search.epoch)
+                return
+        self.snapshots[epoch] = self.snapshot(search)
+        for e in [e for e in self.snapshots if e < epoch - self.horizon()]:
+            del self.snapshots[e]
+        self.apply(search)
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        record["ada_R"] = self.R
+        if self.events:
+            record["ada_events"] = list(self.events)
+        trig = self.decide(search, epoch, record, min_stop_epoch=self.floor_epoch)
+        if trig is None:
+            return
+        if self.can_raise():
+            self.pending = trig
+            record["ada_rollback"] = dict(trig, R_next=self.R * self.opts.eta)
+        else:
+            record["ada_criterion_met"] = dict(trig, note=f"R={self.R:g} cannot rise within R_max")
+
+    def state_dict(self) -> dict:
+        return {"R": self.R, "events": self.events, "pending": self.pending, "floor_epoch": self.floor_epoch,
+                "snapshots": self.snapshots if self.opts.checkpoint_snapshots else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.R = state["R"]
+        self.events = list(state["events"])
+        self.pending = state["pending"]
+        self.floor_epoch = state.get("floor_epoch", 0)
+        self.snapshots = {int(k): v for k, v in state.get("snapshots", {}).items()}

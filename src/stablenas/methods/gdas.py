@@ -1,0 +1,95 @@
+"""GDAS (Dong & Yang 2019): one sampled op per edge, Gumbel-softmax straight-through gradients.
+
+In every forward of the weight and the alpha phase each edge runs exactly one op, drawn as
+argmax of the Gumbel-softmax h = softmax((log p + g) / tau), p the op weights, g ~ Gumbel(0, 1).
+The mixing weight is the straight-through one_hot(argmax h) - h.detach() + h: its value is the
+one-hot choice, its gradient that of h, so alpha is trained through the single op that ran. tau is
+annealed linearly from 10 to 0.1, once per epoch: tau_e = tau_max - (tau_max - tau_min) * e /
+(epochs - 1) (the GDAS code, ``search_model.set_tau``). Sampling is shared by all cells of a
+cell type, as in GDAS. The hard choices are Python lists (the supernet runs only the chosen op), so
+each sampled forward makes one small device-to-host copy of the indices.
+
+Unlike the GDAS code, a sampled forward does not add the zero-valued weights of the ops that did
+not run to the edge output; their alpha entries get gradient only through the softmax coupling.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+
+from .base import Batch, Method, MethodOptions, Mix, register_method
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+
+
+class GDASOptions(MethodOptions):
+    tau_max: float = Field(10.0, gt=0.0)  # GDAS scripts: --tau_max 10 --tau_min 0.1
+    tau_min: float = Field(0.1, gt=0.0)
+    anneal: Literal["epoch", "step"] = "epoch"  # linear per epoch (GDAS code) or per step
+    eval: Literal["sample", "argmax", "soft"] = "sample"  # validation forwards: GDAS samples there too
+
+
+def gumbel_hard(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], tau: float,
+                generator: torch.Generator | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Straight-through Gumbel-softmax samples per cell type: (mixing weights, chosen op per edge)."""
+    op, hard = {}, {}
+    for ct, w in weights.items():
+        m = masks[ct]
+        p = w / w.sum(-1, keepdim=True).clamp_min(1e-30)  # softmax weights already sum to 1; sigmoid's do not
+        logp = torch.log(p.clamp_min(1e-30))
+        u = torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device) if generator is not None \
+            else torch.rand_like(w)
+        g = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+        h = torch.softmax(((logp + g) / tau).masked_fill(~m, float("-inf")), dim=-1)
+        idx = h.detach().argmax(-1)
+        onehot = torch.zeros_like(h).scatter_(-1, idx.unsqueeze(-1), 1.0)
+        op[ct] = onehot - h.detach() + h
+        hard[ct] = idx.tolist()
+    return op, hard
+
+
+@register_method
+class GDAS(Method):
+    name = "gdas"
+    description = "GDAS: one Gumbel-sampled op per edge, straight-through gradient, tau 10->0.1 linear"
+    preset = "gdas"
+    Options = GDASOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.tau = self.opts.tau_max
+
+    def _tau(self, search: Search) -> float:
+        o = self.opts
+        total = search.cfg.optim.epochs
+        if o.anneal == "epoch":
+            frac = search.epoch / (total - 1) if total > 1 else 0.0
+        else:
+            frac = min(search.progress_fraction * total / max(total - 1, 1), 1.0) if total > 1 else 0.0
+        return o.tau_max - (o.tau_max - o.tau_min) * frac
+
+    def on_epoch_start(self, search: Search, epoch: int) -> None:
+        self.tau = self._tau(search)
+
+    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+        if phase == "eval" and self.opts.eval != "sample":
+            if self.opts.eval == "soft":
+                return mix
+            choice = {ct: w.detach().masked_fill(~search.arch.mask(ct), float("-inf")).argmax(-1)
+                      for ct, w in mix.op.items()}
+            op = {ct: torch.zeros_like(w).scatter_(-1, choice[ct].unsqueeze(-1), 1.0)
+                  for ct, w in mix.op.items()}
+            return mix.replace(op=op, hard={ct: c.tolist() for ct, c in choice.items()})
+        if self.opts.anneal == "step" and phase != "eval":
+            self.tau = self._tau(search)
+        masks = {ct: search.arch.mask(ct) for ct in mix.op}
+        op, hard = gumbel_hard(mix.op, masks, self.tau)
+        return mix.replace(op=op, hard=hard)
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        record["tau"] = self.tau

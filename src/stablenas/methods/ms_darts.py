@@ -1,0 +1,144 @@
+"""MS-DARTS (Hsieh et al. 2022, ms-darts.txt Alg. 1-2, eq. 11): mean-shift smoothing of the weight step.
+
+Before each weight step, T times: sample N architectures A_p = proj(A_t + U[-eps, eps]) around the
+current op weights A_t, weight each by omega_p (a function of its training loss: worse = heavier)
+times the Gaussian kernel G(||(A_t - A_p) / h||^2) = exp(-||A_t - A_p||^2 / (2 h^2)), and move to
+the weighted mean A_{t+1} = sum_p omega_p G_p A_p / sum_p omega_p G_p (eq. 11). The weights then
+step at A_T (eq. 9); alpha is untouched (Alg. 2 step 6, the loop detaches).
+
+Details from the public MS-DARTS code (``attacker/perturb_ms.py``, ``train_search_ms.py``) where the
+paper is silent: the perturbation acts on the op weights after the softmax; the sample losses are
+the training loss of the weight step's batch with BN in eval mode; omega = softmax over the N
+losses; the kernel is computed per cell type (normal / reduce separately); eps ramps per epoch from
+eps_max / 10 to eps_max = 0.25; h = 1, N = 3, T = 2 (the paper: "T = 2, 3 performs the best ...
+N = 2, 3, 4"). One deliberate difference: that code averages the *unprojected* samples while
+evaluating the projected ones; here the mean is over the architectures actually evaluated, so
+A_t stays on the simplex (a convex combination of simplex points).
+
+The N losses are computed in one batched forward (``torch.func.vmap`` over the op weights) when BN
+is in eval mode; nothing is synchronised with the host.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+
+from ._common import BNMode, Projection, Ramp, bn_mode, linear_ramp, perturbed_loss, project, uniform_like
+from .base import Batch, Method, MethodOptions, Mix, register_method
+
+if TYPE_CHECKING:
+    from ..search.loop import Search
+
+
+class MSOptions(MethodOptions):
+    epsilon_min: float = Field(0.025, ge=0.0)  # MS-DARTS code: epsilon_alpha / 10
+    epsilon_max: float = Field(0.25, ge=0.0)  # MS-DARTS code default --epsilon_alpha 0.25
+    ramp: Ramp = "epoch"
+    bandwidth: float = Field(1.0, gt=0.0)  # h; code default 1 (paper Table 4: h in 0.2..1.4)
+    samples: int = Field(3, ge=1)  # N (paper: N = 2, 3, 4; code default 3)
+    iterations: int = Field(2, ge=1)  # T (paper: T = 2, 3; code default 2)
+    weighting: Literal["softmax", "linear"] = "softmax"  # omega = softmax(losses) (code) or loss / sum
+    kernel: Literal["cell_type", "joint"] = "cell_type"  # per cell type (code) or all of A (eq. 11)
+    bn_mode: BNMode = "eval"
+    batched: bool = True  # vmap the N sample losses (eval-mode BN only)
+    projection: Projection = "auto"
+
+
+def mean_shift_step(center: dict[str, torch.Tensor], samples: dict[str, torch.Tensor], losses: torch.Tensor,
+                    bandwidth: float, weighting: str = "softmax", kernel: str = "cell_type"
+                    ) -> dict[str, torch.Tensor]:
+    """One iteration of eq. 11. ``center[ct]``: (E, K); ``samples[ct]``: (N, E, K); ``losses``: (N,)."""
+    omega = torch.softmax(losses, 0) if weighting == "softmax" else losses / losses.sum()
+    d2 = {ct: ((samples[ct] - center[ct]) ** 2).flatten(1).sum(1) / bandwidth**2 for ct in center}
+    if kernel == "joint":
+        total = sum(d2.values())
+        d2 = {ct: total for ct in center}
+    out = {}
+    for ct, s in samples.items():
+        # a constant shift of the exponent cancels in the ratio and keeps exp() in range
+        g = torch.exp(-0.5 * (d2[ct] - d2[ct].min()))
+        w = omega * g
+        out[ct] = (w.view(-1, *([1] * (s.dim() - 1))) * s).sum(0) / w.sum()
+    return out
+
+
+_NO_VMAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dict[str, torch.Tensor],
+                  mix: Mix, mode: BNMode, batched: bool) -> torch.Tensor:
+    """Training loss at each of the N sampled op weights, shape (N,). Batched: one vmapped forward;
+    where vmap cannot run the supernet (some memory-format queries are not implemented under vmap)
+    it falls back to N forwards, which give the same numbers."""
+    edge = None if mix.edge is None else {k: v.detach() for k, v in mix.edge.items()}
+    n = next(iter(samples.values())).shape[0]
+    with torch.no_grad():
+        if batched and mode == "eval" and search.net not in _NO_VMAP:
+            from torch.func import vmap
+
+            def one(w: dict[str, torch.Tensor]) -> torch.Tensor:
+                return search.criterion(search.net(x, w, edge, mix.hard), y)
+
+            with bn_mode(search.net, "eval"):
+                try:
+                    return vmap(one)(samples)
+                except RuntimeError as e:
+                    if "vmap" not in str(e):
+                        raise
+                    _NO_VMAP[search.net] = True  # do not retry every step
+        return torch.stack([perturbed_loss(search, x, y, Mix({ct: s[i] for ct, s in samples.items()}, edge,
+                                                                mix.hard), mode) for i in range(n)])
+
+
+@register_method
+class MSDARTS(Method):
+    name = "ms-darts"
+    description = "MS-DARTS: weight step at a loss-weighted Gaussian mean shift of sampled op weights"
+    preset = "ms-darts"
+    Options = MSOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.epsilon = self.opts.epsilon_min
+        self._shift = None
+        self._count = 0
+
+    def on_epoch_start(self, search: Search, epoch: int) -> None:
+        self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, self.opts.ramp)
+        self._shift, self._count = None, 0
+
+    def shift(self, search: Search, mix: Mix, batch: Batch) -> dict[str, torch.Tensor]:
+        o = self.opts
+        x, y = batch
+        a = {ct: w.detach() for ct, w in mix.op.items()}
+        arch = search.arch
+        for _ in range(o.iterations):
+            stacked = {ct: w.unsqueeze(0).expand(o.samples, *w.shape) for ct, w in a.items()}
+            delta = uniform_like(stacked, self.epsilon, arch)
+            samples = project(arch, {ct: stacked[ct] + delta[ct] for ct in a}, o.projection)
+            losses = sample_losses(search, x, y, samples, mix, o.bn_mode, o.batched)
+            a = mean_shift_step(a, samples, losses, o.bandwidth, o.weighting, o.kernel)
+        return a
+
+    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+        if phase != "weights" or batch is None:
+            return mix
+        if self.opts.ramp == "step":
+            self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, "step")
+        clean = {ct: w.detach() for ct, w in mix.op.items()}
+        shifted = self.shift(search, mix, batch)
+        with torch.no_grad():
+            d = torch.stack([(shifted[ct] - clean[ct]).abs().max() for ct in clean]).max()
+            self._shift = d if self._shift is None else self._shift + d
+            self._count += 1
+        return mix.replace(op={ct: mix.op[ct] + (shifted[ct] - clean[ct]) for ct in mix.op})
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        record["epsilon"] = self.epsilon
+        if self._shift is not None:
+            record["mean_shift_linf"] = float(self._shift) / max(self._count, 1)
+

@@ -1,0 +1,424 @@
+"""A plain reimplementation of the original DARTS search model, kept as a yardstick.
+
+This is what DARTS (Liu et al. 2019) does, written from its description and structure, with no
+performance work at all: every mixed op is the Python loop ``sum(w * op(x) for w, op in zip(...))``
+over *all* ops (``none`` included, computing its zeros), every conv op applies its own ReLU,
+tensors stay channels-first, and the architect takes its first- and second-order alpha steps the
+original way (the unrolled model is a fresh copy of the network built every step; the mixed second
+derivative is a central finite difference in weight space).
+
+It exists for two reasons:
+
+* correctness: tests load the *same* weights into this model and into the fast supernet
+  (``supernet.network``) and require the same logits and gradients, so every fast-path trick is
+  checked against the obvious computation;
+* speed: ``stablenas bench`` times both in the same process and reports same-run ratios.
+
+Module and parameter names mirror ``supernet.network`` (``stem``, ``cells.i.preprocess0``,
+``cells.i.edges.e.ops.k``, ``classifier``), so ``plain.load_state_dict(fast.state_dict())``
+works. Only the op *blocks* are shared with the library (``spaces.ops``: ReLUConvBN, SepConv,
+DilConv, ...), which are themselves the unfused textbook definitions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spaces.ops import FactorizedReduce, ReLUConvBN, ResNetBasicBlock, build_op
+from ..spaces.registry import SearchSpace
+
+__all__ = ["PlainMixedOp", "PlainCell", "PlainNetwork", "PlainNB201Network", "PlainArchitect", "PlainDARTS",
+           "PlainSearchStep", "build_plain", "copy_weights", "plain_softmax"]
+
+
+def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    # PC-DARTS channel shuffle: (B, g, C/g, H, W) -> swap the two channel axes -> flatten
+    b, c, h, w = x.shape
+    x = x.view(b, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(b, -1, h, w)
+
+
+def _no_hard(hard) -> None:
+    # same call signature as the fast supernet (so analysis code can run either), but DARTS has no hard mode
+    if hard is not None:
+        raise ValueError("the plain DARTS reference has no hard (one op per edge) mode; pass hard=None")
+
+
+class PlainMixedOp(nn.Module):
+    """All candidate ops of an edge, summed with their weights (PC-DARTS partial channels optional)."""
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_k: int = 1,
+                 pool_bn: bool = True):
+        super().__init__()
+        self.partial_k = partial_k
+        self.ops = nn.ModuleList()
+        for p in primitives:
+            op = build_op(p, C // partial_k, stride, False)
+            if pool_bn and "pool" in p:
+                op = nn.Sequential(op, nn.BatchNorm2d(C // partial_k, affine=False))
+            self.ops.append(op)
+        self.mp = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.partial_k == 1:
+            return sum(w * op(x) for w, op in zip(weights, self.ops))
+        dim = x.shape[1] // self.partial_k
+        xa, xb = x[:, :dim], x[:, dim:]
+        ya = sum(w * op(xa) for w, op in zip(weights, self.ops))
+        if ya.shape[2] == x.shape[2]:
+            out = torch.cat([ya, xb], dim=1)
+        else:
+            out = torch.cat([ya, self.mp(xb)], dim=1)
+        return _shuffle(out, self.partial_k)
+
+
+class PlainCell(nn.Module):
+    """The DARTS search cell: preprocess both inputs, each node sums a mixed op per earlier state."""
+
+    def __init__(self, space: SearchSpace, cell_type: str, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False):
+        super().__init__()
+        self.reduction = reduction
+        self.cell_type = cell_type
+        self.steps = space.n_nodes
+        self.multiplier = space.n_nodes
+        self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else \
+            ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        e = 0
+        for i in range(self.steps):
+            for j in range(space.n_inputs + i):
+                stride = 2 if reduction and j < space.n_inputs else 1
+                self.edges.append(PlainMixedOp(C, stride, space.edge_ops[cell_type][e], partial_k))
+                e += 1
+        self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.steps)) \
+            if node_norm else None
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                weights2: torch.Tensor | None = None) -> torch.Tensor:
+        s0 = self.preprocess0(s0)
+        s1 = self.preprocess1(s1)
+        states = [s0, s1]
+        offset = 0
+        for i in range(self.steps):
+            if weights2 is None:
+                s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            else:
+                s = sum(weights2[offset + j] * self.edges[offset + j](h, weights[offset + j])
+                        for j, h in enumerate(states))
+            if self.node_norm is not None:
+                s = self.node_norm[i](s)
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class PlainNetwork(nn.Module):
+    """DARTS's search network: stem, cells (reductions at 1/3 and 2/3), global pooling, classifier."""
+
+    def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, num_classes: int = 10,
+                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False):
+        super().__init__()
+        self.space = space
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            if layers >= 3 and i in (layers // 3, 2 * layers // 3):
+                C_curr *= 2
+                reduction = True
+            else:
+                reduction = False
+            cell = PlainCell(space, "reduce" if reduction else "normal", C_pp, C_p, C_curr, reduction,
+                             reduction_prev, partial_k, node_norm)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_pp, C_p = C_p, cell.multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None) -> torch.Tensor:
+        _no_hard(hard)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            w2 = None if edge_weights is None else edge_weights[cell.cell_type]
+            s0, s1 = s1, cell(s0, s1, weights[cell.cell_type], w2)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1))
+
+
+class PlainNB201Cell(nn.Module):
+    """NAS-Bench-201 search cell: node i = sum over j < i of the mixed op on edge (j -> i)."""
+
+    def __init__(self, space: SearchSpace, C: int, partial_k: int = 1, node_norm: bool = False):
+        super().__init__()
+        self.cell_type = "cell"
+        self.n_nodes = space.n_nodes
+        self.edges = nn.ModuleList(PlainMixedOp(C, 1, ops, partial_k, pool_bn=False)
+                                   for ops in space.edge_ops["cell"])
+        self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.n_nodes)) \
+            if node_norm else None
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                weights2: torch.Tensor | None = None) -> torch.Tensor:
+        nodes = [x]
+        e = 0
+        for i in range(self.n_nodes):
+            inter = []
+            for j in range(i + 1):
+                y = self.edges[e](nodes[j], weights[e])
+                inter.append(y if weights2 is None else weights2[e] * y)
+                e += 1
+            s = sum(inter)
+            if self.node_norm is not None:
+                s = self.node_norm[i](s)
+            nodes.append(s)
+        return nodes[-1]
+
+
+class PlainNB201Network(nn.Module):
+    """NAS-Bench-201's search network (stem, 3 stages of N cells joined by ResNet blocks)."""
+
+    def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
+                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False):
+        super().__init__()
+        self.space = space
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        layers: list[nn.Module] = []
+        c = C
+        for stage in range(3):
+            if stage > 0:
+                layers.append(ResNetBasicBlock(c, 2 * c, 2))
+                c *= 2
+            layers.extend(PlainNB201Cell(space, c, partial_k, node_norm) for _ in range(N))
+        self.cells = nn.ModuleList(layers)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None) -> torch.Tensor:
+        _no_hard(hard)
+        x = self.stem(x)
+        w2 = None if edge_weights is None else edge_weights["cell"]
+        for cell in self.cells:
+            x = cell(x, weights["cell"], w2) if isinstance(cell, PlainNB201Cell) else cell(x)
+        x = self.lastact(x)
+        return self.classifier(self.global_pooling(x).view(x.size(0), -1))
+
+
+def build_plain(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
+                in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
+                node_norm: bool = False) -> nn.Module:
+    """The plain twin of ``supernet.network.build_supernet`` (same arguments, same state-dict keys)."""
+    if space.skeleton == "nb201":
+        return PlainNB201Network(space, C, layers, num_classes, in_channels, partial_k, node_norm)
+    return PlainNetwork(space, C, layers, num_classes, in_channels, stem_multiplier, partial_k, node_norm)
+
+
+def plain_softmax(alpha: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Row softmax; padded slots of per-edge spaces (mask False) get weight exactly 0."""
+    if mask is None or bool(mask.all()):
+        return F.softmax(alpha, dim=-1)
+    return F.softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# the original search procedure: a model that owns alpha, and the architect
+
+
+class PlainDARTS(nn.Module):
+    """The DARTS "model": network + alphas (plain tensors, not parameters) + its loss.
+
+    ``parameters()`` are the network weights only (the original keeps alphas out of them);
+    ``arch_parameters()`` are the alphas, one ``(edges, ops)`` tensor per cell type.
+    """
+
+    def __init__(self, space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
+                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False):
+        super().__init__()
+        self._args = dict(C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+                          stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
+        self.space = space
+        self.net = build_plain(space, **self._args)
+        self.criterion = nn.CrossEntropyLoss()
+        K = space.max_ops()
+        self.cell_types = space.cell_types
+        self.masks: dict[str, torch.Tensor] = {}
+        self._alphas: dict[str, torch.Tensor] = {}
+        for ct in self.cell_types:
+            m = torch.zeros(space.n_edges, K, dtype=torch.bool)
+            for e, ops in enumerate(space.edge_ops[ct]):
+                m[e, :len(ops)] = True
+            self.masks[ct] = m
+            self._alphas[ct] = (1e-3 * torch.randn(space.n_edges, K)).requires_grad_(True)
+
+    def arch_parameters(self) -> list[torch.Tensor]:
+        return [self._alphas[ct] for ct in self.cell_types]
+
+    def parameters(self, recurse: bool = True):  # noqa: D102 - weights only, as in DARTS
+        return self.net.parameters(recurse)
+
+    def to(self, *args, **kwargs) -> PlainDARTS:  # alphas are plain tensors: move them by hand
+        self.net.to(*args, **kwargs)
+        dev = next(self.net.parameters()).device
+        self.masks = {k: v.to(dev) for k, v in self.masks.items()}
+        self._alphas = {k: v.detach().to(dev).requires_grad_(True) for k, v in self._alphas.items()}
+        return self
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {ct: plain_softmax(self._alphas[ct], self.masks[ct]) for ct in self.cell_types}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, self.weights())
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self(x), y)
+
+    def new(self) -> PlainDARTS:
+        """A fresh model with the same alphas (DARTS rebuilds the network for the unrolled step)."""
+        m = PlainDARTS(self.space, **self._args).to(next(self.net.parameters()).device)
+        for a, b in zip(m.arch_parameters(), self.arch_parameters()):
+            a.data.copy_(b.data)
+        return m
+
+
+def _flat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    # a cell type the network does not use (e.g. no reduction cell with < 3 layers) gets zeros
+    gs = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+
+
+class PlainArchitect:
+    """DARTS's architect: Adam on alpha, first order or unrolled (second order) gradients.
+
+    The unrolled step follows the original: w' = w - eta * (momentum * buf + dL_train/dw + wd * w)
+    on a freshly built copy of the model, then the validation gradient at w' minus
+    eta * [grad_a L_train(w+) - grad_a L_train(w-)] / (2R), w+- = w +- R v, R = 0.01 / ||v||.
+    """
+
+    def __init__(self, model: PlainDARTS, *, momentum: float = 0.9, weight_decay: float = 3e-4,
+                 arch_lr: float = 3e-4, arch_betas: tuple[float, float] = (0.5, 0.999),
+                 arch_weight_decay: float = 1e-3):
+        self.model = model
+        self.network_momentum = momentum
+        self.network_weight_decay = weight_decay
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, betas=arch_betas,
+                                          weight_decay=arch_weight_decay)
+
+    def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+             eta: float, network_optimizer: torch.optim.Optimizer, unrolled: bool) -> None:
+        self.optimizer.zero_grad()
+        if unrolled:
+            self._backward_step_unrolled(x_train, y_train, x_val, y_val, eta, network_optimizer)
+        else:
+            self._backward_step(x_val, y_val)
+        self.optimizer.step()
+
+    def _backward_step(self, x_val: torch.Tensor, y_val: torch.Tensor) -> None:
+        loss = self.model.loss(x_val, y_val)
+        loss.backward()
+
+    def _compute_unrolled_model(self, x: torch.Tensor, y: torch.Tensor, eta: float,
+                                network_optimizer: torch.optim.Optimizer) -> PlainDARTS:
+        loss = self.model.loss(x, y)
+        params = list(self.model.parameters())
+        theta = _flat(params).detach()
+        try:
+            buffers = [network_optimizer.state[p]["momentum_buffer"] for p in params]
+            moment = _flat(buffers) * self.network_momentum
+        except KeyError:
+            moment = torch.zeros_like(theta)
+        dtheta = _flat(torch.autograd.grad(loss, params)).detach() + self.network_weight_decay * theta
+        return self._construct_model_from_theta(theta - eta * (moment + dtheta))
+
+    def _construct_model_from_theta(self, theta: torch.Tensor) -> PlainDARTS:
+        model_new = self.model.new()
+        state = self.model.net.state_dict()
+        offset = 0
+        params = {}
+        for name, p in self.model.net.named_parameters():
+            n = p.numel()
+            params[name] = theta[offset:offset + n].view_as(p)
+            offset += n
+        state.update(params)
+        model_new.net.load_state_dict(state)
+        return model_new
+
+    def _backward_step_unrolled(self, x_train, y_train, x_val, y_val, eta, network_optimizer) -> None:
+        unrolled_model = self._compute_unrolled_model(x_train, y_train, eta, network_optimizer)
+        unrolled_loss = unrolled_model.loss(x_val, y_val)
+        unrolled_loss.backward()
+        dalpha = [torch.zeros_like(v) if v.grad is None else v.grad for v in unrolled_model.arch_parameters()]
+        vector = [torch.zeros_like(v) if v.grad is None else v.grad.detach()
+                  for v in unrolled_model.parameters()]
+        implicit_grads = self._hessian_vector_product(vector, x_train, y_train)
+        for g, ig in zip(dalpha, implicit_grads):
+            g.sub_(eta * ig)
+        for v, g in zip(self.model.arch_parameters(), dalpha):
+            v.grad = g.detach().clone()
+
+    def _hessian_vector_product(self, vector, x, y, r: float = 1e-2) -> list[torch.Tensor]:
+        R = r / _flat(vector).norm()
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            for p, v in zip(params, vector):
+                p.add_(R * v)
+        alphas = self.model.arch_parameters()
+        loss = self.model.loss(x, y)
+        grads_p = _grads(loss, alphas)
+        with torch.no_grad():
+            for p, v in zip(params, vector):
+                p.sub_(2 * R * v)
+        loss = self.model.loss(x, y)
+        grads_n = _grads(loss, alphas)
+        with torch.no_grad():
+            for p, v in zip(params, vector):
+                p.add_(R * v)
+        return [(gp - gn) / (2 * R) for gp, gn in zip(grads_p, grads_n)]
+
+
+class PlainSearchStep:
+    """One iteration of DARTS's ``train_search.py`` loop: architect step, then the weight step."""
+
+    def __init__(self, model: PlainDARTS, *, lr: float = 0.025, momentum: float = 0.9,
+                 weight_decay: float = 3e-4, grad_clip: float | None = 5.0, arch_lr: float = 3e-4,
+                 arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3):
+        self.model = model
+        self.lr = lr
+        self.grad_clip = grad_clip
+        self.optimizer = torch.optim.SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
+        self.architect = PlainArchitect(model, momentum=momentum, weight_decay=weight_decay, arch_lr=arch_lr,
+                                        arch_betas=arch_betas, arch_weight_decay=arch_weight_decay)
+
+    def __call__(self, train_batch, val_batch, unrolled: bool = False) -> torch.Tensor:
+        x, y = train_batch
+        xv, yv = val_batch
+        self.architect.step(x, y, xv, yv, self.lr, self.optimizer, unrolled)
+        self.optimizer.zero_grad()
+        loss = self.model.loss(x, y)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> None:
+    """Load ``src``'s weights and buffers into ``dst`` (plain <-> fast: same names)."""
+    dst.load_state_dict(copy.deepcopy(src.state_dict()))

@@ -1,0 +1,101 @@
+"""`analyze` + `report` on a tiny 2-epoch digits run: analysis.json, plots, self-contained HTML,
+the comparison page, the matplotlib fallback for cell drawings and the CLI error path."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+import stablenas as sn
+from stablenas.analysis import cells
+from stablenas.analysis.analyze import analyze_run
+from stablenas.analysis.report import SECTIONS, write_comparison, write_report
+from stablenas.cli import app
+from stablenas.search.loop import Search
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    over = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "network.channels=8",
+            "network.layers=3", "network.stem_multiplier=2", "optim.epochs=2", "search.steps_per_epoch=2",
+            "search.val_batches=1", "network.channels_last=false", "space=s5", "data.eval_batch_size=64",
+            "methods=[{name: hessian, iters: 6}]"]
+    Search(sn.load_config("darts", over), out, progress=False, log=lambda m: None).run()
+    analyze_run(out, batches=1, grid=3, spectrum="yes", top_k=30)
+    return out
+
+
+def test_analysis_json_and_plots(run_dir):
+    a = json.loads((run_dir / "analysis.json").read_text())
+    for key in ("discretization", "curvature", "landscape", "alpha_distance", "cells", "gradient_correlation",
+                "lambda"):
+        assert key in a, key
+    assert a["n_alpha"] == 12  # s5: 2 edges x 3 ops x 2 cell types
+    c = a["curvature"]
+    assert len(c["spectrum_top"]) == 12  # top-30 of a 12-dim spectrum = all of it
+    assert c["lambda_max_exact"] == pytest.approx(max(c["spectrum_top"]))
+    assert c["lambda_max"] == pytest.approx(c["lambda_max_exact"], rel=1e-3)  # 6 Lanczos steps, n = 12
+    assert a["alpha_distance"]["basis"] == "alpha" and a["alpha_distance"]["distance"][-1] == 0.0
+    assert a["lambda"]["lambda_max"] == [r["lambda_max"] for r in sn.load_run(run_dir).metrics]
+    d = a["discretization"]
+    assert d["acc_drop"] == pytest.approx(d["acc_supernet"] - d["acc_discrete"])
+    pngs = {p.name for p in (run_dir / "plots").glob("*.png")}
+    assert {"curves.png", "lambda.png", "landscape.png", "cell_normal.png", "cell_reduce.png",
+            "op_weights_normal.png", "spectrum.png", "alpha_distance.png"} <= pngs
+    assert all((run_dir / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+def _external_refs(text: str) -> list[str]:
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", text, flags=re.I)
+    return [r for r in refs if not (r.startswith("data:image/png;base64,") or r.startswith("#"))]
+
+
+def test_report_is_self_contained_with_all_sections(run_dir):
+    path = write_report(run_dir)
+    text = path.read_text()
+    assert path == run_dir / "report.html"
+    assert _external_refs(text) == []
+    assert "<link" not in text and "<script" not in text and "url(" not in text
+    for sid, _ in SECTIONS:
+        assert f'id="{sid}"' in text, sid
+    assert text.count("data:image/png;base64,") >= 8
+    assert "accuracy drop" in text and "lambda_max" in text
+
+
+def test_cell_drawing_falls_back_without_graphviz(run_dir, monkeypatch):
+    g = sn.load_run(run_dir).genotype
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    png, how = cells.draw_cell(g, "normal")
+    assert how == "matplotlib" and png.startswith(b"\x89PNG")
+    text = write_report(run_dir, run_dir / "report-nodot.html").read_text()
+    assert _external_refs(text) == [] and 'id="cells"' in text
+
+
+def test_dot_source_lists_every_kept_connection(run_dir):
+    g = sn.load_run(run_dir).genotype
+    dot = cells.to_dot(g, "normal")
+    for op, _src in g.normal:
+        assert f'label="{op}"' in dot
+    assert dot.count("->") == len(g.normal) + len(g.normal_concat)
+
+
+def test_comparison_page_and_cli(run_dir, tmp_path):
+    other = tmp_path / "copy"
+    shutil.copytree(run_dir, other)
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(run_dir), str(other), "--out", str(tmp_path / "cmp.html")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "cmp.html").read_text()
+    assert _external_refs(text) == []
+    assert "copy" in text and "tiny" in text
+    assert 'id="comparison"' in text and text.count("<tr>") >= 3
+    assert write_comparison([run_dir, other], tmp_path / "cmp2.html").exists()
+    bad = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "not a run directory" in bad.output
+    bad = runner.invoke(app, ["analyze", str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "not a run directory" in bad.output
