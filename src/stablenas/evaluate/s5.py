@@ -339,11 +339,20 @@ def generate_table(
     elif todo:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futures = [ex.submit(_task, t) for t in todo]
-            for f in as_completed(futures):
-                note(f.result())
+        for attempt in range(1, 6):  # a killed worker breaks the pool: start a new one, resume
+            todo = [t for t in todo if (t[0], t[1]) not in results]
+            try:
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+                    futures = [ex.submit(_task, t) for t in todo]
+                    for f in as_completed(futures):
+                        note(f.result())
+                break
+            except BrokenProcessPool:
+                if attempt == 5:
+                    raise
+                log(f"s5-table: a worker process died; restarting the pool (attempt {attempt + 1}/5)")
 
     entries = []
     for i, g in enumerate(archs):
