@@ -70,7 +70,7 @@ def time_steps(names: list[str], args: argparse.Namespace) -> dict[str, list[flo
         s._start_epoch(0)
         s.net.train()
         iters[s] = iter(s.train_loader)
-    for n, s in searches.items():  # warm-up: allocator, oneDNN primitive caches, lazy state
+    for s in searches.values():  # warm-up: allocator, oneDNN primitive caches, lazy state
         for _ in range(args.warmup_steps):
             one_step(s, iters[s])
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -89,11 +89,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/compare-methods"))
     p.add_argument("--methods", nargs="*", default=list(METHODS))
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--subset", type=int, default=2560)
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=5, help="timing rounds (each method once per round)")
+    p.add_argument("--rounds", type=int, default=4, help="timing rounds (each method once per round)")
     p.add_argument("--steps-per-round", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--skip-search", action="store_true", help="timing only")

@@ -26,15 +26,27 @@ from stablenas.spaces.ops import OPS
 from stablenas.supernet.network import MixedOp, NB201SearchCell, SearchCell, fast_path
 
 TINY = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
-        "network.channels=4", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
+        "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
         "optim.warmup_epochs=0", "search.steps_per_epoch=3", "search.val_batches=2",
         "network.channels_last=false"]
 NB201 = ["space=nb201", "network.layers=1"]
 # per-preset overrides that keep the expensive end-of-search parts tiny
 SMALL = {"rs-ws": ["methods.0.samples=4", "methods.0.eval_batches=1", "methods.0.top_k=2"],
-         "idarts": ["methods.0.images=64"]}
+         "idarts": ["methods.0.images=64"], "sdarts-adv": ["methods.0.steps=2"],
+         "pc-darts-adv": ["methods.1.steps=2"]}
 MINE = ("sdarts-rs", "sdarts-adv", "ms-darts", "single-darts", "idarts", "pc-darts", "gdas", "rs-ws")
 MY_PRESETS = sorted({METHODS[m].preset for m in MINE} | {"pc-darts-rs", "pc-darts-adv"})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny dispatch-bound nets: one intra-op thread is as fast on a quiet machine and does not
+    collapse when the shared cores are oversubscribed (OpenMP barriers). Channels stay >= 8 (see
+    conftest: oneDNN backward misbehaved on 4-channel supernets with one thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def make(preset, *extra):
@@ -292,7 +304,7 @@ def test_single_darts_step_equals_one_joint_sgd_adam_step_computed_independently
     masks = {ct: s.arch.mask(ct) for ct in alphas}
     o = s.cfg.optim
     assert s.arch.activation == "sigmoid"
-    assert float(s.arch.alphas["normal"][0, 0]) == pytest.approx(-math.log(7))
+    assert float(s.arch.alphas["normal"][0, 0].detach()) == pytest.approx(-math.log(7))
 
     w = {ct: torch.sigmoid(a) * masks[ct] for ct, a in alphas.items()}
     loss = F.cross_entropy(net(x, w), y)
@@ -677,11 +689,11 @@ def test_rs_ws_returns_the_best_ranked_of_its_samples(tmp_path):
 @pytest.mark.parametrize("preset,extra", [
     ("single-darts", ["space=s3", "methods=[{name: single-darts}, {name: sdarts-rs}]"]),  # sigmoid + RS (box)
     ("gdas", ["space=s3", "network.node_norm=true", "search.discretizer=decorrelation"]),
-    ("sdarts-adv", ["space=s3", "search.update=second", "methods=[{name: sdarts-adv}, {name: ms-darts}]"]),
-    ("pc-darts-rs", NB201 + ["network.channels=8"]),
+    ("sdarts-rs", ["space=s3", "search.update=second", "methods=[{name: sdarts-rs}, {name: ms-darts}]"]),
+    ("pc-darts-rs", NB201 + ["network.channels=16"]),
 ])
 def test_methods_compose_in_one_config(preset, extra):
-    r = make(preset, *extra).run()
+    r = make(preset, *extra, "search.steps_per_epoch=2").run()
     assert len(r.metrics) == 2 and r.genotype is not None
     if preset == "single-darts":
         for w in r.search.arch.op_weights().values():
@@ -691,9 +703,9 @@ def test_methods_compose_in_one_config(preset, extra):
 @pytest.mark.parametrize("space", ["s3", "nb201"])
 @pytest.mark.parametrize("preset", MY_PRESETS)
 def test_every_method_preset_searches_two_epochs_and_writes_its_run(preset, space, tmp_path):
-    extra = NB201 if space == "nb201" else ["space=s3", "network.layers=3"]
+    extra = NB201 if space == "nb201" else ["space=s3"]
     if "pc-darts" in preset:
-        extra = extra + ["network.channels=8"]
+        extra = extra + ["network.channels=16"]  # K = 4: 4 channels through the ops
     cfg = sn.load_config(preset, TINY + SMALL.get(preset, []) + extra + ["search.steps_per_epoch=2"])
     out = tmp_path / "run"
     r = Search(cfg, out, progress=False, log=lambda s: None).run()
@@ -705,7 +717,7 @@ def test_every_method_preset_searches_two_epochs_and_writes_its_run(preset, spac
     assert all(math.isfinite(json.loads(x)["train_loss"]) for x in lines)
 
 
-@pytest.mark.parametrize("preset", ["sdarts-rs", "ms-darts", "gdas", "rs-ws"])
+@pytest.mark.parametrize("preset", ["sdarts-rs", "gdas", "rs-ws"])
 def test_resumed_search_ends_where_an_uninterrupted_one_does(preset, tmp_path):
     extra = ["space=s3", "search.checkpoint_every=1"]
     a = make(preset, *extra).run()

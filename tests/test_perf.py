@@ -26,6 +26,18 @@ from stablenas.supernet.reference import PlainDARTS, PlainSearchStep, build_plai
 RTOL = 1e-4  # relative to each tensor's max magnitude (float32, different summation orders)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one intra-op thread avoids OpenMP spin-waits on a busy shared machine (2 threads
+    # made these tests ~20x slower under load). The supernet no longer runs oneDNN's channels_last
+    # 1x1 stride-2 conv, whose backward corrupts the heap with 2-4 input channels on one thread
+    # (see test_factorized_reduce_grads_in_channels_last).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL, atol: float = 1e-6) -> bool:
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max()) <= rtol * float(b.abs().max()) + atol
@@ -65,8 +77,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("cl", [False, True], ids=["channels_first", "channels_last"])
-@pytest.mark.parametrize("space,kw,hw", CASES, ids=[f"{s}-{'-'.join(k)}-{h}" for s, k, h in CASES])
+# channels_last is the default engine; channels-first is checked on the DARTS space (even and odd sizes)
+PARAMS = [(*c, True) for c in CASES] + [(*c, False) for c in CASES[:2]]
+
+
+@pytest.mark.parametrize("space,kw,hw,cl", PARAMS,
+                         ids=[f"{s}-{'-'.join(k)}-{h}-{'cl' if cl else 'cf'}" for s, k, h, cl in PARAMS])
 def test_fast_supernet_matches_plain_darts(space, kw, hw, cl):
     sp, fast, plain, arch = _pair(space, cl=cl, **kw)
     x = torch.randn(4, 1, hw, hw)
@@ -288,3 +304,27 @@ def test_search_iteration_matches_plain_darts(update):
         assert _close(a.detach(), b.detach(), 1e-3)
     for (name, a), b in zip(s2.net.named_parameters(), model.net.parameters()):
         assert _close(a.detach(), b.detach(), 1e-3), name
+
+
+@pytest.mark.parametrize("hw", [4, 5, 8])
+def test_tiled_5x5_depthwise_weight_grad(hw):
+    """The 5x5 depthwise conv whose weight gradient comes from four 3x3 tiles: same values, same
+    input gradient, and correct double backward (gradgradcheck in float64)."""
+    torch.manual_seed(4)
+    C = 3
+    x = torch.randn(2, C, hw, hw, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, padding=2, groups=C)
+    got = N._DepthwiseConv5.apply(x, w)
+    assert torch.allclose(got, ref)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+        assert torch.allclose(a, b)
+    assert torch.autograd.gradgradcheck(N._DepthwiseConv5.apply, (x, w))
+    # float32 channels_last, the layout the engine runs
+    xc = x.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    wc = w.detach().float().requires_grad_(True)
+    gc = g.float().contiguous(memory_format=torch.channels_last)
+    for a, b in zip(torch.autograd.grad(N._DepthwiseConv5.apply(xc, wc), (xc, wc), gc),
+                    torch.autograd.grad(F.conv2d(xc, wc, padding=2, groups=C), (xc, wc), gc)):
+        assert _close(a, b)

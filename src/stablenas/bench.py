@@ -452,8 +452,16 @@ def _method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str
 def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run every measurement of ``bc``; returns the JSON-able result (see module docstring)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    if bc.threads:
-        torch.set_num_threads(bc.threads)
+    threads = torch.get_num_threads()
+    try:
+        if bc.threads:
+            torch.set_num_threads(bc.threads)
+        return _run(bc, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     started = time.time()
     register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
     result: dict[str, Any] = {

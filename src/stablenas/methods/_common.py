@@ -139,6 +139,8 @@ def discrete_mix(arch: ArchParams, hard: dict[str, list[int]], device: torch.dev
         rows = [e for e, k in enumerate(choice) if k >= 0]
         if rows:
             w[rows, [choice[e] for e in rows]] = 1.0
+        if device.type == "cuda":  # pinned + non_blocking: no wait for the queued GPU work
+            w = w.pin_memory().to(device, non_blocking=True)
         op[ct] = w.to(device)
     return Mix(op, None, {ct: list(v) for ct, v in hard.items()})
 

@@ -1,0 +1,67 @@
+"""`stablenas bench` runs end to end on a tiny configuration and writes the documented JSON.
+
+These are smoke tests of the harness (no timing is asserted: figures depend on the machine); the
+numerical equality of the two engines it compares is tested in test_perf.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from stablenas.bench import BenchConfig, _run_worker, parse_input
+from stablenas.cli import app
+
+TINY = ["--space", "s5", "--cells", "2", "--channels", "4", "--batch", "8", "--input", "1x8x8",
+        "--repeats", "1", "--warmup", "0", "--threads", "1"]
+
+
+def test_bench_cli_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    r = CliRunner().invoke(app, ["bench", *TINY, "--methods", "sdarts-rs,no-such-preset", "--no-memory",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert {"config", "environment", "timing", "notes"} <= res.keys()
+    t = res["timing"]
+    for key in ("first_order", "second_order"):
+        assert t[key]["fast"]["median_s"] > 0 and t[key]["plain"]["median_s"] > 0
+        assert t[key]["fast"]["images_per_s"] > 0
+        assert {"of_medians", "paired_median", "cpu_paired_median"} <= t[key]["speedup"].keys()
+        assert len(t[key]["fast"]["load1"]) == 1
+    assert "fast" in t["second_over_first"]
+    assert t["presets"]["sdarts-rs"]["methods"] == ["sdarts-rs"] and t["presets"]["sdarts-rs"]["median_s"] > 0
+    assert "skipped" in t["presets"]["no-such-preset"]
+    if "curvature" in res:  # the analysis.curvature module is present in this repository
+        c = res["curvature"]
+        assert c["lambda_max"]["fast"]["hvps"] >= 1
+        assert c["exact_hessian"]["fast"]["n"] == 12  # s5: 2 cell types x 2 edges x 3 ops
+        # same function, two engines: the estimates agree
+        assert abs(c["lambda_max"]["fast"]["value"] - c["lambda_max"]["plain"]["value"]) <= \
+            1e-3 * max(1.0, abs(c["lambda_max"]["plain"]["value"]))
+    assert res["config"]["input"] == "1x8x8"
+    assert "first-order iteration" in r.output and "speedup" in r.output
+
+
+def test_memory_worker_reports_peak():
+    cfg = {"space": "s5", "cells": 2, "channels": 4, "batch": 8, "input": [1, 8, 8], "threads": 1}
+    res = _run_worker({"config": cfg, "what": "first_order", "engine": "fast"}, timeout=300)
+    assert "error" not in res, res
+    assert res["peak_mb"] >= res["base_mb"] > 0 and res["growth_mb"] >= 0
+
+
+@pytest.mark.parametrize("bad,msg", [(["--input", "3x32"], "CxHxW"), (["--space", "nope"], "unknown"),
+                                     (["--repeats", "0"], "--repeats")])
+def test_bench_rejects_bad_input(bad, msg):
+    r = CliRunner().invoke(app, ["bench", *bad])
+    assert r.exit_code == 2
+    assert msg in r.output
+
+
+def test_parse_input():
+    assert parse_input("3x32x32") == (3, 32, 32)
+    with pytest.raises(ValueError):
+        parse_input("0x4x4")
+    assert BenchConfig().input == (3, 32, 32)
