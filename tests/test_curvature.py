@@ -66,7 +66,7 @@ def test_lambda_max_within_one_percent_of_eigvalsh(hess_setup):
     eig = torch.linalg.eigvalsh(H)
     ref = float(eig.max())
     n = H.shape[0]
-    lz = cv.dominant_eigenvalue(obj, iters=10)
+    lz = cv.dominant_eigenvalue(obj, iters=10, rtol=None)
     assert lz.hvps == 10 < n // 2  # fewer products than the exact matrix needs (even its live part)
     assert abs(lz.lambda_max - ref) <= 0.01 * abs(ref)
     pw = cv.dominant_eigenvalue(obj, iters=200, algorithm="power", tol=1e-6)
@@ -106,6 +106,28 @@ def test_eigen_solvers_on_known_spectrum():
     lam, _ = cv.power_iteration(lambda v: A @ v, 40, 2000, like=torch.zeros(1, dtype=torch.float64),
                                 tol=1e-12)
     assert abs(lam - 2.0) < 1e-3
+
+
+def test_lanczos_early_stop_saves_products_and_keeps_the_top_eigenvalue():
+    """A gap at the top (as in DARTS Hessians: one dominant direction) lets Lanczos stop early."""
+    g = torch.Generator().manual_seed(2)
+    n = 200
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigs = torch.linspace(-0.3, 1.0, n, dtype=torch.float64)
+    eigs[-1] = 3.0
+    A = Q @ torch.diag(eigs) @ Q.T
+    calls = []
+
+    def mv(v):
+        calls.append(1)
+        return A @ v
+
+    ritz = cv.lanczos(mv, n, 60, like=torch.zeros(1, dtype=torch.float64), rtol=1e-4)
+    assert len(calls) < 30  # stopped well before the cap
+    assert abs(float(ritz[-1]) - 3.0) <= 1e-3 * 3.0
+    calls.clear()
+    cv.lanczos(mv, n, 60, like=torch.zeros(1, dtype=torch.float64))
+    assert len(calls) == 60  # without rtol: exactly the cap
 
 
 def test_hessian_method_records_and_does_not_change_the_search(tiny_overrides):

@@ -223,11 +223,13 @@ def _start_vector(n: int, like: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def lanczos(matvec: MatVec, n: int, iters: int = 20, *, like: torch.Tensor | None = None, seed: int = 0,
-            tol: float = 1e-10) -> torch.Tensor:
+            tol: float = 1e-10, rtol: float | None = None) -> torch.Tensor:
     """Ritz values (ascending) after ``min(iters, n)`` Lanczos steps with full reorthogonalisation.
 
     The extreme Ritz values converge first; with ``iters >= n`` they are the whole spectrum.
-    The small tridiagonal problem is solved in float64.
+    The small tridiagonal problem is solved in float64. With ``rtol``, stop early once the largest
+    Ritz value moved by less than ``rtol`` (relative) in the last step: each HVP costs a forward and
+    two backwards, so the few host syncs of this check are free by comparison.
     """
     like = like if like is not None else torch.zeros(1)
     m = max(1, min(int(iters), n))
@@ -235,6 +237,7 @@ def lanczos(matvec: MatVec, n: int, iters: int = 20, *, like: torch.Tensor | Non
     Q = torch.zeros(m, n, dtype=q.dtype, device=q.device)
     a_list: list[torch.Tensor] = []
     b_list: list[torch.Tensor] = []
+    prev = float("nan")
     for j in range(m):
         Q[j] = q
         w = matvec(q)
@@ -250,6 +253,16 @@ def lanczos(matvec: MatVec, n: int, iters: int = 20, *, like: torch.Tensor | Non
             break
         b_list.append(b)
         q = w / b
+        if rtol is not None and j >= 2:
+            top = float(_tridiagonal_eigvals(a_list, b_list)[-1])
+            if j >= 3 and abs(top - prev) <= rtol * max(abs(top), 1e-12):
+                break
+            prev = top
+    return _tridiagonal_eigvals(a_list, b_list)
+
+
+def _tridiagonal_eigvals(a_list: list[torch.Tensor], b_list: list[torch.Tensor]) -> torch.Tensor:
+    """Eigenvalues (ascending, float64) of the Lanczos tridiagonal matrix built so far."""
     k = len(a_list)
     T = torch.diag(torch.stack(a_list).double().cpu())
     if k > 1:
@@ -360,14 +373,18 @@ class Curvature:
 
 
 def dominant_eigenvalue(objective: AlphaObjective, *, iters: int = 20, algorithm: str = "lanczos",
-                        seed: int = 0, retain: bool = True, tol: float = 1e-4) -> Curvature:
-    """lambda_max of the objective's Hessian at the current alpha, from HVPs only."""
+                        seed: int = 0, retain: bool = True, tol: float = 1e-4,
+                        rtol: float | None = 1e-3) -> Curvature:
+    """lambda_max of the objective's Hessian at the current alpha, from HVPs only.
+
+    ``iters`` caps the HVPs; Lanczos stops earlier once lambda_max moves by less than ``rtol``
+    (relative) per step (``rtol=None`` always runs ``iters`` steps)."""
     if algorithm not in ("lanczos", "power"):
         raise ValueError(f"unknown curvature algorithm {algorithm!r}; use 'lanczos' or 'power'")
     start = time.perf_counter()
     with HVP(objective, retain=retain) as hvp:
         if algorithm == "lanczos":
-            ritz = lanczos(hvp, hvp.n, iters, like=hvp.alpha.detach(), seed=seed)
+            ritz = lanczos(hvp, hvp.n, iters, like=hvp.alpha.detach(), seed=seed, rtol=rtol)
             lam = float(ritz[-1])
             ritz_list = [float(v) for v in ritz.flip(0)]
         else:
