@@ -10,6 +10,7 @@ and whole search iterations (first and second order) of ``Search`` against the p
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -306,25 +307,44 @@ def test_search_iteration_matches_plain_darts(update):
         assert _close(a.detach(), b.detach(), 1e-3), name
 
 
-@pytest.mark.parametrize("hw", [4, 5, 8])
-def test_tiled_5x5_depthwise_weight_grad(hw):
-    """The 5x5 depthwise conv whose weight gradient comes from four 3x3 tiles: same values, same
-    input gradient, and correct double backward (gradgradcheck in float64)."""
+@pytest.mark.parametrize("k,p,d,hw", [(5, 2, 1, 4), (5, 2, 1, 5), (5, 2, 1, 8), (3, 1, 1, 9), (3, 2, 2, 8),
+                                      (5, 4, 2, 6), (3, 0, 1, 6)])
+def test_depthwise_function_matches_conv2d_to_second_order(k, p, d, hw):
+    """The depthwise conv whose backward is built from depthwise convs (and, for small 5x5 maps, a
+    weight gradient from four 3x3 tiles): same values, same gradients, and a correct double
+    backward (gradgradcheck in float64) for every geometry the supernet uses."""
     torch.manual_seed(4)
     C = 3
     x = torch.randn(2, C, hw, hw, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(C, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    ref = F.conv2d(x, w, padding=2, groups=C)
-    got = N._DepthwiseConv5.apply(x, w)
+    w = torch.randn(C, 1, k, k, dtype=torch.float64, requires_grad=True)
+    f = lambda a, b: N._DWConv.apply(a, b, p, d)  # noqa: E731
+    ref = F.conv2d(x, w, padding=p, dilation=d, groups=C)
+    got = f(x, w)
     assert torch.allclose(got, ref)
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
         assert torch.allclose(a, b)
-    assert torch.autograd.gradgradcheck(N._DepthwiseConv5.apply, (x, w))
+    assert torch.autograd.gradgradcheck(f, (x, w))
     # float32 channels_last, the layout the engine runs
     xc = x.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     wc = w.detach().float().requires_grad_(True)
     gc = g.float().contiguous(memory_format=torch.channels_last)
-    for a, b in zip(torch.autograd.grad(N._DepthwiseConv5.apply(xc, wc), (xc, wc), gc),
-                    torch.autograd.grad(F.conv2d(xc, wc, padding=2, groups=C), (xc, wc), gc)):
+    for a, b in zip(torch.autograd.grad(f(xc, wc), (xc, wc), gc),
+                    torch.autograd.grad(F.conv2d(xc, wc, padding=p, dilation=d, groups=C), (xc, wc), gc)):
         assert _close(a, b)
+
+
+@pytest.mark.parametrize("hw", [7, 8])
+def test_stride2_depthwise_in_double_backward_mode(hw):
+    """Stride 2 = the stride-1 conv read at even positions, with a correct second derivative."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, hw, hw, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(a, b):
+        conv = SimpleNamespace(kernel_size=(3, 3), bias=None, weight=b, groups=3)
+        return N._depthwise(conv, a, 2, 1, 1)
+
+    with N.double_backward_mode():
+        assert torch.allclose(f(x, w), F.conv2d(x, w, None, 2, 1, 1, 3))
+        assert torch.autograd.gradgradcheck(f, (x, w))

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..supernet.network import double_backward_mode
+
 if TYPE_CHECKING:
     from ..search.loop import Search
     from ..supernet.arch import ArchParams
@@ -122,7 +124,7 @@ class AlphaObjective:
 
     @contextmanager
     def mode(self):
-        with measuring_mode(self.net, self.bn):
+        with measuring_mode(self.net, self.bn), double_backward_mode():
             yield
 
 

@@ -30,7 +30,7 @@ from ..genotype import Genotype
 from ..methods import METHODS, Method, Mix
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
-from ..supernet.network import build_supernet
+from ..supernet.network import build_supernet, double_backward_mode
 from ..utils import atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything, set_rng_state
 from .discretize import DISCRETIZERS
 
@@ -255,7 +255,8 @@ class Search:
 
         if self.cfg.search.unrolled_hvp == "autograd":
             # exact mixed second derivative by double backward: d/d alpha <grad_w L_train(w, a), v>
-            lt = self.loss(xt, yt, self.mix("arch", train_batch), dict(zip(names, weights)))
+            with double_backward_mode():
+                lt = self.loss(xt, yt, self.mix("arch", train_batch), dict(zip(names, weights)))
             gw = torch.autograd.grad(lt, weights, create_graph=True)
             dot = sum((a * b).sum() for a, b in zip(gw, d_w))
             mixed = torch.autograd.grad(dot, arch_params, allow_unused=True)
