@@ -97,6 +97,8 @@ def main() -> None:
     p.add_argument("--steps-per-round", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--skip-search", action="store_true", help="timing only")
+    p.add_argument("--skip-timing", action="store_true",
+                   help="searches only (run several such processes on disjoint --methods, then one with all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.methods if n in METHODS]
@@ -111,15 +113,19 @@ def main() -> None:
         for n in names:
             run_dir = args.out / "runs" / n
             t0, c0 = time.perf_counter(), time.process_time()
-            s = Search(config(n, args), run_dir if not (run_dir / "metrics.jsonl").exists() else None,
+            # a finished or interrupted run in --out is resumed (a finished one returns at once)
+            s = Search(config(n, args), run_dir, resume=(run_dir / "checkpoint.pt").exists(),
                        progress=False, log=lambda m, n=n: print(f"[{n}] {m}", flush=True))
             r = s.run()
             results[n] = {"genotype": r.genotype.to_dict(), "normal_ops": r.genotype.ops("normal"),
                           "param_free_share": param_free_share(r.genotype),
-                          "final_val_acc": r.metrics[-1]["val_acc"], "wall_s": time.perf_counter() - t0,
-                          "cpu_s": time.process_time() - c0}
+                          "final_val_acc": r.metrics[-1]["val_acc"],
+                          "search_s": sum(m.get("seconds", 0.0) for m in r.metrics),
+                          "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
             print(f"{n}: param-free share {results[n]['param_free_share']:.3f}  {r.genotype}", flush=True)
     load["after_search"] = os.getloadavg()
+    if args.skip_timing:
+        return
 
     times = time_steps(names, args)
     load["end"] = os.getloadavg()
