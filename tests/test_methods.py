@@ -144,6 +144,25 @@ def test_rs_epsilon_ramps_linearly_per_epoch():
         assert m.epsilon == pytest.approx(0.03 + 0.27 * e / 5)
 
 
+@pytest.mark.parametrize("name", ["sdarts-rs", "sdarts-adv", "ms-darts"])
+def test_epsilon_ramp_per_step_and_off(name):
+    from stablenas.methods import METHODS
+
+    cls = METHODS[name]
+    s = make(name, "optim.epochs=4", "methods.0.ramp=step")
+    m = method(s, cls)
+    lo, hi = m.opts.epsilon_min, m.opts.epsilon_max
+    s._start_epoch(2)
+    s.step_in_epoch = 1  # step 2 of epoch 3 of 4
+    frac = (2 + 1 / s.steps_per_epoch) / 4
+    assert s.steps_per_epoch > 1 and m.step_epsilon(s) == pytest.approx(lo + (hi - lo) * frac)
+    assert m.epsilon == m.step_epsilon(s)  # what the epoch record reports
+    off = make(name, "optim.epochs=4", "methods.0.ramp=off")
+    m_off = method(off, cls)
+    off._start_epoch(0)
+    assert m_off.step_epsilon(off) == hi
+
+
 def test_rs_weight_step_leaves_alpha_and_steps_at_the_perturbed_weights():
     plain = make("darts", "space=s3")
     rs = make("sdarts-rs", "space=s3")

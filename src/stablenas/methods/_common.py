@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import Field, field_validator
 
 from ..genotype import Genotype, nb201_string
 from ..spaces.ops import OPS
-from .base import Mix
+from .base import Method, MethodOptions, Mix
 
 if TYPE_CHECKING:
     from ..search.loop import Search
@@ -37,6 +38,43 @@ def linear_ramp(start: float, end: float, search: Search, ramp: Ramp) -> float:
         return end
     frac = search.epoch / search.cfg.optim.epochs if ramp == "epoch" else search.progress_fraction
     return start + (end - start) * frac
+
+
+class RampOptions(MethodOptions):
+    """The perturbation radius of the weight step: ``epsilon_min -> epsilon_max`` (``linear_ramp``)."""
+
+    epsilon_min: float = Field(0.03, ge=0.0)  # sdarts.txt Sec. 5.1
+    epsilon_max: float = Field(0.3, ge=0.0)
+    ramp: Ramp = "epoch"  # epoch: eps_e = min + (max - min) * e / epochs; step: per step; off: epsilon_max
+
+    @field_validator("ramp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML 1.1 (PyYAML) reads a bare ``off`` as False: ``ramp: off`` must still mean "off"
+        return "off" if v is False else v
+
+
+class RampedPerturbation(Method):
+    """Base of the methods that move the weight step's op weights within a radius eps growing over the
+    search (SDARTS-RS/ADV, MS-DARTS): one place for the schedule and its per-epoch record."""
+
+    Options = RampOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.epsilon = self.opts.epsilon_min
+
+    def on_epoch_start(self, search: Search, epoch: int) -> None:
+        self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, self.opts.ramp)
+
+    def step_epsilon(self, search: Search) -> float:
+        """eps for this weight step (changes within an epoch only with ``ramp: step``)."""
+        if self.opts.ramp == "step":
+            self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, "step")
+        return self.epsilon
+
+    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+        record["epsilon"] = self.epsilon
 
 
 def projection_mode(arch: ArchParams, mode: Projection) -> str:

@@ -27,17 +27,25 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from ._common import BNMode, Projection, Ramp, bn_mode, linear_ramp, perturbed_loss, project, uniform_like
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from ._common import (
+    BNMode,
+    Projection,
+    RampedPerturbation,
+    RampOptions,
+    bn_mode,
+    perturbed_loss,
+    project,
+    uniform_like,
+)
+from .base import Batch, Mix, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
-class MSOptions(MethodOptions):
+class MSOptions(RampOptions):
     epsilon_min: float = Field(0.025, ge=0.0)  # MS-DARTS code: epsilon_alpha / 10
     epsilon_max: float = Field(0.25, ge=0.0)  # MS-DARTS code default --epsilon_alpha 0.25
-    ramp: Ramp = "epoch"
     bandwidth: float = Field(1.0, gt=0.0)  # h; code default 1 (paper Table 4: h in 0.2..1.4)
     samples: int = Field(3, ge=1)  # N (paper: N = 2, 3, 4; code default 3)
     iterations: int = Field(2, ge=1)  # T (paper: T = 2, 3; code default 2)
@@ -95,7 +103,7 @@ def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dic
 
 
 @register_method
-class MSDARTS(Method):
+class MSDARTS(RampedPerturbation):
     name = "ms-darts"
     description = "MS-DARTS: weight step at a loss-weighted Gaussian mean shift of sampled op weights"
     preset = "ms-darts"
@@ -103,12 +111,11 @@ class MSDARTS(Method):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self.epsilon = self.opts.epsilon_min
         self._shift = None
         self._count = 0
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:
-        self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, self.opts.ramp)
+        super().on_epoch_start(search, epoch)
         self._shift, self._count = None, 0
 
     def shift(self, search: Search, mix: Mix, batch: Batch) -> dict[str, torch.Tensor]:
@@ -127,8 +134,7 @@ class MSDARTS(Method):
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase != "weights" or batch is None:
             return mix
-        if self.opts.ramp == "step":
-            self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, "step")
+        self.step_epsilon(search)
         clean = {ct: w.detach() for ct, w in mix.op.items()}
         shifted = self.shift(search, mix, batch)
         with torch.no_grad():
@@ -138,7 +144,7 @@ class MSDARTS(Method):
         return mix.replace(op={ct: mix.op[ct] + (shifted[ct] - clean[ct]) for ct in mix.op})
 
     def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
-        record["epsilon"] = self.epsilon
+        super().on_epoch_end(search, epoch, record)
         if self._shift is not None:
             record["mean_shift_linf"] = float(self._shift) / max(self._count, 1)
 

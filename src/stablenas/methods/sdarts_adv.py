@@ -17,17 +17,14 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
-from ._common import BNMode, Projection, Ramp, linear_ramp, perturbed_loss, project, uniform_like
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from ._common import BNMode, Projection, RampedPerturbation, RampOptions, perturbed_loss, project, uniform_like
+from .base import Batch, Mix, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
-class ADVOptions(MethodOptions):
-    epsilon_min: float = Field(0.03, ge=0.0)  # sdarts.txt Sec. 5.1
-    epsilon_max: float = Field(0.3, ge=0.0)
-    ramp: Ramp = "epoch"
+class ADVOptions(RampOptions):
     steps: int = Field(7, ge=1)  # "7-step PGD attack under l_inf norm ball"
     step_size: float | None = Field(None, gt=0.0)  # None: 2 * eps / steps (SmoothDARTS Linf_SGD lr)
     random_start: bool = True
@@ -73,7 +70,7 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
 
 
 @register_method
-class SDARTSADV(Method):
+class SDARTSADV(RampedPerturbation):
     name = "sdarts-adv"
     description = "SDARTS-ADV: weight step at op weights + 7-step PGD l_inf attack (simplex), eps 0.03->0.3"
     preset = "sdarts-adv"
@@ -81,21 +78,18 @@ class SDARTSADV(Method):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self.epsilon = self.opts.epsilon_min
         self._gain = None  # running sum of (attacked - clean) training loss, tensor (no syncs)
         self._count = 0
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:
-        self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, self.opts.ramp)
+        super().on_epoch_start(search, epoch)
         self._gain, self._count = None, 0
 
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase != "weights" or batch is None:
             return mix
-        if self.opts.ramp == "step":
-            self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, "step")
         clean = {ct: w.detach() for ct, w in mix.op.items()}
-        adv, l0, l1 = pgd_attack(search, clean, mix, batch, self.epsilon, self.opts)
+        adv, l0, l1 = pgd_attack(search, clean, mix, batch, self.step_epsilon(search), self.opts)
         gain = (l1 - l0).detach()
         self._gain = gain if self._gain is None else self._gain + gain
         self._count += 1
@@ -103,6 +97,6 @@ class SDARTSADV(Method):
         return mix.replace(op={ct: mix.op[ct] + (adv[ct] - clean[ct]) for ct in mix.op})
 
     def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
-        record["epsilon"] = self.epsilon
+        super().on_epoch_end(search, epoch, record)
         if self._gain is not None:
             record["adv_loss_gain"] = float(self._gain) / max(self._count, 1)
