@@ -7,7 +7,7 @@ sdarts.txt Table 5. Then the seconds per search step (alpha step + weight step, 
 them) relative to first-order DARTS, measured in one process, interleaved round-robin after a
 warm-up, median over rounds, so machine load affects all methods alike.
 
-    nice -n 5 /work/venv/bin/python scripts/compare_methods.py --out runs/compare-methods
+    nice -n 5 /work/venv/bin/python scripts/compare_methods.py --out runs/compare-methods --seeds 2 3
 
 Writes ``results.json`` and ``table.md`` in --out (and the search runs under --out/runs/).
 """
@@ -44,8 +44,8 @@ METHODS: dict[str, list[str]] = {
 }
 
 
-def config(name: str, args: argparse.Namespace) -> sn.SearchConfig:
-    base = [f"optim.epochs={args.epochs}", f"data.subset={args.subset}", f"seed={args.seed}",
+def config(name: str, args: argparse.Namespace, seed: int) -> sn.SearchConfig:
+    base = [f"optim.epochs={args.epochs}", f"data.subset={args.subset}", f"seed={seed}",
             f"threads={args.threads}", "evaluation.lookup=false"]
     return sn.load_config("quickstart", base + METHODS[name])
 
@@ -64,7 +64,7 @@ def one_step(s: Search, it) -> None:
 
 
 def time_steps(names: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    searches = {n: Search(config(n, args), None, progress=False, log=lambda m: None) for n in names}
+    searches = {n: Search(config(n, args, args.seeds[0]), None, progress=False, log=lambda m: None) for n in names}
     iters = {}
     for s in searches.values():
         s._start_epoch(0)
@@ -89,9 +89,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/compare-methods"))
     p.add_argument("--methods", nargs="*", default=list(METHODS))
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--subset", type=int, default=2560)
-    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--subset", type=int, default=3840)
+    p.add_argument("--seeds", type=int, nargs="+", default=[2],
+                   help="one search per method and seed (run processes on disjoint seeds, then one with all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=4, help="timing rounds (each method once per round)")
     p.add_argument("--steps-per-round", type=int, default=2)
@@ -102,27 +103,33 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in args.methods if n in METHODS]
-    if "darts" not in names:
+    if "darts" not in names and not args.skip_timing:  # the timing is relative to DARTS
         names.insert(0, "darts")
     args.out.mkdir(parents=True, exist_ok=True)
     load = {"start": os.getloadavg()}
     cpu0 = time.process_time()
 
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {n: {} for n in names}
     if not args.skip_search:
         for n in names:
-            run_dir = args.out / "runs" / n
-            t0, c0 = time.perf_counter(), time.process_time()
-            # a finished or interrupted run in --out is resumed (a finished one returns at once)
-            s = Search(config(n, args), run_dir, resume=(run_dir / "checkpoint.pt").exists(),
-                       progress=False, log=lambda m, n=n: print(f"[{n}] {m}", flush=True))
-            r = s.run()
-            results[n] = {"genotype": r.genotype.to_dict(), "normal_ops": r.genotype.ops("normal"),
-                          "param_free_share": param_free_share(r.genotype),
-                          "final_val_acc": r.metrics[-1]["val_acc"],
-                          "search_s": sum(m.get("seconds", 0.0) for m in r.metrics),
-                          "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-            print(f"{n}: param-free share {results[n]['param_free_share']:.3f}  {r.genotype}", flush=True)
+            per_seed = {}
+            for seed in args.seeds:
+                run_dir = args.out / "runs" / f"{n}-seed{seed}"
+                t0, c0 = time.perf_counter(), time.process_time()
+                # a finished or interrupted run in --out is resumed (a finished one returns at once)
+                s = Search(config(n, args, seed), run_dir, resume=(run_dir / "checkpoint.pt").exists(),
+                           progress=False, log=lambda m, n=n, seed=seed: print(f"[{n} {seed}] {m}", flush=True))
+                r = s.run()
+                per_seed[seed] = {"genotype": r.genotype.to_dict(), "normal_ops": r.genotype.ops("normal"),
+                                  "param_free_share": param_free_share(r.genotype),
+                                  "final_val_acc": r.metrics[-1]["val_acc"],
+                                  "search_s": sum(m.get("seconds", 0.0) for m in r.metrics),
+                                  "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+                print(f"{n} seed {seed}: param-free share {per_seed[seed]['param_free_share']:.3f}  "
+                      f"{r.genotype}", flush=True)
+            shares = [v["param_free_share"] for v in per_seed.values()]
+            results[n] = {"seeds": per_seed, "param_free_share": statistics.mean(shares),
+                          "final_val_acc": statistics.mean(v["final_val_acc"] for v in per_seed.values())}
     load["after_search"] = os.getloadavg()
     if args.skip_timing:
         return
@@ -139,13 +146,18 @@ def main() -> None:
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "loadavg": load,
             "cpu_s_total": time.process_time() - cpu0, "torch": torch.__version__}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    lines = ["| method | param-free share (normal cell) | normal cell ops | s/step | rel. to DARTS |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | param-free share, normal cell (mean) | per seed | final val acc (mean) "
+             "| s/step | rel. to DARTS |", "|---|---|---|---|---|---|"]
     for n in names:
         r = results[n]
         share = f"{r['param_free_share']:.3f}" if "param_free_share" in r else "-"
-        ops = ", ".join(r.get("normal_ops", [])) or "-"
-        lines.append(f"| {n} | {share} | {ops} | {r['s_per_step']:.3f} | {r['rel_step_time']:.2f} |")
+        per = " / ".join(f"{v['param_free_share']:.3f}" for v in r.get("seeds", {}).values()) or "-"
+        acc = f"{r['final_val_acc']:.3f}" if "final_val_acc" in r else "-"
+        lines.append(f"| {n} | {share} | {per} | {acc} | {r['s_per_step']:.3f} | {r['rel_step_time']:.2f} |")
+    lines.append("")
+    for n in names:
+        for seed, v in results[n].get("seeds", {}).items():
+            lines.append(f"- {n} seed {seed}: normal cell {', '.join(v['normal_ops'])}")
     lines.append("")
     lines.append(f"load average (1/5/15 min): start {load['start']}, end {load['end']}; "
                  f"process CPU {meta['cpu_s_total']:.0f} s")
