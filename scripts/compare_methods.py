@@ -1,6 +1,6 @@
 """Compare the stabilised search methods with first-order DARTS on one small budget.
 
-For every method: one search on the quickstart budget (space S3, Fashion-MNIST subset, 5 cells of
+For every method and seed (--seeds): one search on the quickstart budget (space S3, Fashion-MNIST subset, 5 cells of
 8 channels, batch 64) with only the method's defining settings changed, and the share of
 parameter-free ops (skip_connect / none / pooling) in the normal cell it returns -- the quantity of
 sdarts.txt Table 5. Then the seconds per search step (alpha step + weight step, as the loop runs
