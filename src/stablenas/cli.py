@@ -13,18 +13,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="stablenas: stable differentiable architecture search (DARTS and friends).")
 
 
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
+def _fail(msg: str, code: int = 2) -> None:
+    """The one way a command ends on a user error: ``error: <one line>`` on stderr, exit ``code``."""
+    typer.echo(f"error: {_one_line(msg)}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split("\n")).strip()
 
 
 def _user_errors():
-    from .config import ConfigError
-    from .data import DatasetNotFoundError
-    from .genotype import GenotypeError
-    from .search.loop import RunExistsError
+    """Exceptions that are the user's doing: the project's error family (stablenas.errors) plus a
+    missing file named on the command line."""
+    from .errors import StablenasError
 
-    return (ConfigError, DatasetNotFoundError, GenotypeError, RunExistsError, FileNotFoundError)
+    return (StablenasError, FileNotFoundError)
+
+
+def _code(e: BaseException) -> int:
+    return int(getattr(e, "exit_code", 2))
 
 
 @app.command()
@@ -46,7 +54,7 @@ def search(
         cfg = load_config(config, set_)
         result = Search(cfg, out, resume=resume, progress=progress).run()
     except _user_errors() as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
     typer.echo(f"genotype: {result.genotype.to_json()}")
     typer.echo(f"run directory: {out}")
 
@@ -93,7 +101,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     try:
         run = load_run(run_dir)
     except _user_errors() as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
     cfg = run.config
     typer.echo(f"run: {run_dir}")
     typer.echo(f"space: {cfg.get('space')}  dataset: {cfg.get('data', {}).get('dataset')}  "
@@ -148,7 +156,7 @@ def train(
                            batch_size=batch, lr=lr, seed=seed, data_root=data_root, network=network)
         result = train_genotype(genotype, cfg, out, resume=resume, progress=progress)
     except (*_user_errors(), TrainExistsError, ValueError, KeyError) as e:
-        _fail(_err(e))
+        _fail(_err(e), _code(e))
     msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
     typer.echo(f"{'  '.join(msg)}  params {result['params'] / 1e6:.3f}M  "
                f"multiply-adds {result['macs'] / 1e6:.1f}M")
@@ -192,7 +200,7 @@ def info(
         net = network or ("nb201" if g.is_nb201 else "cifar")
         r = profile_info(g, net, C=channels, layers=layers, num_classes=classes, input_size=size)
     except (*_user_errors(), ValueError, KeyError) as e:
-        _fail(_err(e))
+        _fail(_err(e), _code(e))
     shape = "x".join(str(s) for s in r["input_size"])
     typer.echo(f"{genotype}: {r['network']} network, C={r['C']}, {r['layers']} "
                f"{'cells per stage' if r['network'] == 'nb201' else 'cells'}, {r['num_classes']} classes, "
@@ -249,7 +257,7 @@ def s5_table(
         s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=archs, repeat_seeds=extra,
                           command=command, seeds=main_seeds or None)
     except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
 
 
 _RAW_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -313,7 +321,7 @@ def sweep(ctx: typer.Context) -> None:
                          final=args.final)
         table = run_sweep(plan, args.out, jobs=args.jobs, threads=args.threads)
     except (*_user_errors(), ValueError, KeyError) as e:
-        _fail(_err(e))
+        _fail(_err(e), _code(e))
     typer.echo((Path(args.out) / "table.md").read_text())
     typer.echo(f"selected: {table['selected']}")
 
@@ -355,7 +363,7 @@ def analyze(
                         spectrum=spectrum, landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr,
                         tensorboard=tensorboard, overrides=set_, log=lambda m: typer.echo(m, err=True))
     except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
     d, c = a["discretization"], a["curvature"]
     typer.echo(f"lambda_max {c['lambda_max']:.5g}  supernet acc {d['acc_supernet']:.4f}  discretised acc "
                f"{d['acc_discrete']:.4f}  drop {d['acc_drop']:.4f}")
@@ -386,7 +394,7 @@ def report(
             target = out or (Path(run_dirs[0]).resolve().parent / "comparison.html")
             typer.echo(f"comparison: {write_comparison(run_dirs, target)}")
     except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
 
 @app.command()
 def bench(
@@ -428,7 +436,7 @@ def bench(
     try:
         shape = parse_input(input_)
     except ValueError as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
     names: list[str] | None
     if methods_ is None or methods_.strip().lower() == "all":
         names = None
@@ -443,7 +451,7 @@ def bench(
     try:
         res = run_bench(cfg)
     except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), _code(e))
     typer.echo(format_table(res))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message is the whole explanation."""
 
 
 class _Section(BaseModel):

@@ -17,14 +17,11 @@ from pathlib import Path
 
 import torch
 
+from .errors import GenotypeError
 from .spaces.ops import OPS
 from .spaces.registry import SearchSpace, get_space
 
 Pair = tuple[str, int]
-
-
-class GenotypeError(ValueError):
-    """A genotype file or string that does not describe an architecture of its space."""
 
 
 @dataclass(frozen=True)

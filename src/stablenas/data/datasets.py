@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DatasetNotFoundError
+
 __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
@@ -40,10 +42,6 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _ROOT_HINT = f"pass --data-root DIR (or set {DATA_ROOT_ENV})"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are not where we looked; the message says exactly what to put where."""
 
 
 @dataclass

@@ -42,6 +42,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from ..errors import DataError
 from ..genotype import Genotype, parse_nb201
 
 __all__ = [
@@ -67,7 +68,7 @@ HP_KEYS = {"200": "full", "12": "less"}
 _CACHE_FORMAT = 1
 
 
-class NB201FileError(ValueError):
+class NB201FileError(DataError, ValueError):
     """The benchmark file is missing, unreadable, or not in the documented structure."""
 
 

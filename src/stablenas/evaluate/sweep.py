@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, config_from_dict, load_config
+from ..config import config_from_dict, load_config
+from ..errors import ConfigError
 from ..genotype import Genotype
 from .train import TrainConfig, train_config
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from ..errors import RunExistsError
 from ..genotype import Genotype, GenotypeError
 from ..utils import (
     atomic_torch_save,
@@ -60,8 +61,8 @@ _NO_FLIP = {"mnist", "digits", "svhn"}
 _RUNTIME_KEYS = {"device", "threads", "eval_batch_size"}
 
 
-class TrainExistsError(FileExistsError):
-    """The output directory already holds a training run (pass resume to continue it)."""
+# the output directory already holds a training run (pass resume to continue it)
+TrainExistsError = RunExistsError
 
 
 class TrainConfig(BaseModel):
@@ -175,7 +176,7 @@ def train_config(
     (values parsed as YAML, like ``stablenas search --set``) and keyword fields, in that order."""
     import yaml
 
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if preset is None:
         raw: dict[str, Any] = {}
@@ -395,7 +396,7 @@ class _Trainer:
         }
 
     def _load(self, path: Path) -> None:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         try:
             st = torch.load(path, map_location=self.device, weights_only=False)
@@ -584,7 +585,7 @@ def config_diff(saved: dict, now: dict) -> list[str]:
 
 def _check_out_dir(out_dir: Path, cfg: TrainConfig, genotype: Genotype, resume: bool) -> dict | None:
     """Create/validate the run directory; returns the finished result when resuming a done run."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     cfg_file = out_dir / CONFIG_FILE
     if resume and cfg_file.exists():

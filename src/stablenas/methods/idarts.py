@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from ..config import ConfigError
 from ..data import TensorLoader
+from ..errors import ConfigError
 from ..genotype import Genotype, nb201_string
 from ..search.discretize import DISCRETIZERS, register_discretizer
 from ..spaces.ops import OPS

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Method, register_method
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..genotype import Genotype
 from ._common import discrete_mix, genotype_of, sample_architecture
 from .base import Batch, Method, MethodOptions, Mix, register_method

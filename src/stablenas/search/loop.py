@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import ConfigError, SearchConfig
+from ..config import SearchConfig
 from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
+from ..errors import ConfigError, RunExistsError
 from ..evaluate.lookup import annotate_record
 from ..genotype import Genotype
 from ..methods import METHODS, Method, Mix
@@ -36,10 +37,6 @@ from .discretize import DISCRETIZERS
 
 CHECKPOINT = "checkpoint.pt"
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class RunExistsError(FileExistsError):
-    pass
 
 
 @dataclass
