@@ -1,0 +1,105 @@
+"""Retraining a recurrent genotype (DARTS evaluation protocol, shrunk): perplexity, ASGD switch, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stablenas.data.ptb import Corpus
+from stablenas.errors import RunExistsError
+from stablenas.rnn.genotype import DARTS_V2_RNN
+from stablenas.rnn.train import RNNTrainer, count_rnn_params, rnn_train_config, train_recurrent
+
+
+def _corpus(n_words: int = 40, seed: int = 0, lines: int = 300) -> Corpus:
+    """A synthetic corpus with learnable structure (word i is usually followed by word i+1)."""
+    g = torch.Generator().manual_seed(seed)
+    words = [f"w{i}" for i in range(n_words)]
+
+    def text(lines: int) -> str:
+        out = []
+        for _ in range(lines):
+            start = int(torch.randint(n_words, (1,), generator=g))
+            out.append(" ".join(words[(start + k) % n_words] for k in range(8)))
+        return "\n".join(out) + "\n"
+
+    return Corpus.from_texts({"train": text(lines), "valid": text(30), "test": text(30)}, source="synthetic")
+
+
+def _cfg(**kw):
+    base = dict(emsize=16, nhid=16, batch_size=8, eval_batch_size=8, test_batch_size=4, bptt=8, epochs=6,
+                dropout=0.0, dropouth=0.0, dropoutx=0.05, dropouti=0.0, nonmono=1, seed=3, device="cpu")
+    base.update(kw)
+    return rnn_train_config(None, base)
+
+
+def test_training_lowers_perplexity_and_switches_to_asgd(tmp_path):
+    torch.set_num_threads(1)
+    corpus = _corpus()
+    res = train_recurrent(DARTS_V2_RNN, _cfg(), tmp_path / "run", corpus=corpus, log=lambda s: None)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 6
+    uniform = float(corpus.ntokens)  # a model that knows nothing has perplexity = vocabulary size
+    assert res["valid_ppl"] < 0.5 * uniform and res["test_ppl"] < 0.5 * uniform
+    assert res["valid_ppl"] == pytest.approx(min(r["valid_ppl"] for r in recs))
+    # the switch rule: once on SGD a validation loss is worse than the best of all but the last epoch
+    hist, switched = [], None
+    for r in recs:
+        if switched is None and len(hist) > 1 and r["valid_loss"] > min(hist[:-1]):
+            switched = r["epoch"]
+        if switched is None:
+            hist.append(r["valid_loss"])
+    assert [r["epoch"] for r in recs if r.get("switched_to_asgd")] == ([switched] if switched else [])
+    assert res["params"] == sum(p.numel() for p in RNNTrainer(DARTS_V2_RNN, _cfg(), corpus=corpus).model.parameters())
+    with pytest.raises(RunExistsError):
+        train_recurrent(DARTS_V2_RNN, _cfg(), tmp_path / "run", corpus=corpus, log=lambda s: None)
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["epoch", "window"])
+def test_resume_is_bit_identical(tmp_path, where):
+    torch.set_num_threads(1)
+    corpus = _corpus(lines=100)
+    cfg = _cfg(epochs=3, asgd=True, nonmono=1, checkpoint_every=3 if where == "window" else None)
+    ref = RNNTrainer(DARTS_V2_RNN, cfg, tmp_path / "ref", corpus=corpus, log=lambda s: None)
+    ref_res = ref.run()
+
+    calls = {"n": 0}
+    crash_at = 2 if where == "epoch" else None
+
+    def log(s: str) -> None:
+        if crash_at and s.startswith(f"epoch {crash_at}/"):
+            raise _Crash
+
+    t = RNNTrainer(DARTS_V2_RNN, cfg, tmp_path / "run", corpus=corpus, log=log)
+    if where == "window":
+        orig = t.train_step
+
+        def step(batch):
+            calls["n"] += 1
+            if calls["n"] == len(t.stream) + 4:  # second epoch, after its checkpoint at window 3
+                raise _Crash
+            orig(batch)
+
+        t.train_step = step
+    with pytest.raises(_Crash):
+        t.run()
+    t2 = RNNTrainer(DARTS_V2_RNN, cfg, tmp_path / "run", corpus=corpus, resume=True, log=lambda s: None)
+    res = t2.run()
+    for a, b in zip(ref.model.state_dict().values(), t2.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert res["test_loss"] == ref_res["test_loss"] and res["valid_loss"] == ref_res["valid_loss"]
+    drop = ("seconds",)
+    strip = lambda p: [{k: v for k, v in json.loads(s).items() if k not in drop}  # noqa: E731
+                       for s in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "run") == strip(tmp_path / "ref")
+
+
+def test_darts_v2_size_at_850_units():
+    # DARTS Table 2: 23M; embedding 10000 x 850 (tied), decoder bias, W0 (1700 x 1700), 8 x (850 x 1700)
+    assert count_rnn_params(DARTS_V2_RNN, 850) == 22_960_000
