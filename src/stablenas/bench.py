@@ -96,7 +96,7 @@ def _synthetic_name(shape: tuple[int, int, int], classes: int) -> str:
 
 def register_synthetic(shape: tuple[int, int, int], classes: int, n: int, seed: int) -> str:
     """Register seeded random uint8 images as a dataset so ``Search`` runs unchanged on them."""
-    from .data.datasets import DATASETS
+    from .registry import DATASETS
 
     name = _synthetic_name(shape, classes)
     if name not in DATASETS:
@@ -106,7 +106,7 @@ def register_synthetic(shape: tuple[int, int, int], classes: int, n: int, seed: 
             y = rng.integers(0, _k, size=(_n,), dtype=np.int64)
             return x, y, _k
 
-        DATASETS[name] = load
+        DATASETS.register(name, load)
     return name
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
+from .registry import ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -121,24 +122,16 @@ class SearchConfig(_Section):
     @field_validator("space")
     @classmethod
     def _space_known(cls, v: str) -> str:
-        from .spaces.registry import SPACES
-
         if v not in SPACES:
-            raise ValueError(f"unknown search space {v!r}; available: {', '.join(SPACES)}")
+            raise ValueError(SPACES.unknown_message(v))
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SearchConfig:
-        from .data import DATASETS
-        from .methods import METHODS
-        from .supernet.arch import ACTIVATIONS
-
         if self.data.dataset not in DATASETS:
-            raise ValueError(f"data.dataset: unknown dataset {self.data.dataset!r}; "
-                             f"available: {', '.join(DATASETS)}")
+            raise ValueError(f"data.dataset: {DATASETS.unknown_message(self.data.dataset)}")
         if self.arch.activation not in ACTIVATIONS:
-            raise ValueError(f"arch.activation: unknown {self.arch.activation!r}; "
-                             f"available: {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"arch.activation: {ACTIVATIONS.unknown_message(self.arch.activation)}")
         if self.network.channels % self.network.partial_channels:
             raise ValueError(f"network.channels ({self.network.channels}) must be divisible by "
                              f"network.partial_channels ({self.network.partial_channels})")
@@ -147,13 +140,10 @@ class SearchConfig(_Section):
                              f"({self.optim.epochs})")
         for m in self.methods:
             if m.name not in METHODS:
-                raise ValueError(f"methods: unknown method {m.name!r}; available: {', '.join(METHODS)}")
+                raise ValueError(f"methods: {METHODS.unknown_message(m.name)}")
             METHODS[m.name].parse_options(m.model_extra or {})
-        from .search.discretize import DISCRETIZERS
-
         if self.search.discretizer not in DISCRETIZERS:
-            raise ValueError(f"search.discretizer: unknown {self.search.discretizer!r}; "
-                             f"available: {', '.join(DISCRETIZERS)}")
+            raise ValueError(f"search.discretizer: {DISCRETIZERS.unknown_message(self.search.discretizer)}")
         return self
 
     def to_dict(self) -> dict:

@@ -9,6 +9,7 @@ from .datasets import (
     list_datasets,
     load_dataset,
     read_idx,
+    register_dataset,
 )
 from .loader import InfiniteLoader, TensorLoader, search_split
 from .transforms import Augment, cutout, normalize, random_crop, random_flip
@@ -29,5 +30,6 @@ __all__ = [
     "random_crop",
     "random_flip",
     "read_idx",
+    "register_dataset",
     "search_split",
 ]

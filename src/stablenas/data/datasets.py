@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetNotFoundError
+from ..registry import DATASETS
 
 __all__ = [
     "DATASETS",
@@ -32,6 +33,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "read_idx",
+    "register_dataset",
 ]
 
 SPLITS = ("train", "test")
@@ -356,31 +358,32 @@ def _load_svhn(split: str, root: Path | None) -> RawSplit:
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y, 10
 
 
-DATASETS: dict[str, Loader] = {
-    "fashion-mnist": _load_fashion_mnist,
-    "mnist": _load_mnist,
-    "digits": _load_digits,
-    "cifar10": _load_cifar10,
-    "cifar100": _load_cifar100,
-    "svhn": _load_svhn,
-}
+def register_dataset(name: str, loader: Loader, *, aliases: tuple[str, ...] = ()) -> Loader:
+    """Make ``loader(split, root) -> (x uint8 NCHW, y int64, num_classes)`` available by name.
+
+    Names are matched case-insensitively with ``_`` read as ``-``; the aliases defined here are
+    the only ones, for the search and the training config alike."""
+    return DATASETS.register(name, loader, aliases=aliases)
+
+
+register_dataset("fashion-mnist", _load_fashion_mnist, aliases=("fashionmnist",))
+register_dataset("mnist", _load_mnist)
+register_dataset("digits", _load_digits)
+register_dataset("cifar10", _load_cifar10, aliases=("cifar-10",))
+register_dataset("cifar100", _load_cifar100, aliases=("cifar-100",))
+register_dataset("svhn", _load_svhn)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return sorted(DATASETS)
+    return DATASETS.list()
 
 
 # --------------------------------------------------------------------------------------------- public
 
 
 def _canonical_name(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    aliases = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
-    key = aliases.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    return key
+    return DATASETS.canonical(name)
 
 
 @lru_cache(maxsize=16)

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import RunExistsError
 from ..genotype import Genotype, GenotypeError
+from ..registry import DATASETS
 from ..utils import (
     atomic_torch_save,
     atomic_write_text,
@@ -115,11 +116,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        from ..data import DATASETS
-
-        name = self.dataset.strip().lower().replace("_", "-")
-        if name not in DATASETS and name not in ("fashionmnist", "cifar-10", "cifar-100"):
-            raise ValueError(f"dataset: unknown {self.dataset!r}; available: {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS:  # the same names and aliases as the search config
+            raise ValueError(f"dataset: {DATASETS.unknown_message(self.dataset)}")
         return self
 
     def augmentation(self, side: int) -> dict[str, Any]:

@@ -1,9 +1,17 @@
-"""Search methods as composable hooks into one search loop (see ``methods.base``)."""
+"""Search methods as composable hooks into one search loop (see ``methods.base``).
 
-# each method module registers its methods on import (idarts also the `decorrelation` discretiser)
-from . import gdas, idarts, ms_darts, pc_darts, rs_ws, sdarts_adv, sdarts_rs, single_darts  # noqa: F401
+Every module of this package is imported here, and each registers its methods on import (idarts
+also the ``decorrelation`` discretiser): a new method is one new file, no import list to edit.
+User methods come from plug-ins (``stablenas --plugin``, see :mod:`stablenas.plugins`).
+"""
 
-from . import curvature, darts_ada, darts_es  # noqa: F401  # isort: skip  (hessian, darts-es, darts-ada)
+import importlib
+import pkgutil
+
 from .base import METHODS, Method, MethodOptions, Mix, register_method
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_") and _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["METHODS", "Method", "MethodOptions", "Mix", "register_method"]

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..registry import METHODS
+
 if TYPE_CHECKING:
     from ..search.loop import Search
 
@@ -101,13 +103,8 @@ class Method:
         pass
 
 
-METHODS: dict[str, type[Method]] = {}
-
-
 def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name`` (in configs, the CLI, analysis)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} is already registered")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls)

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..genotype import Genotype, derive_darts, derive_nb201
+from ..registry import DISCRETIZERS
 
 if TYPE_CHECKING:
     from .loop import Search
 
 Discretizer = Callable[["Search"], Genotype]
-DISCRETIZERS: dict[str, Discretizer] = {}
 
 
 def register_discretizer(name: str, fn: Discretizer) -> None:
-    DISCRETIZERS[name] = fn
+    DISCRETIZERS.register(name, fn)
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import OPS
+
 OpFactory = Callable[[int, int, bool], nn.Module]
 
 
@@ -32,22 +34,13 @@ class OpSpec:
     is_zero: bool = False  # output is identically zero: the supernet may skip computing it
 
 
-OPS: dict[str, OpSpec] = {}
-
-
 def register_op(name: str, factory: OpFactory, *, parametric: bool, is_zero: bool = False) -> None:
     """Add an op to the registry (overwriting is an error so typos in plugins surface)."""
-    if name in OPS:
-        raise ValueError(f"op {name!r} is already registered")
-    OPS[name] = OpSpec(name, factory, parametric, is_zero)
+    OPS.register(name, OpSpec(name, factory, parametric, is_zero))
 
 
 def build_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
-    try:
-        spec = OPS[name]
-    except KeyError:
-        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(sorted(OPS))}") from None
-    return spec.factory(C, stride, affine)
+    return OPS[name].factory(C, stride, affine)
 
 
 def is_parameter_free(name: str) -> bool:

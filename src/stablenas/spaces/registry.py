@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Literal
 
-from .ops import DARTS_OPS, NB201_OPS, OPS
+from ..registry import OPS, SPACES
+from .ops import DARTS_OPS, NB201_OPS
 
 Skeleton = Literal["darts", "nb201"]
 
@@ -110,21 +111,13 @@ def _combinations(items: list[int], k: int):
     return combinations(items, k)
 
 
-SPACES: dict[str, SearchSpace] = {}
-
-
 def register_space(space: SearchSpace) -> SearchSpace:
-    if space.name in SPACES:
-        raise ValueError(f"space {space.name!r} is already registered")
-    SPACES[space.name] = space
-    return space
+    """Add a space (a taken name is an error, like every registry)."""
+    return SPACES.register(space)
 
 
 def get_space(name: str) -> SearchSpace:
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise KeyError(f"unknown search space {name!r}; available: {', '.join(SPACES)}") from None
+    return SPACES[name]
 
 
 def list_spaces() -> list[SearchSpace]:

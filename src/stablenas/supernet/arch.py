@@ -16,17 +16,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..registry import ACTIVATIONS
 from ..spaces.registry import SearchSpace
 
 OpWeights = dict[str, torch.Tensor]
 
 # activation(alpha, mask) -> op weights; masked (padding) slots must come out exactly 0
 Activation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ACTIVATIONS: dict[str, Activation] = {}
 
 
 def register_activation(name: str, fn: Activation) -> None:
-    ACTIVATIONS[name] = fn
+    ACTIVATIONS.register(name, fn)
 
 
 def _masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,8 +54,7 @@ class ArchParams(nn.Module):
                  init_scale: float = 1e-3, edge_betas: bool = False,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; available: {', '.join(ACTIVATIONS)}")
+        ACTIVATIONS.canonical(activation)  # unknown names: one error listing the registered ones
         self.space = space
         self.activation = activation
         K = space.max_ops()
