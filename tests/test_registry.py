@@ -5,7 +5,14 @@ import pytest
 import stablenas as sn
 from stablenas.errors import ConfigError
 from stablenas.registry import (
-    ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, OPS, SPACES, DuplicateNameError, Registry,
+    ACTIVATIONS,
+    DATASETS,
+    DISCRETIZERS,
+    METHODS,
+    OPS,
+    SPACES,
+    DuplicateNameError,
+    Registry,
     UnknownNameError,
 )
 

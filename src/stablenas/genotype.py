@@ -18,14 +18,21 @@ from pathlib import Path
 import torch
 
 from .errors import GenotypeError
-from .spaces.ops import OPS
+from .registry import OPS, SKELETONS, SPACES
 from .spaces.registry import SearchSpace, get_space
 
 Pair = tuple[str, int]
+# the skeleton of genotypes that neither name a registered space nor are claimed by a skeleton
+DEFAULT_SKELETON = "darts"
 
 
 @dataclass(frozen=True)
 class Genotype:
+    """A discrete architecture. The fields are the union of what the built-in skeletons store
+    (DARTS: per cell type ``[op, input]`` pairs and the concatenated nodes; NB201: ``arch``);
+    reading, writing, printing and the per-cell views belong to the space's skeleton
+    (:mod:`stablenas.skeletons`), which every method here asks."""
+
     space: str
     normal: tuple[Pair, ...] = ()
     normal_concat: tuple[int, ...] = ()
@@ -36,34 +43,31 @@ class Genotype:
 
     # -- views -------------------------------------------------------------------------------
     @property
+    def skeleton(self):
+        """The :class:`~stablenas.skeletons.base.Skeleton` this genotype belongs to."""
+        return genotype_skeleton(self)
+
+    @property
     def is_nb201(self) -> bool:
+        """Kept for callers of earlier versions; package code asks ``self.skeleton``."""
         return self.arch is not None
 
+    def cell_types(self) -> list[str]:
+        return self.skeleton.cell_types(self)
+
     def cell(self, cell_type: str) -> tuple[Pair, ...]:
-        if self.is_nb201:
-            if cell_type != "cell":
-                raise KeyError(cell_type)
-            return tuple(p for node in parse_nb201(self.arch) for p in node)
-        return {"normal": self.normal, "reduce": self.reduce}[cell_type]
+        return self.skeleton.cell_pairs(self, cell_type)
 
     def concat(self, cell_type: str) -> tuple[int, ...]:
         return {"normal": self.normal_concat, "reduce": self.reduce_concat}[cell_type]
 
     def ops(self, cell_type: str | None = None) -> list[str]:
-        types = [cell_type] if cell_type else (["cell"] if self.is_nb201 else ["normal", "reduce"])
+        types = [cell_type] if cell_type else self.cell_types()
         return [op for ct in types for op, _ in self.cell(ct)]
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        if self.is_nb201:
-            return {"space": self.space, "arch": self.arch}
-        return {
-            "space": self.space,
-            "normal": [[op, i] for op, i in self.normal],
-            "normal_concat": list(self.normal_concat),
-            "reduce": [[op, i] for op, i in self.reduce],
-            "reduce_concat": list(self.reduce_concat),
-        }
+        return self.skeleton.genotype_to_dict(self)
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -77,44 +81,7 @@ class Genotype:
     def from_dict(cls, d: Mapping) -> Genotype:
         if not isinstance(d, Mapping):
             raise GenotypeError(f"a genotype must be a JSON object, got {type(d).__name__}")
-        space = d.get("space", "darts")
-        if "arch" in d:
-            unknown = set(d) - {"space", "arch"}
-            if unknown:
-                raise GenotypeError(f"unknown genotype keys {sorted(unknown)}; an nb201 genotype has "
-                                    "'space' and 'arch'")
-            nodes = parse_nb201(d["arch"])  # validates
-            from .spaces.registry import SPACES
-
-            sp = SPACES.get(space)
-            if sp is not None and sp.skeleton == "nb201" and len(nodes) != sp.n_nodes:
-                raise GenotypeError(f"malformed nb201 arch string {d['arch']!r}: {len(nodes)} nodes, "
-                                    f"space {space!r} has {sp.n_nodes}")
-            return cls(space=space, arch=str(d["arch"]))
-        required = ("normal", "normal_concat", "reduce", "reduce_concat")
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise GenotypeError(f"genotype is missing {missing}; expected keys: space, {', '.join(required)} "
-                                "(or space, arch for nb201)")
-        unknown = set(d) - {"space", *required}
-        if unknown:
-            raise GenotypeError(f"unknown genotype keys {sorted(unknown)}; allowed: space, {', '.join(required)}")
-
-        def pairs(key: str) -> tuple[Pair, ...]:
-            out = []
-            for item in d[key]:
-                if not (isinstance(item, (list, tuple)) and len(item) == 2):
-                    raise GenotypeError(f"{key}: each entry must be [op, input], got {item!r}")
-                op, inp = item
-                if op not in OPS:
-                    raise GenotypeError(f"{key}: unknown op {op!r}; registered: {', '.join(sorted(OPS))}")
-                out.append((str(op), int(inp)))
-            return tuple(out)
-
-        g = cls(space=space, normal=pairs("normal"), normal_concat=tuple(int(i) for i in d["normal_concat"]),
-                reduce=pairs("reduce"), reduce_concat=tuple(int(i) for i in d["reduce_concat"]))
-        g.validate()
-        return g
+        return genotype_skeleton(d).genotype_from_dict(d)
 
     @classmethod
     def from_json(cls, text: str) -> Genotype:
@@ -133,23 +100,23 @@ class Genotype:
         return cls.from_json(path.read_text())
 
     def validate(self) -> None:
-        """Every node has its inputs from earlier nodes only."""
-        for ct in ("normal", "reduce"):
-            pairs = self.cell(ct)
-            if len(pairs) % 2:
-                raise GenotypeError(f"{ct}: expected two [op, input] pairs per node, got {len(pairs)} entries")
-            for k, (_, inp) in enumerate(pairs):
-                node = 2 + k // 2
-                if not 0 <= inp < node:
-                    raise GenotypeError(f"{ct}: entry {k} feeds node {node} from {inp}; "
-                                        f"allowed inputs are 0..{node - 1}")
+        """The skeleton's structural checks (DARTS: every node takes inputs from earlier nodes)."""
+        self.skeleton.validate_genotype(self)
 
     def __str__(self) -> str:
-        if self.is_nb201:
-            return self.arch or ""
-        n = " ".join(f"{op}<-{i}" for op, i in self.normal)
-        r = " ".join(f"{op}<-{i}" for op, i in self.reduce)
-        return f"normal: {n} | reduce: {r}"
+        return self.skeleton.genotype_str(self)
+
+
+def genotype_skeleton(obj: Genotype | Mapping):
+    """The skeleton of a genotype (or genotype dict): its space's, else the first registered
+    skeleton that claims it, else the default (``darts``)."""
+    space = obj.space if isinstance(obj, Genotype) else obj.get("space")
+    if isinstance(space, str) and space in SPACES:
+        return SKELETONS[SPACES[space].skeleton]
+    for sk in SKELETONS.values():
+        if sk.owns(obj) if isinstance(obj, Genotype) else sk.claims(obj):
+            return sk
+    return SKELETONS[DEFAULT_SKELETON]
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +224,4 @@ def derive(space: SearchSpace | str, op_weights: Mapping[str, torch.Tensor],
     """The default value-based rule of the space's skeleton."""
     if isinstance(space, str):
         space = get_space(space)
-    if space.skeleton == "nb201":
-        return derive_nb201(space, op_weights, edge_weights)
-    return derive_darts(space, op_weights, edge_weights)
+    return SKELETONS[space.skeleton].derive(space, op_weights, edge_weights)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..genotype import Genotype, derive_darts, derive_nb201
+from ..genotype import Genotype, derive_darts
 from ..registry import DISCRETIZERS
 
 if TYPE_CHECKING:
@@ -23,10 +23,8 @@ def register_discretizer(name: str, fn: Discretizer) -> None:
 
 @torch.no_grad()
 def _default(search: Search) -> Genotype:
-    arch = search.arch
-    if search.space.skeleton == "nb201":
-        return derive_nb201(search.space, arch.op_weights(), arch.edge_weights())
-    return derive_darts(search.space, arch.op_weights(), arch.edge_weights())
+    """The space's skeleton's own rule (DARTS: top-2 edges per node; NB201: argmax per edge)."""
+    return search.skeleton.derive(search.space, search.arch.op_weights(), search.arch.edge_weights())
 
 
 @torch.no_grad()

@@ -24,14 +24,16 @@ from torch import nn
 from torch.func import functional_call
 
 from ..config import SearchConfig
-from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
+from ..data import TensorLoader
 from ..errors import ConfigError, RunExistsError
 from ..evaluate.lookup import annotate_record
 from ..genotype import Genotype
-from ..methods import METHODS, Method, Mix
+from ..methods import Method, Mix
+from ..registry import METHODS, SKELETONS
+from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
-from ..supernet.network import build_supernet, double_backward_mode
+from ..supernet.network import double_backward_mode
 from ..utils import atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything, set_rng_state
 from .discretize import DISCRETIZERS
 
@@ -56,7 +58,8 @@ class Search:
     """A configured search: data, supernet, alpha, optimisers and methods, ready to ``run()``."""
 
     def __init__(self, config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
-                 progress: bool | None = None, log: Callable[[str], None] | None = None):
+                 progress: bool | None = None, log: Callable[[str], None] | None = None,
+                 data: SearchData | None = None):
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -72,34 +75,26 @@ class Search:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.space = get_space(cfg.space)
 
-        # data: the DARTS split of the training set into a weight half and an alpha half
+        # data and supernet come from the space's skeleton (image skeletons: the DARTS split of the
+        # training set into a weight half and an alpha half); a caller may hand the data in
+        self.skeleton = SKELETONS[self.space.skeleton]
         d = cfg.data
-        self.dataset = load_dataset(d.dataset, "train", d.root)
-        train_idx, val_idx = search_split(len(self.dataset), d.train_portion, d.subset, cfg.seed)
-        augment = Augment(crop_padding=d.crop_padding, flip=d.flip, cutout=d.cutout, cutout_prob=d.cutout_prob)
-        cl = cfg.network.channels_last
-        self.train_loader = TensorLoader(self.dataset, train_idx, d.batch_size, shuffle=True, drop_last=True,
-                                         augment=augment, device=self.device, seed=cfg.seed * 1000 + 1,
-                                         channels_last=cl)
-        self.val_stream = InfiniteLoader(TensorLoader(
-            self.dataset, val_idx, d.batch_size, shuffle=True, drop_last=True, augment=None,
-            device=self.device, seed=cfg.seed * 1000 + 2, channels_last=cl))
-        self.val_eval_loader = TensorLoader(self.dataset, val_idx, d.eval_batch_size, shuffle=False,
-                                            drop_last=False, augment=None, device=self.device,
-                                            seed=cfg.seed * 1000 + 3, channels_last=cl)
+        self.data = data if data is not None else self.skeleton.search_data(cfg, self.device)
+        self.dataset = self.data.dataset
+        self.train_loader = self.data.train_loader
+        self.val_stream = self.data.val_stream
+        self.val_eval_loader = self.data.val_eval_loader
         if len(self.train_loader) == 0:
-            raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {len(train_idx)} training images "
+            raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {self.data.n_train} training images "
                               "of the search split; lower it or raise data.subset")
         self.steps_per_epoch = len(self.train_loader)
         if cfg.search.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.search.steps_per_epoch)
 
         # model and alpha (alpha lives outside the network; see supernet.arch)
-        n = cfg.network
-        self.num_classes = self.dataset.num_classes
-        self.net = build_supernet(self.space, C=n.channels, layers=n.layers, num_classes=self.num_classes,
-                                  in_channels=self.dataset.x.shape[1], stem_multiplier=n.stem_multiplier,
-                                  partial_k=n.partial_channels, node_norm=n.node_norm).to(self.device)
+        cl = cfg.network.channels_last
+        self.num_classes = self.data.num_classes
+        self.net = self.skeleton.supernet_from_config(self.space, cfg, self.data).to(self.device)
         if cl:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.net.channels_last = True
@@ -185,7 +180,9 @@ class Search:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, mix: Mix,
              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return self.criterion(self.forward(x, mix, params), y)
+        """The training criterion on a batch; the skeleton decides (a recurrent one carries its
+        hidden state per ``self.stream``)."""
+        return self.skeleton.loss(self, x, y, mix, params)
 
     @property
     def lr(self) -> float:

@@ -1,28 +1,26 @@
 """Search spaces as data.
 
-A space says which macro skeleton it uses (``darts`` stacked normal/reduction cells, or the
-``nb201`` three-stage network), how many input and intermediate nodes a cell has, and the
-candidate ops *of every edge* of every cell type. Per-edge op sets are the general case; a
-uniform space is just one where every edge lists the same ops. Spaces are looked up by name like
-timm's model registry: ``get_space("s3")``; new ones are added with :func:`register_space`.
+A space names the macro skeleton it uses (a registered :mod:`stablenas.skeletons` plug-in:
+``darts`` stacked normal/reduction cells, the ``nb201`` three-stage network, ...), how many input
+and intermediate nodes a cell has, and the candidate ops *of every edge* of every cell type.
+Per-edge op sets are the general case; a uniform space is just one where every edge lists the
+same ops. Spaces are looked up by name like timm's model registry: ``get_space("s3")``; new ones
+are added with :func:`register_space`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Literal
 
-from ..registry import OPS, SPACES
+from ..registry import OPS, SKELETONS, SPACES
 from .ops import DARTS_OPS, NB201_OPS
-
-Skeleton = Literal["darts", "nb201"]
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
-    skeleton: Skeleton
+    skeleton: str  # a registered skeleton (stablenas.skeletons): darts, nb201, or a plug-in's
     n_inputs: int  # cell inputs: 2 (c_{k-2}, c_{k-1}) for darts, 1 for nb201
     n_nodes: int  # intermediate nodes
     edge_ops: dict[str, tuple[tuple[str, ...], ...]]  # cell type -> per-edge candidate ops
@@ -78,37 +76,8 @@ class SearchSpace:
         return all(e == first for ops in self.edge_ops.values() for e in ops)
 
     def num_architectures(self) -> int:
-        """Size of the discrete space under this space's discretisation rule."""
-        total = 1
-        for ops in self.edge_ops.values():
-            if self.skeleton == "nb201":
-                for e in ops:
-                    total *= len(e)
-                continue
-            per_cell = 0
-            # count choices of kept edges per node and a non-none op on each kept edge
-            nodes = [list(self.node_edges(i)) for i in range(self.n_nodes)]
-            per_node = []
-            for edges in nodes:
-                k = min(self.inputs_per_node, len(edges))
-                count = 0
-                for combo in _combinations(edges, k):
-                    c = 1
-                    for e in combo:
-                        c *= len([o for o in ops[e] if o != "none"])
-                    count += c
-                per_node.append(count)
-            per_cell = 1
-            for c in per_node:
-                per_cell *= c
-            total *= per_cell
-        return total
-
-
-def _combinations(items: list[int], k: int):
-    from itertools import combinations
-
-    return combinations(items, k)
+        """Size of the discrete space under its skeleton's discretisation rule."""
+        return SKELETONS[self.skeleton].num_architectures(self)
 
 
 def register_space(space: SearchSpace) -> SearchSpace:

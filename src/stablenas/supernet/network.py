@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import SKELETONS
 from ..spaces.ops import (
     OPS,
     DilConv,
@@ -697,9 +698,8 @@ class NB201SearchNetwork(nn.Module):
 def build_supernet(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                    in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
                    node_norm: bool = False) -> nn.Module:
-    """The supernet of a space's skeleton. For nb201, ``layers`` is cells per stage (N)."""
-    if space.skeleton == "nb201":
-        return NB201SearchNetwork(space, C=C, N=layers, num_classes=num_classes, in_channels=in_channels,
-                                  partial_k=partial_k, node_norm=node_norm)
-    return SearchNetwork(space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-                         stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
+    """The supernet of a space's skeleton (:mod:`stablenas.skeletons`). For nb201, ``layers`` is
+    cells per stage (N)."""
+    return SKELETONS[space.skeleton].build_supernet(
+        space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)

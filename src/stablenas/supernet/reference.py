@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import SKELETONS
 from ..spaces.ops import FactorizedReduce, ReLUConvBN, ResNetBasicBlock, build_op
 from ..spaces.registry import SearchSpace
 
@@ -222,9 +223,9 @@ def build_plain(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes
                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
                 node_norm: bool = False) -> nn.Module:
     """The plain twin of ``supernet.network.build_supernet`` (same arguments, same state-dict keys)."""
-    if space.skeleton == "nb201":
-        return PlainNB201Network(space, C, layers, num_classes, in_channels, partial_k, node_norm)
-    return PlainNetwork(space, C, layers, num_classes, in_channels, stem_multiplier, partial_k, node_norm)
+    return SKELETONS[space.skeleton].build_reference(
+        space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
 
 
 def plain_softmax(alpha: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

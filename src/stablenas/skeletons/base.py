@@ -1,0 +1,275 @@
+"""The ``Skeleton`` plug-in: everything that depends on the macro network a space uses.
+
+A search space is data (:class:`~stablenas.spaces.registry.SearchSpace`: nodes, edges, candidate ops
+per edge) plus the *name* of a skeleton. The skeleton is the code: the supernet around the cells,
+the evaluation networks a found cell is trained in, what data it consumes and which metric it
+reports, and how its genotypes read, derive (discretise), serialise, print, draw and count. Code
+outside a skeleton never branches on a skeleton's or a space's name; it asks the skeleton:
+
+    sk = skeleton_of(space)            # or skeleton_of(genotype)
+    net = sk.build_supernet(space, C=16, layers=8, num_classes=10)
+    g = sk.derive(space, op_weights, edge_weights)
+
+A new skeleton (the recurrent PTB one, say) is a subclass registered with ``@register_skeleton``
+plus spaces that name it; nothing else in the package changes. The interface, in the order a run
+uses it:
+
+- space: ``check_space(space)``, ``num_architectures(space)``;
+- capabilities: ``capabilities`` (e.g. ``{"partial_channels", "node_norm"}``) that methods
+  check in their ``validate(cfg)``; ``data_kind`` and ``metric``;
+- data: ``search_data(cfg, device, dataset=None) -> SearchData`` (the two search streams and the
+  evaluation loader; the image default splits a training set the DARTS way);
+- supernet: ``build_supernet(space, **sizes)``, ``supernet_from_config(space, cfg, data)``,
+  ``build_reference(space, **sizes)`` (the plain oracle, if the skeleton has one);
+- loss: ``loss(search, x, y, mix, params)`` (stateful skeletons: ``search.stream`` names the
+  stream, ``"train"``, ``"val"`` or ``"eval"``, of the current phase); ``epoch_metrics``;
+- genotypes: ``owns``/``claims`` (which genotypes are this skeleton's), ``genotype_from_dict``,
+  ``genotype_to_dict``, ``genotype_str``, ``genotype_text`` (report), ``cell_types``,
+  ``cell_pairs``, ``cell_graph`` (drawing and cell statistics), ``derive`` (the default
+  discretisation), ``genotype_of(space, hard)`` and ``sample(space, generator)`` (op index per
+  edge, -1 = not kept), ``genotype_edges``, ``keep_per_node``;
+- evaluation: ``eval_networks``, ``resolve_eval_network(name)`` (for ``train``/``info``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..genotype import DEFAULT_SKELETON
+from ..registry import SKELETONS, SPACES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..genotype import Genotype
+    from ..methods.base import Mix
+    from ..spaces.registry import SearchSpace
+
+
+
+@dataclass
+class SearchData:
+    """What a search consumes: the weight stream (a resumable loader with ``set_epoch``,
+    ``state_dict``), the endless alpha stream, the loader of the per-epoch validation pass, and
+    the sizes the supernet needs. A skeleton's ``search_data`` builds it; ``Search`` and the
+    bench accept one ready-made (``Search(cfg, data=...)``)."""
+
+    train_loader: Any
+    val_stream: Any
+    val_eval_loader: Any
+    num_classes: int
+    in_channels: int
+    n_train: int = 0  # size of the weight split (for the batch-size error message)
+    dataset: Any = None
+
+
+@dataclass(frozen=True)
+class CellGraph:
+    """A discrete cell as a graph: ``n_inputs`` input nodes, then per intermediate node its
+    ``(source, op)`` inputs, and the nodes that form the output (``concat``: the output is a
+    separate node joining them, as in DARTS; else the single listed node is the output)."""
+
+    n_inputs: int
+    nodes: tuple[tuple[tuple[int, str], ...], ...]
+    outputs: tuple[int, ...]
+    concat: bool = True
+    input_names: tuple[str, ...] = ()
+
+
+class Skeleton:
+    """Base class; subclasses set ``name`` and override what differs. See the module docstring."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    data_kind: ClassVar[str] = "image"  # "image": the datasets registry; others bring their own data
+    metric: ClassVar[str] = "acc"  # the quality number epochs report (accuracy; perplexity for LMs)
+    eval_networks: ClassVar[tuple[str, ...]] = ()  # evaluation networks, the first is the default
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: str, what: str) -> None:
+        """One clear line when a config asks for something this skeleton cannot do."""
+        if not self.supports(capability):
+            raise ConfigError(f"{what} needs {capability.replace('_', ' ')}, which the {self.name} skeleton "
+                              f"does not have (it supports: {', '.join(sorted(self.capabilities)) or 'none'})")
+
+    # -- spaces ------------------------------------------------------------------------------
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise ``ValueError`` if ``space`` cannot be built by this skeleton."""
+
+    def num_architectures(self, space: SearchSpace) -> int:
+        """Size of the discrete space under this skeleton's discretisation."""
+        raise NotImplementedError
+
+    # -- data ---------------------------------------------------------------------------------
+    def search_data(self, cfg: Any, device: torch.device, dataset: Any = None) -> SearchData:
+        """The search's streams; image skeletons split a training set (``data.dataset``)."""
+        from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
+
+        d = cfg.data
+        ds = dataset if dataset is not None else load_dataset(d.dataset, "train", d.root)
+        train_idx, val_idx = search_split(len(ds), d.train_portion, d.subset, cfg.seed)
+        augment = Augment(crop_padding=d.crop_padding, flip=d.flip, cutout=d.cutout, cutout_prob=d.cutout_prob)
+        cl = cfg.network.channels_last
+        train = TensorLoader(ds, train_idx, d.batch_size, shuffle=True, drop_last=True, augment=augment,
+                             device=device, seed=cfg.seed * 1000 + 1, channels_last=cl)
+        val = InfiniteLoader(TensorLoader(ds, val_idx, d.batch_size, shuffle=True, drop_last=True, augment=None,
+                                          device=device, seed=cfg.seed * 1000 + 2, channels_last=cl))
+        val_eval = TensorLoader(ds, val_idx, d.eval_batch_size, shuffle=False, drop_last=False, augment=None,
+                                device=device, seed=cfg.seed * 1000 + 3, channels_last=cl)
+        return SearchData(train, val, val_eval, ds.num_classes, int(ds.x.shape[1]), len(train_idx), ds)
+
+    # -- supernet -----------------------------------------------------------------------------
+    def build_supernet(self, space: SearchSpace, **sizes: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def build_reference(self, space: SearchSpace, **sizes: Any) -> nn.Module:
+        raise NotImplementedError(f"the {self.name} skeleton has no plain reference supernet")
+
+    def supernet_from_config(self, space: SearchSpace, cfg: Any, data: SearchData) -> nn.Module:
+        n = cfg.network
+        return self.build_supernet(space, C=n.channels, layers=n.layers, num_classes=data.num_classes,
+                                   in_channels=data.in_channels, stem_multiplier=n.stem_multiplier,
+                                   partial_k=n.partial_channels, node_norm=n.node_norm)
+
+    # -- loss and metrics ---------------------------------------------------------------------
+    def logits(self, search: Any, x: torch.Tensor, mix: Mix, params: dict | None) -> torch.Tensor:
+        return search.forward(x, mix, params)
+
+    def loss(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix,
+             params: dict | None = None) -> torch.Tensor:
+        return search.criterion(self.logits(search, x, mix, params), y)
+
+    def epoch_metrics(self, prefix: str, loss: float, acc: float) -> dict:
+        """The numbers an epoch record carries for a split (``prefix``: train or val)."""
+        return {f"{prefix}_loss": loss, f"{prefix}_acc": acc}
+
+    # -- genotypes ----------------------------------------------------------------------------
+    def owns(self, genotype: Genotype) -> bool:
+        """Whether a genotype whose space is not registered is this skeleton's."""
+        return False
+
+    def claims(self, d: Mapping) -> bool:
+        """Whether a genotype dict whose space is not registered is this skeleton's."""
+        return False
+
+    def genotype_from_dict(self, d: Mapping) -> Genotype:
+        raise NotImplementedError
+
+    def genotype_to_dict(self, genotype: Genotype) -> dict:
+        raise NotImplementedError
+
+    def genotype_str(self, genotype: Genotype) -> str:
+        raise NotImplementedError
+
+    def genotype_text(self, genotype: Genotype) -> str:
+        """Several lines for the report: a human view, then the JSON ``stablenas train`` reads."""
+        return f"{self.genotype_str(genotype)}\n\n{genotype.to_json()}"
+
+    def validate_genotype(self, genotype: Genotype) -> None:
+        pass
+
+    def cell_types(self, genotype: Genotype) -> list[str]:
+        raise NotImplementedError
+
+    def cell_pairs(self, genotype: Genotype, cell_type: str) -> tuple[tuple[str, int], ...]:
+        """(op, input) per kept connection of a cell, in genotype order."""
+        raise NotImplementedError
+
+    def cell_graph(self, genotype: Genotype, cell_type: str) -> CellGraph:
+        raise NotImplementedError
+
+    def keep_per_node(self, space: SearchSpace, node: int) -> int:
+        """How many incoming edges node ``node`` keeps after discretisation."""
+        return len(space.node_edges(node))
+
+    def zero_is_choice(self, space: SearchSpace) -> bool:
+        """Whether a zero op (``none``) is a legitimate choice on a kept edge."""
+        return False
+
+    def derive(self, space: SearchSpace, op_weights: Mapping[str, torch.Tensor],
+               edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
+        """The default value-based discretisation of the skeleton."""
+        raise NotImplementedError
+
+    def genotype_of(self, space: SearchSpace, hard: Mapping[str, list[int]],
+                    fallback: Genotype | None = None) -> Genotype:
+        """The genotype of an op-index-per-edge choice (-1 = edge not kept); cell types missing
+        from ``hard`` are taken from ``fallback``."""
+        raise NotImplementedError
+
+    def genotype_edges(self, space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
+        """(edge index, op) of every connection the genotype keeps in ``cell_type``."""
+        raise NotImplementedError
+
+    def sample(self, space: SearchSpace, generator: torch.Generator | None = None) -> dict[str, list[int]]:
+        """A uniformly random discrete architecture as an op index per edge (-1 = not kept):
+        ``keep_per_node`` distinct incoming edges per node, on each an op (zero ops only where
+        ``zero_is_choice``)."""
+        from ..registry import OPS
+
+        allow_zero = self.zero_is_choice(space)
+        out: dict[str, list[int]] = {}
+        for ct in space.cell_types:
+            hard = [-1] * space.n_edges
+            for node in range(space.n_nodes):
+                edges = list(space.node_edges(node))
+                k = self.keep_per_node(space, node)
+                if k >= len(edges):
+                    keep = edges
+                else:
+                    perm = torch.randperm(len(edges), generator=generator)[:k].tolist()
+                    keep = [edges[i] for i in sorted(perm)]
+                for e in keep:
+                    ops = space.edge_ops[ct][e]
+                    cands = [i for i, name in enumerate(ops) if allow_zero or not OPS[name].is_zero]
+                    cands = cands or list(range(len(ops)))
+                    hard[e] = cands[int(torch.randint(len(cands), (1,), generator=generator))]
+            out[ct] = hard
+        return out
+
+    # -- evaluation networks (train / info) ------------------------------------------------------
+    def resolve_eval_network(self, network: str | None) -> str:
+        """The evaluation network to build for ``network`` (``None``/``"auto"``: the default)."""
+        if network in (None, "auto"):
+            return self.eval_networks[0]
+        if network not in self.eval_networks:
+            raise ConfigError(f"network {network!r} does not fit a {self.name}-skeleton genotype; "
+                              f"choose {', '.join(self.eval_networks)}")
+        return network
+
+    def __repr__(self) -> str:
+        return f"<skeleton {self.name}>"
+
+
+def register_skeleton(cls: type[Skeleton]) -> type[Skeleton]:
+    """Class decorator: register one instance of the skeleton under ``cls.name``."""
+    SKELETONS.register(cls())
+    return cls
+
+
+def get_skeleton(name: str) -> Skeleton:
+    return SKELETONS[name]
+
+
+def skeleton_of(obj: Any) -> Skeleton:
+    """The skeleton of a space, a space name, a genotype or a genotype dict."""
+    from ..genotype import genotype_skeleton
+    from ..spaces.registry import SearchSpace
+
+    if isinstance(obj, SearchSpace):
+        return SKELETONS[obj.skeleton]
+    if isinstance(obj, str):
+        return SKELETONS[SPACES[obj].skeleton]
+    return genotype_skeleton(obj)
+
+
+__all__ = ["CellGraph", "DEFAULT_SKELETON", "SearchData", "Skeleton", "get_skeleton", "register_skeleton",
+           "skeleton_of"]
