@@ -197,13 +197,13 @@ def info(
         size = dims[0] if len(dims) == 1 else tuple(dims)
     try:
         g = resolve_genotype(genotype)
-        net = network or ("nb201" if g.is_nb201 else "cifar")
+        net = g.skeleton.resolve_eval_network(network)
         r = profile_info(g, net, C=channels, layers=layers, num_classes=classes, input_size=size)
     except (*_user_errors(), ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
     shape = "x".join(str(s) for s in r["input_size"])
     typer.echo(f"{genotype}: {r['network']} network, C={r['C']}, {r['layers']} "
-               f"{'cells per stage' if r['network'] == 'nb201' else 'cells'}, {r['num_classes']} classes, "
+               f"{r['layers_unit']}, {r['num_classes']} classes, "
                f"input {shape}")
     typer.echo(f"parameters:    {_count(r['params'])} ({r['params']:,}; auxiliary head excluded)")
     typer.echo(f"multiply-adds: {_count(r['macs'])} ({r['macs']:,})")

@@ -165,8 +165,11 @@ DISCRETIZERS: Registry[Any] = Registry("discretizer", builtins=("stablenas.searc
                                                                  "stablenas.methods"))
 METHODS: Registry[Any] = Registry("method", builtins="stablenas.methods", key=lambda c: c.name)
 DATASETS: Registry[Any] = Registry("dataset", builtins="stablenas.data.datasets", normalize=_dataset_key)
+# evaluation networks a found genotype is trained in (``stablenas train`` / ``info``); each
+# skeleton lists the ones that fit its genotypes
+EVAL_NETWORKS: Registry[Any] = Registry("evaluation network", builtins="stablenas.evaluate.networks")
 # per-epoch ground truth of a derived genotype, by space name (the S5 table, NAS-Bench-201)
 LOOKUPS: Registry[Any] = Registry("ground-truth lookup", builtins="stablenas.evaluate.lookup")
 
-__all__ = ["ACTIVATIONS", "DATASETS", "DISCRETIZERS", "DuplicateNameError", "LOOKUPS", "METHODS", "OPS",
-           "Registry", "SKELETONS", "SPACES", "UnknownNameError"]
+__all__ = ["ACTIVATIONS", "DATASETS", "DISCRETIZERS", "DuplicateNameError", "EVAL_NETWORKS", "LOOKUPS", "METHODS",
+           "OPS", "Registry", "SKELETONS", "SPACES", "UnknownNameError"]

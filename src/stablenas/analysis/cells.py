@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from ..genotype import Genotype, parse_nb201
+from ..genotype import Genotype
 from ..spaces.ops import OPS
 
 OP_COLORS = {"skip_connect": "#e6550d", "none": "#bdbdbd", "max_pool_3x3": "#31a354",
@@ -20,18 +20,16 @@ OP_COLORS = {"skip_connect": "#e6550d", "none": "#bdbdbd", "max_pool_3x3": "#31a
 
 def cell_edges(genotype: Genotype, cell_type: str) -> tuple[list[str], list[tuple[str, str, str]], str]:
     """(node names, (src, dst, op) edges, output node name) of one cell."""
-    if genotype.is_nb201:
-        nodes_ops = parse_nb201(genotype.arch or "")
-        names = ["in"] + [str(i + 1) for i in range(len(nodes_ops))]
-        edges = [(names[src], names[i + 1], op) for i, node in enumerate(nodes_ops) for op, src in node
+    g = genotype.skeleton.cell_graph(genotype, cell_type)
+    n_in = g.n_inputs
+    if not g.concat:  # the output is the last node itself (NB201); zero ops are no connection
+        names = list(g.input_names) + [str(i + 1) for i in range(len(g.nodes))]
+        edges = [(names[src], names[n_in + i], op) for i, node in enumerate(g.nodes) for src, op in node
                  if not OPS[op].is_zero]
-        return names, edges, names[-1]
-    pairs = genotype.cell(cell_type)
-    n_nodes = len(pairs) // 2
-    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(n_nodes)] + ["c_{k}"]  # TeX-like ids
-    edges = [(names[src], names[2 + k // 2], op) for k, (op, src) in enumerate(pairs)]
-    concat = genotype.concat(cell_type) or tuple(range(2, 2 + n_nodes))
-    edges += [(names[j], "c_{k}", "") for j in concat]
+        return names, edges, names[g.outputs[-1]]
+    names = list(g.input_names) + [str(i) for i in range(len(g.nodes))] + ["c_{k}"]  # TeX-like ids
+    edges = [(names[src], names[n_in + i], op) for i, node in enumerate(g.nodes) for src, op in node]
+    edges += [(names[j], "c_{k}", "") for j in g.outputs]
     return names, edges, "c_{k}"
 
 
@@ -128,4 +126,4 @@ def draw_cell(genotype: Genotype, cell_type: str) -> tuple[bytes, str]:
 
 
 def cell_types(genotype: Genotype) -> list[str]:
-    return ["cell"] if genotype.is_nb201 else ["normal", "reduce"]
+    return genotype.cell_types()

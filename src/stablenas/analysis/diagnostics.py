@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..genotype import Genotype, parse_nb201
+from ..genotype import Genotype
+from ..registry import SKELETONS
 from ..spaces.ops import OPS, is_parameter_free
 from ..spaces.registry import SearchSpace
 from .curvature import HVP, AlphaObjective, forward_keep_buffers, measuring_mode, validation_batches
@@ -45,20 +46,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def genotype_edges(space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
     """(edge index, op) of every connection the genotype keeps in ``cell_type``."""
-    if space.skeleton == "nb201":
-        pairs = [p for node in parse_nb201(genotype.arch or "") for p in node]
-        if len(pairs) != space.n_edges:
-            raise ValueError(f"nb201 genotype has {len(pairs)} edges, space {space.name} has {space.n_edges}")
-        return [(e, op) for e, (op, _) in enumerate(pairs)]
-    out = []
-    edges = space.edges
-    for k, (op, src) in enumerate(genotype.cell(cell_type)):
-        node = space.n_inputs + k // 2
-        if (src, node) not in edges:
-            raise ValueError(f"{cell_type}: genotype connects {src} -> {node}, which is not an edge of "
-                             f"space {space.name}")
-        out.append((edges.index((src, node)), op))
-    return out
+    return SKELETONS[space.skeleton].genotype_edges(space, genotype, cell_type)
 
 
 def discrete_op_weights(space: SearchSpace, genotype: Genotype, *, device: torch.device | str = "cpu",
@@ -183,18 +171,6 @@ def alpha_distance(metrics: Sequence[dict]) -> dict:
 # cell statistics
 
 
-def _cell_graph(genotype: Genotype, cell_type: str) -> tuple[int, list[list[tuple[int, str]]], list[int]]:
-    """(number of input nodes, per intermediate node its (source, op) inputs, output nodes)."""
-    if genotype.is_nb201:
-        nodes = parse_nb201(genotype.arch or "")
-        return 1, [[(src, op) for op, src in node] for node in nodes], [len(nodes)]
-    pairs = genotype.cell(cell_type)
-    n_nodes = len(pairs) // 2
-    nodes = [[(src, op) for op, src in pairs[2 * i:2 * i + 2]] for i in range(n_nodes)]
-    concat = list(genotype.concat(cell_type)) or list(range(2, 2 + n_nodes))
-    return 2, nodes, concat
-
-
 def cell_stats(genotype: Genotype) -> dict:
     """Per cell type: parameter-free share, width (units of c) and depth (sdarts App. 7.4).
 
@@ -204,11 +180,12 @@ def cell_stats(genotype: Genotype) -> dict:
     from the cell inputs (a node fed only by other intermediate nodes adds 0). ``none`` inputs are
     not connections. For NAS-Bench-201 the output is the last node itself.
     """
-    types = ["cell"] if genotype.is_nb201 else ["normal", "reduce"]
+    sk = genotype.skeleton
     out: dict = {}
     all_ops: list[str] = []
-    for ct in types:
-        n_in, nodes, concat = _cell_graph(genotype, ct)
+    for ct in sk.cell_types(genotype):
+        graph = sk.cell_graph(genotype, ct)
+        n_in, nodes = graph.n_inputs, graph.nodes
         ops = [op for node in nodes for _, op in node]
         all_ops += ops
         depth = [0] * n_in + [0] * len(nodes)
@@ -223,11 +200,12 @@ def cell_stats(genotype: Genotype) -> dict:
                 depth[j] = 1 + max(depth[s] for s in live)
             if conn:
                 width += sum(1 for src, _ in conn if src < n_in) / len(conn)
-        if genotype.is_nb201:
-            cell_depth = depth[-1] if reach[-1] else 0
-        else:
-            outs = [depth[j] for j in concat if reach[j]]
+        if graph.concat:  # the concatenation is one more connection
+            outs = [depth[j] for j in graph.outputs if reach[j]]
             cell_depth = 1 + max(outs) if outs else 0
+        else:  # the output is a node itself
+            j = graph.outputs[-1]
+            cell_depth = depth[j] if reach[j] else 0
         free = [op for op in ops if is_parameter_free(op)]
         out[ct] = {"param_free_share": len(free) / len(ops) if ops else 0.0, "width_c": width,
                    "depth": cell_depth, "ops": len(ops)}

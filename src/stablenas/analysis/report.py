@@ -105,16 +105,7 @@ def _genotype_text(run: Run) -> str:
     g = run.genotype
     if g is None:
         return "none yet"
-    if g.is_nb201:
-        return f"{g.arch}\n\n{g.to_json()}"
-    lines = []
-    for ct in ("normal", "reduce"):
-        pairs = g.cell(ct)
-        for k in range(0, len(pairs), 2):
-            ins = ", ".join(f"{op} <- {src}" for op, src in pairs[k:k + 2])
-            lines.append(f"{ct:7s} node {2 + k // 2}: {ins}")
-        lines.append(f"{ct:7s} concat {list(g.concat(ct))}")
-    return "\n".join(lines) + "\n\n" + g.to_json()
+    return g.skeleton.genotype_text(g)
 
 
 def run_report_html(run: Run, analysis: dict | None = None) -> str:

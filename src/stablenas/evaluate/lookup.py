@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..genotype import Genotype
+from ..registry import LOOKUPS
 
 if TYPE_CHECKING:
     from ..search.loop import Search
@@ -29,7 +30,9 @@ _NB201_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
 
 
 def _note_once(search: Search, key: str, msg: str) -> None:
-    noted = search.__dict__.setdefault("_lookup_noted", set())
+    noted = getattr(search, "notes", None)  # Search.notes: the keys of messages already said
+    if noted is None:
+        noted = search.notes = set()
     if key not in noted:
         noted.add(key)
         search.log(msg)
@@ -44,13 +47,12 @@ def annotate_record(search: Search, record: dict) -> None:
     """Add benchmark test accuracy / regret of ``record['genotype']`` to ``record`` (in place)."""
     if not _setting(search, "lookup", True) or "genotype" not in record:
         return
-    space = search.space.name
-    if space == "s5":
-        _s5(search, record)
-    elif space == "nb201":
-        _nb201(search, record)
+    lookup = LOOKUPS.get(search.space.name)  # registered per space below (and by plug-ins)
+    if lookup is not None:
+        lookup(search, record)
 
 
+@LOOKUPS.register("s5")
 def _s5(search: Search, record: dict) -> None:
     from .s5 import load_table, table_path
 
@@ -70,6 +72,7 @@ def _s5(search: Search, record: dict) -> None:
     record["test_regret"] = table.regret(g)
 
 
+@LOOKUPS.register("nb201")
 def _nb201(search: Search, record: dict) -> None:
     from .nb201 import NB201FileError, get_benchmark, resolve_nb201_file
 

@@ -185,7 +185,7 @@ class NB201Benchmark:
     @staticmethod
     def arch_string(arch: str | Genotype) -> str:
         if isinstance(arch, Genotype):
-            if not arch.is_nb201:
+            if arch.arch is None:
                 raise ValueError("not a NAS-Bench-201 genotype (no arch string)")
             arch = arch.arch
         parse_nb201(arch)  # validates

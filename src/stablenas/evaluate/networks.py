@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..genotype import Genotype, parse_nb201
+from ..registry import EVAL_NETWORKS
 from ..spaces.ops import FactorizedReduce, Identity, ReLUConvBN, ResNetBasicBlock, build_op
 
 __all__ = [
@@ -182,9 +183,9 @@ class AuxiliaryHeadImageNet(nn.Module):
 def _check_darts_genotype(genotype: Genotype) -> None:
     if not isinstance(genotype, Genotype):
         raise TypeError(f"expected a Genotype, got {type(genotype).__name__}")
-    if genotype.is_nb201:
-        raise ValueError("a NAS-Bench-201 genotype needs NB201Network (network='nb201'), "
-                         "not a DARTS-skeleton network")
+    if not genotype.skeleton.supports("reduction_cells"):
+        raise ValueError(f"a {genotype.skeleton.name}-skeleton genotype does not fit a DARTS-skeleton network; "
+                         f"use network={genotype.skeleton.eval_networks[0]!r}")
 
 
 class _CellStack(nn.Module):
@@ -370,33 +371,42 @@ class NB201Network(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _nb201_builder(genotype: Genotype, **sizes) -> nn.Module:
+    sizes = dict(sizes)
+    if "layers" in sizes:
+        if "N" in sizes:
+            raise TypeError("give either N or layers for nb201, not both")
+        sizes["N"] = sizes.pop("layers")
+    sizes.pop("auxiliary", None)  # NB201 has no auxiliary tower
+    sizes.pop("stem_multiplier", None)
+    return NB201Network(genotype, **sizes)
+
+
+def _imagenet_builder(genotype: Genotype, **sizes) -> nn.Module:
+    sizes.pop("stem_multiplier", None)  # the ImageNet stem is fixed (two stride-2 convolutions)
+    return NetworkImageNet(genotype, **sizes)
+
+
+EVAL_NETWORKS.register("cifar", NetworkCIFAR)
+EVAL_NETWORKS.register("imagenet", _imagenet_builder)
+EVAL_NETWORKS.register("nb201", _nb201_builder)
+
+
 def build_eval_network(genotype: Genotype | str, network: str = "cifar", **sizes) -> nn.Module:
     """Build the evaluation network for ``genotype`` (a Genotype, a published name or an NB201 arch).
 
-    ``network`` is ``"cifar"``, ``"imagenet"`` or ``"nb201"``; a NAS-Bench-201 genotype (or arch
-    string) always gets :class:`NB201Network`, whatever ``network`` says, as it has no other
-    skeleton. ``sizes`` are passed to the constructor (``C``, ``layers``/``N``, ``num_classes``,
-    ``auxiliary``, ``in_channels``...). For ``nb201``, ``layers`` is accepted as an alias of ``N``.
+    ``network`` is one of the genotype's skeleton's evaluation networks (darts: ``"cifar"``,
+    ``"imagenet"``; nb201: ``"nb201"``, which a NAS-Bench-201 genotype always gets, whatever
+    ``network`` says, as it has no other) or ``"auto"`` for the skeleton's default. ``sizes`` are
+    passed to the constructor (``C``, ``layers``/``N``, ``num_classes``, ``auxiliary``,
+    ``in_channels``...). For ``nb201``, ``layers`` is accepted as an alias of ``N``.
     """
     if isinstance(genotype, str):
         if genotype.startswith("|"):
-            genotype = Genotype(space="nb201", arch=genotype)
+            genotype = Genotype.from_dict({"space": "nb201", "arch": genotype})
         else:
             from .published import get_published
 
             genotype = get_published(genotype)
-    if genotype.is_nb201 or network == "nb201":
-        if not genotype.is_nb201:
-            raise ValueError("network='nb201' needs a NAS-Bench-201 genotype, got a DARTS-skeleton one")
-        sizes = dict(sizes)
-        if "layers" in sizes:
-            if "N" in sizes:
-                raise TypeError("give either N or layers for nb201, not both")
-            sizes["N"] = sizes.pop("layers")
-        sizes.pop("auxiliary", None)  # NB201 has no auxiliary tower
-        return NB201Network(genotype, **sizes)
-    if network == "cifar":
-        return NetworkCIFAR(genotype, **sizes)
-    if network == "imagenet":
-        return NetworkImageNet(genotype, **sizes)
-    raise ValueError(f"unknown network {network!r}; choose 'cifar', 'imagenet' or 'nb201'")
+    name = genotype.skeleton.resolve_eval_network(network)
+    return EVAL_NETWORKS[name](genotype, **sizes)

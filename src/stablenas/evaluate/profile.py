@@ -25,7 +25,7 @@ __all__ = ["DEFAULTS", "count_macs", "count_params", "info"]
 DEFAULTS: dict[str, dict] = {
     "cifar": {"C": 36, "layers": 20, "num_classes": 10, "input_size": (3, 32, 32)},
     "imagenet": {"C": 48, "layers": 14, "num_classes": 1000, "input_size": (3, 224, 224)},
-    "nb201": {"C": 16, "layers": 5, "num_classes": 10, "input_size": (3, 32, 32)},
+    "nb201": {"C": 16, "layers": 5, "num_classes": 10, "input_size": (3, 32, 32), "layers_unit": "cells per stage"},
 }
 
 
@@ -97,13 +97,12 @@ def info(genotype: Genotype | str, network: str = "cifar", C: int | None = None,
     """
     if isinstance(genotype, str):
         if genotype.startswith("|"):
-            genotype = Genotype(space="nb201", arch=genotype)
+            genotype = Genotype.from_dict({"space": "nb201", "arch": genotype})
         else:
             from .published import get_published
 
             genotype = get_published(genotype)
-    if genotype.is_nb201:
-        network = "nb201"
+    network = genotype.skeleton.resolve_eval_network(network)  # an NB201 cell: always nb201
     if network not in DEFAULTS:
         raise ValueError(f"unknown network {network!r}; choose one of {', '.join(DEFAULTS)}")
     d = DEFAULTS[network]
@@ -117,12 +116,8 @@ def info(genotype: Genotype | str, network: str = "cifar", C: int | None = None,
     else:
         size = tuple(int(s) for s in input_size)
 
-    kwargs = {"C": C, "num_classes": num_classes, "in_channels": size[0]}
-    if network == "nb201":
-        kwargs["N"] = layers
-    else:
-        kwargs["layers"] = layers
-        kwargs["auxiliary"] = False  # not counted either way; skip building it
+    # auxiliary: not counted either way, skip building it (builders ignore sizes they lack)
+    kwargs = {"C": C, "num_classes": num_classes, "in_channels": size[0], "layers": layers, "auxiliary": False}
     model = build_eval_network(genotype, network, **kwargs)
     params = count_params(model)
     macs = count_macs(model, size)
@@ -130,6 +125,7 @@ def info(genotype: Genotype | str, network: str = "cifar", C: int | None = None,
         "network": network,
         "C": C,
         "layers": layers,
+        "layers_unit": d.get("layers_unit", "cells"),
         "num_classes": num_classes,
         "input_size": size,
         "params": params,

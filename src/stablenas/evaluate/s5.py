@@ -91,7 +91,7 @@ def enumerate_s5(space: str = "s5") -> list[Genotype]:
     ops ``(ops[c], ops[d])`` with ``i = ((a * k + b) * k + c) * k + d`` for ``k`` ops per edge.
     """
     sp = get_space(space)
-    if sp.skeleton != "darts" or sp.n_nodes != 1 or sp.n_inputs != 2:
+    if set(sp.cell_types) != {"normal", "reduce"} or sp.n_nodes != 1 or sp.n_inputs != 2:
         raise ValueError(f"space {space!r} is not a one-node DARTS-skeleton space like s5")
     cells = {}
     for ct in ("normal", "reduce"):
@@ -110,8 +110,8 @@ def canonical_key(genotype: Genotype) -> str:
     The DARTS discretisation lists a node's two edges strongest first, so the same architecture
     appears as ``[(a, 1), (b, 0)]`` or ``[(b, 0), (a, 1)]``; a node is a sum, so both are one cell.
     """
-    if genotype.is_nb201:
-        raise ValueError("an NB201 genotype has no S5 key")
+    if genotype.cell_types() != ["normal", "reduce"]:
+        raise ValueError(f"a {genotype.skeleton.name}-skeleton genotype has no S5 key")
     parts = []
     for ct in ("normal", "reduce"):
         pairs = genotype.cell(ct)

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import RunExistsError
 from ..genotype import Genotype, GenotypeError
-from ..registry import DATASETS
+from ..registry import DATASETS, EVAL_NETWORKS
 from ..utils import (
     atomic_torch_save,
     atomic_write_text,
@@ -79,7 +79,7 @@ class TrainConfig(BaseModel):
 
     dataset: str = "cifar10"
     data_root: str | None = None
-    network: Literal["auto", "cifar", "imagenet", "nb201"] = "auto"  # auto: nb201 for nb201 genotypes
+    network: str = "auto"  # an evaluation network (cifar, imagenet, nb201, plug-ins'); auto: the skeleton's default
     channels: int = Field(36, gt=0)
     layers: int = Field(20, gt=0)  # cells (darts skeleton) or cells per stage N (nb201)
     stem_multiplier: int = Field(3, gt=0)
@@ -118,6 +118,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.dataset not in DATASETS:  # the same names and aliases as the search config
             raise ValueError(f"dataset: {DATASETS.unknown_message(self.dataset)}")
+        if self.network != "auto" and self.network not in EVAL_NETWORKS:
+            raise ValueError(f"network: {EVAL_NETWORKS.unknown_message(self.network)} (or auto)")
         return self
 
     def augmentation(self, side: int) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
         return Genotype.from_dict(spec)
     text = str(spec)
     if text.startswith("|"):
-        return Genotype.from_dict({"space": "nb201", "arch": text})  # validates the arch string
+        return Genotype.from_dict({"space": "nb201", "arch": text})  # an NB201 arch string (validated)
     path = Path(text)
     if path.is_dir():
         if (path / "genotype.json").exists():
@@ -342,20 +344,17 @@ class _Trainer:
             )
         self.num_classes = train_set.num_classes
 
-        network = cfg.network
-        if network == "auto":
-            network = "nb201" if genotype.is_nb201 else "cifar"
+        # the genotype's skeleton picks the network ("auto": its default; nb201: always nb201)
+        network = genotype.skeleton.resolve_eval_network(cfg.network)
         self.network = network
         sizes: dict[str, Any] = {
             "C": cfg.channels,
             "layers": cfg.layers,
             "num_classes": self.num_classes,
             "in_channels": self.input_shape[0],
+            "stem_multiplier": cfg.stem_multiplier,  # builders take the sizes that apply to them
+            "auxiliary": cfg.auxiliary and cfg.auxiliary_weight > 0,
         }
-        if network == "cifar":
-            sizes["stem_multiplier"] = cfg.stem_multiplier
-        if network != "nb201":
-            sizes["auxiliary"] = cfg.auxiliary and cfg.auxiliary_weight > 0
         self.model = build_eval_network(genotype, network, **sizes).to(self.device)
         if cl:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field, field_validator
 
-from ..genotype import Genotype, nb201_string
-from ..spaces.ops import OPS
+from ..genotype import Genotype
+from ..registry import SKELETONS
 from .base import Method, MethodOptions, Mix
 
 if TYPE_CHECKING:
@@ -140,32 +140,12 @@ def perturbed_loss(search: Search, x: torch.Tensor, y: torch.Tensor, mix: Mix, m
 # discrete architectures as a Mix (RS-ws sampling, GDAS argmax evaluation)
 
 
-def candidate_ops(space, cell_type: str, edge: int, allow_zero: bool) -> list[int]:
-    ops = space.edge_ops[cell_type][edge]
-    ks = [k for k, name in enumerate(ops) if allow_zero or not OPS[name].is_zero]
-    return ks or list(range(len(ops)))
-
-
 def sample_architecture(space, generator: torch.Generator | None = None) -> dict[str, list[int]]:
     """A uniformly random discrete architecture under the space's rule, as an op index per edge
-    (-1 = edge not kept). DARTS skeleton: per node ``inputs_per_node`` distinct incoming edges, a
-    non-`none` op on each (Li & Talwalkar's sampler); NB201: an op (`none` included) on every edge."""
-    out: dict[str, list[int]] = {}
-    for ct in space.cell_types:
-        hard = [-1] * space.n_edges
-        for node in range(space.n_nodes):
-            edges = list(space.node_edges(node))
-            if space.skeleton == "nb201":
-                keep = edges
-            else:
-                k = min(space.inputs_per_node, len(edges))
-                perm = torch.randperm(len(edges), generator=generator)[:k].tolist()
-                keep = [edges[i] for i in sorted(perm)]
-            for e in keep:
-                cands = candidate_ops(space, ct, e, allow_zero=space.skeleton == "nb201")
-                hard[e] = cands[int(torch.randint(len(cands), (1,), generator=generator))]
-        out[ct] = hard
-    return out
+    (-1 = edge not kept); the skeleton's sampler (DARTS: per node ``inputs_per_node`` distinct
+    incoming edges, a non-`none` op on each, Li & Talwalkar's sampler; NB201: an op, `none`
+    included, on every edge)."""
+    return SKELETONS[space.skeleton].sample(space, generator)
 
 
 def discrete_mix(arch: ArchParams, hard: dict[str, list[int]], device: torch.device) -> Mix:
@@ -185,18 +165,4 @@ def discrete_mix(arch: ArchParams, hard: dict[str, list[int]], device: torch.dev
 
 def genotype_of(space, hard: dict[str, list[int]]) -> Genotype:
     """The genotype of an op-index-per-edge architecture (-1 = edge not kept)."""
-    if space.skeleton == "nb201":
-        names = [space.edge_ops["cell"][e][k] for e, k in enumerate(hard["cell"])]
-        return Genotype(space=space.name, arch=nb201_string(names, space.n_nodes))
-    cells = {}
-    for ct in space.cell_types:
-        pairs = []
-        for node in range(space.n_nodes):
-            for e in space.node_edges(node):
-                k = hard[ct][e]
-                if k >= 0:
-                    pairs.append((space.edge_ops[ct][e][k], space.edges[e][0]))
-        cells[ct] = tuple(pairs)
-    concat = tuple(range(space.n_inputs, space.n_inputs + space.n_nodes))
-    return Genotype(space=space.name, normal=cells["normal"], normal_concat=concat,
-                    reduce=cells["reduce"], reduce_concat=concat)
+    return SKELETONS[space.skeleton].genotype_of(space, hard)

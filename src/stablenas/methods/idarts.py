@@ -35,9 +35,8 @@ from pydantic import Field
 
 from ..data import TensorLoader
 from ..errors import ConfigError
-from ..genotype import Genotype, nb201_string
-from ..search.discretize import DISCRETIZERS, register_discretizer
-from ..spaces.ops import OPS
+from ..genotype import Genotype
+from ..registry import DISCRETIZERS, OPS, SKELETONS
 from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle
 
 try:  # the fused supernet arithmetic bypasses module forwards (and so forward hooks)
@@ -151,14 +150,14 @@ def _inner(a: torch.Tensor, b: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
 def _candidates(space, ct: str) -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
     """Per node the (edge, op) candidates, and the flat list of candidates that get a vector."""
-    nb201 = space.skeleton == "nb201"
+    zero_choice = SKELETONS[space.skeleton].zero_is_choice(space)  # NB201: `none` may win an edge
     per_node, vectors = [], []
     for n in range(space.n_nodes):
         cands = []
         for e in space.node_edges(n):
             for k, name in enumerate(space.edge_ops[ct][e]):
                 if OPS[name].is_zero:
-                    if nb201:
+                    if zero_choice:
                         cands.append((e, k))
                     continue
                 cands.append((e, k))
@@ -276,6 +275,7 @@ def decorrelation_genotype_from_grams(space, grams: dict[str, torch.Tensor], pro
                                       fallback: Genotype | None = None) -> Genotype:
     """Algorithm 1 for every cell type; a cell type with no cell in the network (a shallow
     supernet without reductions) keeps ``fallback``'s cell."""
+    sk = SKELETONS[space.skeleton]
     chosen: dict[str, list[list[tuple[int, int]]]] = {}
     for ct in space.cell_types:
         if ct not in grams:
@@ -284,22 +284,10 @@ def decorrelation_genotype_from_grams(space, grams: dict[str, torch.Tensor], pro
         index = {ek: i for i, ek in enumerate(vectors)}
         node_vec = [len(vectors) + n for n in range(space.n_nodes)]
         cands = [[(e, k, index.get((e, k))) for e, k in node] for node in per_node]
-        if space.skeleton == "nb201":
-            inputs = [len(space.node_edges(n)) for n in range(space.n_nodes)]
-        else:
-            inputs = [min(space.inputs_per_node, len(space.node_edges(n))) for n in range(space.n_nodes)]
+        inputs = [sk.keep_per_node(space, n) for n in range(space.n_nodes)]
         chosen[ct] = decorrelate_select(grams[ct], node_vec, cands, inputs, projection)
-    if space.skeleton == "nb201":
-        names = [""] * space.n_edges
-        for node in chosen["cell"]:
-            for e, k in node:
-                names[e] = space.edge_ops["cell"][e][k]
-        return Genotype(space=space.name, arch=nb201_string(names, space.n_nodes))
-    cells = {ct: tuple((space.edge_ops[ct][e][k], space.edges[e][0]) for node in chosen[ct] for e, k in node)
-             if ct in chosen else fallback.cell(ct) for ct in space.cell_types}
-    concat = tuple(range(space.n_inputs, space.n_inputs + space.n_nodes))
-    return Genotype(space=space.name, normal=cells["normal"], normal_concat=concat,
-                    reduce=cells["reduce"], reduce_concat=concat)
+    # per node the chosen (edge, op index) pairs; cell types without Gram matrices: the fallback
+    return sk.genotype_of(space, chosen, fallback)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -329,4 +317,4 @@ def decorrelation_discretizer(search: Search) -> Genotype:
     return geno
 
 
-register_discretizer("decorrelation", decorrelation_discretizer)
+DISCRETIZERS.register("decorrelation", decorrelation_discretizer)

@@ -26,10 +26,9 @@ from torch.func import functional_call
 from ..config import SearchConfig
 from ..data import TensorLoader
 from ..errors import ConfigError, RunExistsError
-from ..evaluate.lookup import annotate_record
 from ..genotype import Genotype
 from ..methods import Method, Mix
-from ..registry import METHODS, SKELETONS
+from ..registry import LOOKUPS, METHODS, SKELETONS
 from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
@@ -121,6 +120,7 @@ class Search:
         self.global_step = 0
         self.metrics: list[dict] = []
         self.stop_reason: str | None = None
+        self.notes: set[str] = set()  # keys of messages said once (e.g. a missing benchmark table)
         self.final_genotype: Genotype | None = None  # a method may pin the returned architecture
         self._accum = torch.zeros(3, device=self.device)  # loss sum, correct, count (no host syncs)
         self.epoch_start_time = 0.0
@@ -389,7 +389,8 @@ class Search:
             record["edge_weights"] = {ct: [round(float(v), 6) for v in t.detach().cpu()]
                                       for ct, t in self.arch.edge_weights().items()}
         record["genotype"] = self.genotype().to_dict()
-        annotate_record(self, record)  # S5 table / NAS-Bench-201: test acc (regret) of the genotype
+        if self.cfg.evaluation.lookup and self.space.name in LOOKUPS:
+            LOOKUPS[self.space.name](self, record)  # S5 table / NAS-Bench-201: test acc (regret) of the genotype
         for m in self.methods:
             m.on_epoch_end(self, epoch, record)
         self.metrics.append(record)

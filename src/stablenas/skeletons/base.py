@@ -90,6 +90,9 @@ class Skeleton:
     data_kind: ClassVar[str] = "image"  # "image": the datasets registry; others bring their own data
     metric: ClassVar[str] = "acc"  # the quality number epochs report (accuracy; perplexity for LMs)
     eval_networks: ClassVar[tuple[str, ...]] = ()  # evaluation networks, the first is the default
+    # discretisation keeps every edge (one op each, `none` a choice: NB201) rather than the
+    # ``inputs_per_node`` strongest edges per node (DARTS)
+    keeps_every_edge: ClassVar[bool] = False
 
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -188,11 +191,12 @@ class Skeleton:
 
     def keep_per_node(self, space: SearchSpace, node: int) -> int:
         """How many incoming edges node ``node`` keeps after discretisation."""
-        return len(space.node_edges(node))
+        n = len(space.node_edges(node))
+        return n if self.keeps_every_edge else min(space.inputs_per_node, n)
 
     def zero_is_choice(self, space: SearchSpace) -> bool:
         """Whether a zero op (``none``) is a legitimate choice on a kept edge."""
-        return False
+        return self.keeps_every_edge
 
     def derive(self, space: SearchSpace, op_weights: Mapping[str, torch.Tensor],
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
@@ -221,12 +225,11 @@ class Skeleton:
             hard = [-1] * space.n_edges
             for node in range(space.n_nodes):
                 edges = list(space.node_edges(node))
-                k = self.keep_per_node(space, node)
-                if k >= len(edges):
+                if self.keeps_every_edge:
                     keep = edges
                 else:
-                    perm = torch.randperm(len(edges), generator=generator)[:k].tolist()
-                    keep = [edges[i] for i in sorted(perm)]
+                    perm = torch.randperm(len(edges), generator=generator)[:self.keep_per_node(space, node)]
+                    keep = [edges[i] for i in sorted(perm.tolist())]
                 for e in keep:
                     ops = space.edge_ops[ct][e]
                     cands = [i for i, name in enumerate(ops) if allow_zero or not OPS[name].is_zero]

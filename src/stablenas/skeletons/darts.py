@@ -140,9 +140,6 @@ class DartsSkeleton(Skeleton):
         concat = tuple(genotype.concat(cell_type)) or tuple(range(2, 2 + n_nodes))
         return CellGraph(2, nodes, concat, concat=True, input_names=("c_{k-2}", "c_{k-1}"))
 
-    def keep_per_node(self, space: SearchSpace, node: int) -> int:
-        return min(space.inputs_per_node, len(space.node_edges(node)))
-
     def derive(self, space: SearchSpace, op_weights: Mapping[str, torch.Tensor],
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
         return derive_darts(space, op_weights, edge_weights)

@@ -30,6 +30,7 @@ class NB201Skeleton(Skeleton):
     description = "NAS-Bench-201: three stages of one-input cells joined by ResNet blocks"
     capabilities = frozenset({"partial_channels", "node_norm", "edge_betas"})
     eval_networks = ("nb201",)
+    keeps_every_edge = True
 
     def check_space(self, space: SearchSpace) -> None:
         if space.cell_types != ("cell",) or space.n_inputs != 1:
@@ -98,9 +99,6 @@ class NB201Skeleton(Skeleton):
         nodes = parse_nb201(genotype.arch or "")
         return CellGraph(1, tuple(tuple((src, op) for op, src in node) for node in nodes), (len(nodes),),
                          concat=False, input_names=("in",))
-
-    def zero_is_choice(self, space: SearchSpace) -> bool:
-        return True
 
     def derive(self, space: SearchSpace, op_weights: Mapping[str, torch.Tensor],
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:

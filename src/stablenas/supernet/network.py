@@ -569,7 +569,7 @@ class SearchNetwork(nn.Module):
     def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, num_classes: int = 10,
                  in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False):
         super().__init__()
-        if space.skeleton != "darts":
+        if set(space.cell_types) != {"normal", "reduce"}:  # a space of another skeleton
             raise ValueError(f"space {space.name!r} uses the {space.skeleton} skeleton; use build_supernet()")
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
