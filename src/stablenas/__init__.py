@@ -10,7 +10,7 @@ Python API (everything the CLI does)::
 
 from .config import ConfigError, SearchConfig, config_from_dict, list_presets, load_config
 from .genotype import Genotype, GenotypeError, derive
-from .methods import METHODS, Method, Mix, register_method
+from .methods import METHODS, Method, MethodOptions, Mix, register_method
 from .spaces.ops import OPS, register_op
 from .spaces.registry import SPACES, SearchSpace, get_space, list_spaces, register_space
 from .supernet.arch import ArchParams, register_activation
@@ -34,8 +34,8 @@ def load_run(path):
 
 
 __all__ = [
-    "ArchParams", "ConfigError", "Genotype", "GenotypeError", "METHODS", "Method", "Mix", "OPS", "SPACES",
-    "SearchConfig", "SearchSpace", "build_supernet", "config_from_dict", "derive", "get_space", "list_presets",
-    "list_spaces", "load_config", "load_run", "register_activation", "register_method", "register_op",
-    "register_space", "run_search",
+    "ArchParams", "ConfigError", "Genotype", "GenotypeError", "METHODS", "Method", "MethodOptions", "Mix", "OPS",
+    "SPACES", "SearchConfig", "SearchSpace", "build_supernet", "config_from_dict", "derive", "get_space",
+    "list_presets", "list_spaces", "load_config", "load_run", "register_activation", "register_method",
+    "register_op", "register_space", "run_search",
 ]

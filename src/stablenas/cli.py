@@ -35,6 +35,22 @@ def _code(e: BaseException) -> int:
     return int(getattr(e, "exit_code", 2))
 
 
+@app.callback()
+def _global(
+    plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", help="a Python file or module that registers methods, ops, spaces, skeletons or datasets "
+                         "(repeatable); runs record it, so analyze/report/train/--resume find it again")] = None,
+) -> None:
+    """stablenas: stable differentiable architecture search (DARTS and friends)."""
+    from .plugins import add_session_plugins, load_entry_points
+
+    try:
+        load_entry_points()
+        add_session_plugins(plugin or [])
+    except _user_errors() as e:
+        _fail(str(e), _code(e))
+
+
 @app.command()
 def search(
     config: Annotated[str, typer.Argument(help="YAML config file or preset name (see `stablenas presets`)")],

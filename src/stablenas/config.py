@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
+from .plugins import load_plugins, session_plugins
 from .registry import ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -118,6 +119,7 @@ class SearchConfig(_Section):
     regularization: RegularizationConfig = RegularizationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     methods: list[MethodEntry] = []
+    plugins: list[str] = []  # user code to import first (see stablenas.plugins); stored resolved
 
     @field_validator("space")
     @classmethod
@@ -149,6 +151,8 @@ class SearchConfig(_Section):
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
         d["methods"] = [{"name": m.name, **(m.model_extra or {})} for m in self.methods]
+        if not self.plugins:  # configs without plug-ins read (and --resume) as before
+            del d["plugins"]
         return d
 
     def to_yaml(self) -> str:
@@ -220,10 +224,19 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None) -> SearchConfig:
+def config_from_dict(raw: dict, overrides: list[str] | None = None, *,
+                     base: str | Path | None = None) -> SearchConfig:
+    """Validate a raw config tree (after ``--set`` overrides). Its ``plugins`` (files relative to
+    ``base``, the config file's folder) and those given with ``stablenas --plugin`` are imported
+    first, so their methods, spaces, ops and datasets validate like built-ins, and are recorded
+    resolved in the config (a run's saved config.yaml loads them again)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config: the top level must be a mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
+    resolved = load_plugins(raw.get("plugins") or [], base)
+    resolved += [p for p in session_plugins() if p not in resolved]
+    if resolved or "plugins" in raw:
+        raw["plugins"] = resolved
     try:
         return SearchConfig.model_validate(raw)
     except ValidationError as e:
@@ -253,6 +266,6 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     try:
-        return config_from_dict(raw, overrides)
+        return config_from_dict(raw, overrides, base=path.parent)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

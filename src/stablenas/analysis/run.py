@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..genotype import Genotype
+from ..plugins import load_plugins
 
 
 @dataclass
@@ -26,12 +27,23 @@ class Run:
         return f"incomplete ({len(self.metrics)}/{total} epochs; resume with --resume)"
 
 
+def load_run_plugins(path: str | Path) -> list[str]:
+    """Import the plug-ins a run's saved config.yaml records (resolved when it was written)."""
+    try:
+        config = yaml.safe_load((Path(path) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return load_plugins(config.get("plugins") or []) if isinstance(config, dict) else []
+
+
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     cfg_file = path / "config.yaml"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path} is not a run directory (no config.yaml)")
     config = yaml.safe_load(cfg_file.read_text()) or {}
+    if isinstance(config, dict):
+        load_plugins(config.get("plugins") or [])  # the run's user methods/spaces/ops, recorded resolved
     metrics = []
     mfile = path / "metrics.jsonl"
     if mfile.exists():

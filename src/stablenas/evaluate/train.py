@@ -215,6 +215,10 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
         return Genotype.from_dict({"space": "nb201", "arch": text})  # an NB201 arch string (validated)
     path = Path(text)
     if path.is_dir():
+        if (path / "config.yaml").exists():  # a search run: its plug-ins (user spaces/ops) first
+            from ..analysis.run import load_run_plugins
+
+            load_run_plugins(path)
         if (path / "genotype.json").exists():
             return Genotype.load(path / "genotype.json")
         if (path / RESULT).exists():  # a training run directory
