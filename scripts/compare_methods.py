@@ -57,17 +57,14 @@ def param_free_share(genotype: sn.Genotype) -> float:
 
 def one_step(s: Search, it) -> None:
     """One iteration of the search loop body (Search.train_epoch), without the bookkeeping."""
-    batch = next(it)
-    if s._uses_val_stream and not s.alpha_frozen():
-        s.arch_step(batch, next(s.val_stream))
-    s.weight_step(batch)
+    s.step(next(it))
 
 
 def time_steps(names: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     searches = {n: Search(config(n, args, args.seeds[0]), None, progress=False, log=lambda m: None) for n in names}
     iters = {}
     for s in searches.values():
-        s._start_epoch(0)
+        s.start_epoch(0)
         s.net.train()
         iters[s] = iter(s.train_loader)
     for s in searches.values():  # warm-up: allocator, oneDNN primitive caches, lazy state

@@ -49,11 +49,10 @@ def main() -> None:
     args = p.parse_args()
     bc = B.BenchConfig(space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
                        input=B.parse_input(args.input))
-    B.register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
-    cl = B._make_search(B._base_config(bc))
+    cl = B.make_search(B._base_config(bc), bc)
     cf_cfg = B._base_config(bc)
     cf_cfg["network"] = {**cf_cfg["network"], "channels_last": False}
-    cf = B._make_search(cf_cfg)
+    cf = B.make_search(cf_cfg, bc)
     cf.net.load_state_dict(cl.net.state_dict())
     cf.arch.load_state_dict(cl.arch.state_dict())
     train, val = B._batches(cl)

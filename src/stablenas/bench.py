@@ -36,7 +36,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,27 +93,24 @@ def _synthetic_name(shape: tuple[int, int, int], classes: int) -> str:
     return f"{SYNTHETIC_PREFIX}-{c}x{h}x{w}-{classes}"
 
 
-def register_synthetic(shape: tuple[int, int, int], classes: int, n: int, seed: int) -> str:
-    """Register seeded random uint8 images as a dataset so ``Search`` runs unchanged on them."""
-    from .registry import DATASETS
+def synthetic_dataset(shape: tuple[int, int, int], classes: int, n: int, seed: int):
+    """Seeded random uint8 images as an in-memory dataset; ``make_search`` hands it to ``Search``
+    (nothing is registered globally)."""
+    from .data.datasets import ImageDataset, _channel_stats
 
-    name = _synthetic_name(shape, classes)
-    if name not in DATASETS:
-        def load(split: str, root: Path | None, _shape=shape, _n=n, _seed=seed, _k=classes):
-            rng = np.random.default_rng(_seed + (0 if split == "train" else 1))
-            x = rng.integers(0, 256, size=(_n, *_shape), dtype=np.uint8)
-            y = rng.integers(0, _k, size=(_n,), dtype=np.int64)
-            return x, y, _k
-
-        DATASETS.register(name, load)
-    return name
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    y = rng.integers(0, classes, size=(n,), dtype=np.int64)
+    mean, std = _channel_stats(x)
+    return ImageDataset(_synthetic_name(shape, classes), torch.from_numpy(x), torch.from_numpy(y), classes,
+                        mean, std)
 
 
 def _base_config(bc: BenchConfig, update: str = "first") -> dict:
     return {
         "name": "bench", "seed": bc.seed, "device": bc.device, "threads": bc.threads, "space": bc.space,
-        "data": {"dataset": _synthetic_name(bc.input, bc.classes), "batch_size": bc.batch, "subset": None,
-                 "train_portion": 0.5},
+        # data.dataset is not loaded: make_search hands the search its synthetic images
+        "data": {"dataset": "fashion-mnist", "batch_size": bc.batch, "subset": None, "train_portion": 0.5},
         "network": {"channels": bc.channels, "layers": bc.cells, "channels_last": bc.channels_last},
         "search": {"update": update},
         "evaluation": {"lookup": False},
@@ -140,13 +136,18 @@ def _apply_bench(raw: dict, bc: BenchConfig) -> dict:
     return raw
 
 
-def _make_search(raw: dict):
+def make_search(raw: dict, bc: BenchConfig):
+    """A ``Search`` on the bench's seeded synthetic images (given to it as its data), in epoch 0."""
     from .config import config_from_dict
+    from .registry import SKELETONS, SPACES
     from .search.loop import Search
+    from .utils import resolve_device
 
     cfg = config_from_dict(raw)
-    s = Search(cfg, None, progress=False, log=lambda _m: None)
-    s._start_epoch(0)
+    data = SKELETONS[SPACES[cfg.space].skeleton].search_data(
+        cfg, resolve_device(cfg.device), dataset=synthetic_dataset(bc.input, bc.classes, 4 * bc.batch, bc.seed))
+    s = Search(cfg, None, progress=False, log=lambda _m: None, data=data)
+    s.start_epoch(0)
     s.net.train()
     return s
 
@@ -158,11 +159,9 @@ def _batches(search) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Ten
 
 
 def _search_iteration(search, train, val) -> Callable[[], None]:
-    """One step of ``Search.train_epoch``'s loop on fixed batches."""
+    """One step of ``Search.train_epoch``'s loop on fixed batches (``Search.step``)."""
     def run() -> None:
-        if search._uses_val_stream and not search.alpha_frozen():
-            search.arch_step(train, val)
-        search.weight_step(train)
+        search.step(train, val)
     return run
 
 
@@ -323,9 +322,8 @@ def _worker(spec: dict) -> dict:
     what, engine = spec["what"], spec["engine"]
     if bc.threads:
         torch.set_num_threads(bc.threads)
-    register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
     update = "second" if what == "second_order" else "first"
-    search = _make_search(_base_config(bc, update))
+    search = make_search(_base_config(bc, update), bc)
     train, val = _batches(search)
     device = search.device
     if engine == "plain":
@@ -401,8 +399,7 @@ def _scaling(bc: BenchConfig, log: Callable[[str], None]) -> list[dict]:
     runs = []
     for name, change in variants:
         v = BenchConfig(**{**asdict(bc), **change})
-        register_synthetic(v.input, v.classes, 4 * v.batch, v.seed)
-        s = _make_search(_base_config(v))
+        s = make_search(_base_config(v), v)
         train, val = _batches(s)
         w = {k: t.detach() for k, t in s.arch.op_weights().items()}
         flops = _forward_flops(s.net, train[0], w)
@@ -463,7 +460,6 @@ def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict
 
 def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     started = time.time()
-    register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
     result: dict[str, Any] = {
         "config": {**asdict(bc), "input": "x".join(map(str, bc.input))},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -472,7 +468,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
         "notes": list(bc.notes),
     }
     log(f"building: {bc.space}, {bc.cells} cells, {bc.channels} channels, batch {bc.batch}, input {bc.input}")
-    first = _make_search(_base_config(bc, "first"))
+    first = make_search(_base_config(bc, "first"), bc)
     device = first.device
     result["environment"]["device"] = str(device)
     train, val = _batches(first)
@@ -486,7 +482,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
         plain_model, plain_step = _plain_model(first, bc)
         jobs.append(("first_order/plain", lambda: plain_step(train_p, val_p, unrolled=False), bc.batch))
     if bc.second_order:
-        second = _make_search(_base_config(bc, "second"))
+        second = make_search(_base_config(bc, "second"), bc)
         second.net.load_state_dict(first.net.state_dict())
         second.arch.load_state_dict(first.arch.state_dict())
         jobs.append(("second_order/fast", _search_iteration(second, train, val), bc.batch))
@@ -500,7 +496,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
             methods_out[name] = {"skipped": reason}
             continue
         try:
-            s = _make_search(_apply_bench(raw, bc))
+            s = make_search(_apply_bench(raw, bc), bc)
         except Exception as e:  # a preset that cannot run at this size/space: report, do not abort
             methods_out[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:240]}"}
             continue

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
 from .plugins import load_plugins, session_plugins
-from .registry import ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, SPACES
+from .registry import ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, SKELETONS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -140,10 +140,18 @@ class SearchConfig(_Section):
         if self.optim.warmup_epochs > self.optim.epochs:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds optim.epochs "
                              f"({self.optim.epochs})")
+        skeleton = SKELETONS[SPACES[self.space].skeleton]
+        if self.network.partial_channels > 1:
+            skeleton.require("partial_channels", "network.partial_channels > 1")
+        if self.network.node_norm:
+            skeleton.require("node_norm", "network.node_norm")
+        if self.arch.edge_betas:
+            skeleton.require("edge_betas", "arch.edge_betas")
         for m in self.methods:
             if m.name not in METHODS:
                 raise ValueError(f"methods: {METHODS.unknown_message(m.name)}")
-            METHODS[m.name].parse_options(m.model_extra or {})
+            cls = METHODS[m.name]
+            cls.validate(self, cls.parse_options(m.model_extra or {}))  # declared requirements
         if self.search.discretizer not in DISCRETIZERS:
             raise ValueError(f"search.discretizer: {DISCRETIZERS.unknown_message(self.search.discretizer)}")
         return self

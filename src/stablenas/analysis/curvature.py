@@ -335,27 +335,7 @@ def validation_batches(search: Search, n: int = 1, batch_size: int | None = None
     The same batches every call (fixed seed, loader-epoch 0), so a curvature series over epochs
     compares like with like, and the search's own validation stream is never consumed.
     """
-    from ..data import TensorLoader
-
-    cache = getattr(search, "_curvature_loaders", None)
-    if cache is None:
-        cache = {}
-        search._curvature_loaders = cache  # type: ignore[attr-defined]
-    bs = int(batch_size or search.cfg.data.batch_size)
-    loader = cache.get(bs)
-    if loader is None:
-        src = search.val_eval_loader
-        loader = TensorLoader(search.dataset, src.indices, bs, shuffle=True, drop_last=True, augment=None,
-                              device=search.device, seed=search.cfg.seed * 1000 + seed_offset,
-                              channels_last=search.cfg.network.channels_last)
-        if len(loader) == 0:
-            raise ValueError(f"curvature batch size {bs} exceeds the {loader.num_samples} validation images")
-        cache[bs] = loader
-    n = int(n)
-    if n > len(loader):
-        raise ValueError(f"curvature asks for {n} batches of {bs}; the validation half has only "
-                         f"{len(loader)}")
-    return [loader.batch(0, i) for i in range(n)]
+    return search.fixed_val_batches(n, batch_size, seed_offset)
 
 
 @dataclass

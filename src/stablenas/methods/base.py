@@ -12,9 +12,14 @@ the loop calls at fixed points; it never copies the loop. The hooks, in call ord
   a phase: ``"weights"`` (the weight step: SDARTS perturbations, MS-DARTS shift, GDAS/RS-ws
   sampling), ``"arch"`` (the alpha step), ``"eval"`` (validation passes). Methods compose in
   config order, each seeing the previous one's output.
-- ``on_epoch_end(search, epoch, record)``: add numbers to the epoch's metrics record, ask the loop
-  to stop (``search.request_stop(...)``), or override the returned genotype.
-- ``state_dict()`` / ``load_state_dict(state)``: whatever must survive a resume.
+- ``on_epoch_end(search, epoch, record)``: add numbers to the epoch's metrics record; end the
+  search and/or fix the architecture it returns with ``search.set_outcome(genotype=..., stop=...)``
+  (the one way: DARTS-ES stops and returns an earlier epoch's cell, RS-ws pins its best sample).
+- ``state_dict()`` / ``load_state_dict(state)``: whatever must survive a resume. A method's state
+  lives on the method object (attributes set in ``__init__``/``setup``), never on the loop.
+
+Config requirements are declared, not discovered mid-run: ``requires = {"search.update":
+"single"}`` and/or a ``validate(cfg, options)`` classmethod, both checked when the config loads.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..errors import ConfigError
 from ..registry import METHODS
 
 if TYPE_CHECKING:
@@ -59,6 +65,8 @@ class Method:
     description: ClassVar[str] = ""
     preset: ClassVar[str | None] = None  # configs/<preset>.yaml
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    # config values the method needs, dotted key -> value (checked at config load by validate)
+    requires: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: MethodOptions | dict | None = None):
         if not isinstance(options, MethodOptions):
@@ -79,6 +87,20 @@ class Method:
                 else:
                     parts.append(f"{loc}: {err['msg']}")
             raise ValueError(f"method {cls.name}: " + "; ".join(parts)) from None
+
+    @classmethod
+    def validate(cls, cfg: Any, options: MethodOptions) -> None:
+        """Config checks, run when the config is loaded (with the other config errors, before any
+        data or network is built). The default checks ``requires``; override (calling super) for
+        more, e.g. a skeleton capability: ``skeleton_of(cfg.space).require("partial_channels", ...)``.
+        Raise ``ConfigError`` with one line naming the key and what is allowed."""
+        for key, want in cls.requires.items():
+            got: Any = cfg
+            for part in key.split("."):
+                got = getattr(got, part)
+            if got != want:
+                how = f"use the {cls.preset} preset or set it" if cls.preset else "set it"
+                raise ConfigError(f"method {cls.name} needs {key}: {want} (got {got!r}); {how}")
 
     # -- hooks (all optional) ----------------------------------------------------------------
     def setup(self, search: Search) -> None:

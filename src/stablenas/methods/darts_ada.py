@@ -129,7 +129,7 @@ class DartsADA(DartsES):
             "train_loader": search.train_loader.state_dict(),
             "val_stream": search.val_stream.state_dict(),
             "rng": rng_state(),
-            "extra_state": dict(search.extra_state),
+            "epoch_seconds": search.epoch_seconds,
             "final_genotype": search.final_genotype,
             "methods": [m.state_dict() for m in self._others(search)],
         })
@@ -145,7 +145,7 @@ class DartsADA(DartsES):
         set_rng_state(snap["rng"])
         search.global_step = snap["global_step"]
         search.metrics = search.metrics[: snap["n_metrics"]]
-        search.extra_state = dict(snap["extra_state"])
+        search.epoch_seconds = snap["epoch_seconds"]
         search.final_genotype = snap["final_genotype"]
         search.stop_reason = None
         search.epoch = snap["epoch"]

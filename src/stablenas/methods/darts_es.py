@@ -134,6 +134,6 @@ class DartsES(Hessian):
             return
         record["early_stop"] = trig
         g = genotype_of_epoch(list(search.metrics) + [record], trig["stop_epoch"] - 1)
-        search.request_stop(f"DARTS-ES: lambda_bar(epoch {trig['stop_epoch']}) / lambda_bar(epoch "
-                            f"{trig['smoothed_epoch']}) = {trig['ratio']:.3f} < {self.opts.threshold}; "
-                            f"returning the architecture of epoch {trig['stop_epoch']}", g)
+        search.set_outcome(genotype=g, stop=f"DARTS-ES: lambda_bar(epoch {trig['stop_epoch']}) / lambda_bar("
+                           f"epoch {trig['smoothed_epoch']}) = {trig['ratio']:.3f} < {self.opts.threshold}; "
+                           f"returning the architecture of epoch {trig['stop_epoch']}")

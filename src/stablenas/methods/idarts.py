@@ -34,7 +34,6 @@ import torch
 from pydantic import Field
 
 from ..data import TensorLoader
-from ..errors import ConfigError
 from ..genotype import Genotype
 from ..registry import DISCRETIZERS, OPS, SKELETONS
 from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle
@@ -70,11 +69,11 @@ class IDARTS(Method):
     preset = "idarts"
     Options = IDARTSOptions
 
+    requires = {"search.discretizer": "decorrelation"}  # its options configure that discretiser
+
     def setup(self, search: Search) -> None:
         cfg = search.cfg
-        if cfg.search.discretizer != "decorrelation":
-            raise ConfigError("method idarts needs search.discretizer: decorrelation (its options configure "
-                              "that discretiser; see the idarts preset)")
+        search.discretizer = DecorrelationDiscretizer(self.opts)
         if not cfg.network.node_norm:
             search.log("idarts: network.node_norm is off, so this is the decorrelation-only ablation "
                        "(idarts.txt Table II); set network.node_norm: true for iDARTS")
@@ -290,31 +289,30 @@ def decorrelation_genotype_from_grams(space, grams: dict[str, torch.Tensor], pro
     return sk.genotype_of(space, chosen, fallback)
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _options(search: Search) -> IDARTSOptions:
-    for m in search.methods:
-        if isinstance(m, IDARTS):
-            return m.opts
-    return IDARTSOptions()
-
-
-def decorrelation_discretizer(search: Search) -> Genotype:
+class DecorrelationDiscretizer:
     """The ``decorrelation`` discretiser: Algorithm 1 at the end of the search (and at every epoch
-    with ``every_epoch``); cached per step so the last epoch record and the result share one pass."""
-    opts = _options(search)
-    final = search.epoch >= search.cfg.optim.epochs - 1 or search.stop_reason is not None
-    if not (final or opts.every_epoch):
-        return DISCRETIZERS["default"](search)
-    key = search.global_step
-    hit = _CACHE.get(search)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    geno = decorrelation_genotype_from_grams(search.space, collect_grams(search, opts), opts.projection,
-                                             fallback=DISCRETIZERS["default"](search))
-    _CACHE[search] = (key, geno)
-    return geno
+    with ``every_epoch``). Its options are given explicitly: the idarts method installs one with
+    its own options on its search (``search.discretizer``); the registered instance, used by
+    ``search.discretizer: decorrelation`` without the method, has the defaults. It remembers its
+    last result for one (search, step), so the last epoch record and the result share one pass."""
+
+    def __init__(self, opts: IDARTSOptions | None = None):
+        self.opts = opts or IDARTSOptions()
+        self._last: tuple[weakref.ref, int, Genotype] | None = None
+
+    def __call__(self, search: Search) -> Genotype:
+        opts = self.opts
+        final = search.epoch >= search.cfg.optim.epochs - 1 or search.stop_reason is not None
+        if not (final or opts.every_epoch):
+            return DISCRETIZERS["default"](search)
+        key = search.global_step
+        if self._last is not None and self._last[0]() is search and self._last[1] == key:
+            return self._last[2]
+        geno = decorrelation_genotype_from_grams(search.space, collect_grams(search, opts), opts.projection,
+                                                 fallback=DISCRETIZERS["default"](search))
+        self._last = (weakref.ref(search), key, geno)
+        return geno
 
 
+decorrelation_discretizer = DecorrelationDiscretizer()
 DISCRETIZERS.register("decorrelation", decorrelation_discretizer)

@@ -21,7 +21,6 @@ is in eval mode; nothing is synchronised with the host.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -74,18 +73,16 @@ def mean_shift_step(center: dict[str, torch.Tensor], samples: dict[str, torch.Te
     return out
 
 
-_NO_VMAP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dict[str, torch.Tensor],
-                  mix: Mix, mode: BNMode, batched: bool) -> torch.Tensor:
+                  mix: Mix, mode: BNMode, batched: bool, memo: dict | None = None) -> torch.Tensor:
     """Training loss at each of the N sampled op weights, shape (N,). Batched: one vmapped forward;
     where vmap cannot run the supernet (some memory-format queries are not implemented under vmap)
-    it falls back to N forwards, which give the same numbers."""
+    it falls back to N forwards, which give the same numbers. ``memo`` (the caller's, e.g. the
+    method's own dict) remembers that fallback so it is not retried every step."""
     edge = None if mix.edge is None else {k: v.detach() for k, v in mix.edge.items()}
     n = next(iter(samples.values())).shape[0]
     with torch.no_grad():
-        if batched and mode == "eval" and search.net not in _NO_VMAP:
+        if batched and mode == "eval" and not (memo or {}).get("no_vmap"):
             from torch.func import vmap
 
             def one(w: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -97,7 +94,8 @@ def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dic
                 except RuntimeError as e:
                     if "vmap" not in str(e):
                         raise
-                    _NO_VMAP[search.net] = True  # do not retry every step
+                    if memo is not None:
+                        memo["no_vmap"] = True  # do not retry every step
         return torch.stack([perturbed_loss(search, x, y, Mix({ct: s[i] for ct, s in samples.items()}, edge,
                                                                 mix.hard), mode) for i in range(n)])
 
@@ -113,6 +111,7 @@ class MSDARTS(RampedPerturbation):
         super().__init__(options)
         self._shift = None
         self._count = 0
+        self._memo: dict = {}  # sample_losses: vmap cannot run this supernet
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:
         super().on_epoch_start(search, epoch)
@@ -127,7 +126,7 @@ class MSDARTS(RampedPerturbation):
             stacked = {ct: w.unsqueeze(0).expand(o.samples, *w.shape) for ct, w in a.items()}
             delta = uniform_like(stacked, self.epsilon, arch)
             samples = project(arch, {ct: stacked[ct] + delta[ct] for ct in a}, o.projection)
-            losses = sample_losses(search, x, y, samples, mix, o.bn_mode, o.batched)
+            losses = sample_losses(search, x, y, samples, mix, o.bn_mode, o.batched, self._memo)
             a = mean_shift_step(a, samples, losses, o.bandwidth, o.weighting, o.kernel)
         return a
 

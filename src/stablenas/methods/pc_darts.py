@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .base import Method, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    pass
 
 
 @register_method
@@ -28,8 +28,9 @@ class PCDARTS(Method):
     description = "PC-DARTS: 1/K partial channels + shuffle (network.partial_channels) and edge betas"
     preset = "pc-darts"
 
-    def setup(self, search: Search) -> None:
-        cfg = search.cfg
+    @classmethod
+    def validate(cls, cfg, options) -> None:
+        super().validate(cfg, options)
         if cfg.network.partial_channels < 2 and not cfg.arch.edge_betas:
             raise ConfigError("method pc-darts needs network.partial_channels >= 2 and/or "
                               "arch.edge_betas: true (PC-DARTS uses partial_channels: 4 and edge_betas: "

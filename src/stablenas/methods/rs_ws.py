@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
-from ..errors import ConfigError
 from ..genotype import Genotype
 from ._common import discrete_mix, genotype_of, sample_architecture
 from .base import Batch, Method, MethodOptions, Mix, register_method
@@ -52,10 +51,9 @@ class RSWS(Method):
         super().__init__(options)
         self.ranking: list[tuple[Genotype, float]] = []  # the last selection, best first (for inspection)
 
+    requires = {"search.update": "none"}  # RS-ws trains no alpha
+
     def setup(self, search: Search) -> None:
-        if search.cfg.search.update != "none":
-            raise ConfigError(f"method rs-ws trains no alpha: it needs search.update: none (got "
-                              f"{search.cfg.search.update!r}); use the rs-ws preset or set it")
         gen = torch.Generator().manual_seed(search.cfg.seed * 7919 + 17)
         self._eval_arch = sample_architecture(search.space, gen)
 
@@ -113,6 +111,6 @@ class RSWS(Method):
         if not (last or search.stop_reason is not None):
             return
         best, acc = self.select(search)
-        search.final_genotype = best
+        search.set_outcome(genotype=best)
         record["genotype"] = best.to_dict()
         record["rs_ws"] = {"samples": self.opts.samples, "top_k": self.opts.top_k, "best_val_acc": acc}

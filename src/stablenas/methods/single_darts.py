@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
 from .base import Method, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    pass
 
 
 @register_method
@@ -24,7 +23,4 @@ class SingleDARTS(Method):
     description = "Single-DARTS: w and alpha from one loss on one batch (update: single), sigmoid alpha"
     preset = "single-darts"
 
-    def setup(self, search: Search) -> None:
-        if search.cfg.search.update != "single":
-            raise ConfigError(f"method single-darts needs search.update: single (got "
-                              f"{search.cfg.search.update!r}); use the single-darts preset or set it")
+    requires = {"search.update": "single"}

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -120,16 +119,23 @@ class Search:
         self.global_step = 0
         self.metrics: list[dict] = []
         self.stop_reason: str | None = None
-        self.notes: set[str] = set()  # keys of messages said once (e.g. a missing benchmark table)
-        self.final_genotype: Genotype | None = None  # a method may pin the returned architecture
+        self.notes: set[str] = set()
+        # the data stream of the current phase, "train" | "val" | "eval" (stateful skeletons key
+        # their carried state by it; see skeletons.base)
+        self.stream = "train"  # keys of messages said once (e.g. a missing benchmark table)
+        self.final_genotype: Genotype | None = None  # pinned by set_outcome (RS-ws, DARTS-ES)
         self._accum = torch.zeros(3, device=self.device)  # loss sum, correct, count (no host syncs)
         self.epoch_start_time = 0.0
-        self.extra_state: dict = {}  # free slot for methods that need loop-level state
+        self.epoch_seconds = 0.0  # training time of the current epoch so far (survives a resume)
+        self._fixed_loaders: dict[tuple[int, int], TensorLoader] = {}  # see fixed_val_batches
+        # how a genotype is read off alpha; a method may install its own (iDARTS: decorrelation
+        # with its options) in setup()
+        self.discretizer: Callable[[Search], Genotype] = DISCRETIZERS[cfg.search.discretizer]
 
         for m in self.methods:
             m.setup(self)
         # alpha steps happen when a rule or a method needs validation batches
-        self._uses_val_stream = cfg.search.update in ("first", "second") or any(
+        self.uses_val_stream = cfg.search.update in ("first", "second") or any(
             type(m).arch_step is not Method.arch_step for m in self.methods)
         if resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
             self.load_checkpoint(self.out_dir / CHECKPOINT)
@@ -301,7 +307,21 @@ class Search:
     # ---------------------------------------------------------------------------------------
     # epochs
 
-    def _start_epoch(self, epoch: int) -> None:
+    def step(self, train_batch: Batch, val_batch: Batch | None = None) -> torch.Tensor:
+        """One search step, the loop body: when the rule or a method takes alpha steps and alpha is
+        not frozen (warm-up, ``update: none``), an alpha step on ``val_batch`` (the next batch of
+        the alpha stream when None), then the weight step on ``train_batch``. Returns the weight
+        loss (a tensor: no host sync). Call :meth:`start_epoch` first."""
+        if self.uses_val_stream and not self.alpha_frozen():
+            if val_batch is None:
+                val_batch = next(self.val_stream)
+            self.stream = "val"
+            self.arch_step(train_batch, val_batch)
+        self.stream = "train"
+        return self.weight_step(train_batch)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Enter epoch ``epoch``: loader order, drop-path, the methods' per-epoch schedules."""
         self.epoch = epoch
         self.step_in_epoch = 0
         self._accum.zero_()
@@ -323,11 +343,7 @@ class Search:
                        desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         every = self.cfg.search.checkpoint_every
         while self.step_in_epoch < self.steps_per_epoch:
-            batch = next(it)
-            if self._uses_val_stream and not self.alpha_frozen():
-                val_batch = next(self.val_stream)
-                self.arch_step(batch, val_batch)
-            self.weight_step(batch)
+            self.step(next(it))
             self.step_in_epoch += 1
             self.global_step += 1
             if bar is not None:
@@ -336,7 +352,7 @@ class Search:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
-        self.extra_state["epoch_seconds"] = self.extra_state.get("epoch_seconds", 0.0) + time.perf_counter() - start
+        self.epoch_seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def evaluate(self, loader: TensorLoader | None = None, max_batches: int | None = None,
@@ -344,23 +360,41 @@ class Search:
         """Loss and accuracy of the supernet (eval mode) on the validation split."""
         loader = loader or self.val_eval_loader
         max_batches = max_batches or self.cfg.search.val_batches
-        was_training = self.net.training
+        was_training, stream = self.net.training, self.stream
         self.net.eval()
+        self.stream = "eval"
         mix = mix or self.mix("eval").detached()
         acc = torch.zeros(3, device=self.device)
         loader.set_epoch(0)
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            logits = self.forward(x, mix)
-            acc += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum().float(),
-                                torch.tensor(float(y.shape[0]), device=self.device)])
+            acc += self.skeleton.eval_sums(self, x, y, mix)
         self.net.train(was_training)
+        self.stream = stream
         loss_sum, correct, count = acc.tolist()
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     def genotype(self) -> Genotype:
-        return DISCRETIZERS[self.cfg.search.discretizer](self)
+        """The architecture alpha gives now (the configured or a method's discretiser)."""
+        return self.discretizer(self)
+
+    def fixed_val_batches(self, n: int = 1, batch_size: int | None = None, seed_offset: int = 7) -> list[Batch]:
+        """``n`` fixed batches of the validation half, no augmentation: the same batches every call
+        (fixed seed, loader-epoch 0), and the search's own validation stream is never consumed
+        (curvature series compare like with like)."""
+        bs = int(batch_size or self.cfg.data.batch_size)
+        loader = self._fixed_loaders.get((bs, seed_offset))
+        if loader is None:
+            loader = self.skeleton.fixed_val_loader(self, bs, self.cfg.seed * 1000 + seed_offset)
+            if len(loader) == 0:
+                raise ValueError(f"curvature batch size {bs} exceeds the {loader.num_samples} validation images")
+            self._fixed_loaders[(bs, seed_offset)] = loader
+        n = int(n)
+        if n > len(loader):
+            raise ValueError(f"curvature asks for {n} batches of {bs}; the validation half has only "
+                             f"{len(loader)}")
+        return [loader.batch(0, i) for i in range(n)]
 
     def op_weights_record(self) -> dict[str, list[list[float]]]:
         w = {ct: t.detach().cpu() for ct, t in self.arch.op_weights().items()}
@@ -370,21 +404,26 @@ class Search:
                        for e, ops in enumerate(self.space.edge_ops[ct])]
         return out
 
+    _start_epoch = start_epoch  # the name of earlier versions
+
+    def end_epoch(self) -> dict:
+        """Close the epoch: evaluate, discretise, let methods add to the record, log, checkpoint."""
+        return self._end_epoch()
+
     def _end_epoch(self) -> dict:
         epoch = self.epoch
         loss_sum, correct, count = self._accum.tolist()
         val_loss, val_acc = self.evaluate()
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(count, 1),
-            "train_acc": correct / max(count, 1),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
+            **self.skeleton.epoch_metrics("train", loss_sum / max(count, 1), correct / max(count, 1)),
+            **self.skeleton.epoch_metrics("val", val_loss, val_acc),
             "lr": self.lr,
-            "seconds": round(self.extra_state.pop("epoch_seconds", 0.0), 3),
+            "seconds": round(self.epoch_seconds, 3),
             "alpha_frozen": self.alpha_frozen(),
             "op_weights": self.op_weights_record(),
         }
+        self.epoch_seconds = 0.0
         if self.arch.edge_weights() is not None:
             record["edge_weights"] = {ct: [round(float(v), 6) for v in t.detach().cpu()]
                                       for ct, t in self.arch.edge_weights().items()}
@@ -406,6 +445,15 @@ class Search:
                  f"lr {record['lr']:.5f}  {record['seconds']:.1f}s")
         return record
 
+    def set_outcome(self, *, genotype: Genotype | None = None, stop: str | None = None) -> None:
+        """The one way a method ends the search or fixes its result: ``stop`` (a reason) ends it
+        after this epoch, ``genotype`` is returned (and saved) instead of the discretised alpha.
+        DARTS-ES does both; RS-ws pins its best sampled architecture."""
+        if stop is not None:
+            self.stop_reason = stop
+        if genotype is not None:
+            self.final_genotype = genotype
+
     def request_stop(self, reason: str, genotype: Genotype | None = None) -> None:
         """Methods (e.g. DARTS-ES) end the search after this epoch, optionally pinning the result."""
         self.stop_reason = reason
@@ -416,7 +464,7 @@ class Search:
         epochs = self.cfg.optim.epochs
         while self.epoch < epochs and self.stop_reason is None:
             if self.step_in_epoch == 0:
-                self._start_epoch(self.epoch)
+                self.start_epoch(self.epoch)
             self.train_epoch()
             self._end_epoch()
         genotype = self.final_genotype or self.genotype()
@@ -449,7 +497,7 @@ class Search:
             "metrics": self.metrics,
             "stop_reason": self.stop_reason,
             "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
-            "extra_state": self.extra_state,
+            "extra_state": {"epoch_seconds": self.epoch_seconds},  # key kept: older checkpoints load
             "config": self.cfg.to_dict(),
         }
 
@@ -479,7 +527,7 @@ class Search:
         self.metrics = list(st["metrics"])
         self.stop_reason = st["stop_reason"]
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
-        self.extra_state = dict(st.get("extra_state", {}))
+        self.epoch_seconds = float(st.get("extra_state", {}).get("epoch_seconds", 0.0))
         self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
         if self.step_in_epoch > 0:
             # mid-epoch checkpoint: per-epoch method schedules must be in force again

@@ -129,6 +129,15 @@ class Skeleton:
                                 device=device, seed=cfg.seed * 1000 + 3, channels_last=cl)
         return SearchData(train, val, val_eval, ds.num_classes, int(ds.x.shape[1]), len(train_idx), ds)
 
+    def fixed_val_loader(self, search: Any, batch_size: int, seed: int) -> Any:
+        """A loader over the validation half with its own seed (curvature measurements draw the
+        same fixed batches from it every time; see ``Search.fixed_val_batches``)."""
+        from ..data import TensorLoader
+
+        return TensorLoader(search.data.dataset, search.data.val_eval_loader.indices, batch_size, shuffle=True,
+                            drop_last=True, augment=None, device=search.device, seed=seed,
+                            channels_last=search.cfg.network.channels_last)
+
     # -- supernet -----------------------------------------------------------------------------
     def build_supernet(self, space: SearchSpace, **sizes: Any) -> nn.Module:
         raise NotImplementedError
@@ -149,6 +158,13 @@ class Skeleton:
     def loss(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix,
              params: dict | None = None) -> torch.Tensor:
         return search.criterion(self.logits(search, x, mix, params), y)
+
+    def eval_sums(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix) -> torch.Tensor:
+        """(loss sum, correct, count) of one evaluation batch, as one tensor (no host sync)."""
+        logits = search.forward(x, mix)
+        return torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum"),
+                            (logits.argmax(1) == y).sum().float(),
+                            torch.tensor(float(y.shape[0]), device=logits.device)])
 
     def epoch_metrics(self, prefix: str, loss: float, acc: float) -> dict:
         """The numbers an epoch record carries for a split (``prefix``: train or val)."""
