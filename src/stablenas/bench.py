@@ -252,7 +252,7 @@ def _ratio(slow: _Series, fast: _Series) -> dict:
 
 def _curvature_module():
     try:
-        from .analysis import curvature
+        from . import curvature
     except ImportError:
         return None
     needed = ("AlphaObjective", "dominant_eigenvalue", "exact_spectrum", "validation_batches")

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..curvature import HVP, AlphaObjective, forward_keep_buffers, measuring_mode, validation_batches
 from ..genotype import Genotype
 from ..registry import SKELETONS
 from ..spaces.ops import OPS, is_parameter_free
 from ..spaces.registry import SearchSpace
-from .curvature import HVP, AlphaObjective, forward_keep_buffers, measuring_mode, validation_batches
 
 if TYPE_CHECKING:
     from ..search.loop import Search

@@ -18,7 +18,7 @@ from pydantic import Field
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..analysis.curvature import Curvature
+    from ..curvature import Curvature
     from ..search.loop import Search
 
 
@@ -56,7 +56,7 @@ class Hessian(Method):
         return epoch % self.opts.every == 0 or epoch == search.cfg.optim.epochs - 1
 
     def measure(self, search: Search) -> Curvature:
-        from ..analysis.curvature import measure
+        from ..curvature import measure
 
         o = self.opts
         l2 = search.cfg.optim.arch_weight_decay if o.arch_weight_decay else 0.0
