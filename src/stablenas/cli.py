@@ -245,8 +245,6 @@ def s5_table(
     table (test accuracy, params, seconds) that search runs on s5 use for their test regret."""
     import shlex
 
-    import yaml
-
     from .evaluate import s5
 
     if show:
@@ -256,12 +254,12 @@ def s5_table(
         typer.echo(json.dumps({**table.summary(), "command": table.meta.get("command"),
                                "repeats": table.meta.get("repeats")}, indent=1))
         return
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            _fail(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=8")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    from .config import apply_overrides
+
+    try:
+        overrides = apply_overrides({}, set_, example="epochs=8")
+    except _user_errors() as e:
+        _fail(str(e), _code(e))
     try:
         archs = [int(i) for i in repeat_archs.split(",") if i.strip()]
         extra = [int(i) for i in repeat_seeds.split(",") if i.strip()]
@@ -276,69 +274,88 @@ def s5_table(
         _fail(str(e), _code(e))
 
 
-_RAW_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+# sweep options that take several values (`--seeds 0 1 2`); main() spells them out as repeated
+# options (`--seeds 0 --seeds 1 --seeds 2`), which is what typer's list options read
+_MULTI = {"sweep": ("--seeds", "--l2", "--drop-path", "--final-seeds")}
 
 
-@app.command(context_settings=_RAW_ARGS)
-def sweep(ctx: typer.Context) -> None:
-    """Protocol of the papers' tables: searches over seeds (and L2 / drop-path strengths), selection of
-    the best architecture by short retraining on a validation split, final retraining, table.
+def _expand_multi(argv: list[str]) -> list[str]:
+    multi = {o for cmd, opts in _MULTI.items() if cmd in argv for o in opts}
+    out: list[str] = []
+    opt, count = None, 0
+    for a in argv:
+        if opt is not None and (not a.startswith("-") or _is_number(a)):
+            out += [opt, a]
+            count += 1
+            continue
+        if opt is not None and count == 0:
+            out.append(opt)  # no value: typer reports it
+        opt, count = (a, 0) if a in multi else (None, 0)
+        if opt is None:
+            out.append(a)
+    if opt is not None and count == 0:
+        out.append(opt)
+    return out
 
-    stablenas sweep CONFIG --seeds 0 1 2 [--l2 V ... | --drop-path V ...] --out DIR [--jobs N]
-    [--retrain-epochs E] [--final-epochs E] [--final-seeds S ...] [--final selected|all|none]
-    [--set KEY=VALUE ...] [--train-preset darts] [--train-set KEY=VALUE ...] [--holdout N]
-    (run `stablenas sweep --help` for every option)
-    """
-    import argparse
 
-    p = argparse.ArgumentParser(prog="stablenas sweep", description=(
-        "Run a search config over seeds (R-DARTS: and regularisation strengths), select the final "
-        "architecture by a short retraining on a held-out validation split (robust-darts Sec. 5.3), "
-        "retrain it and write OUT/table.md + OUT/table.json. Re-running the same command resumes."))
-    p.add_argument("config", help="search preset name or YAML file")
-    p.add_argument("--seeds", type=int, nargs="+", required=True, help="search seeds")
-    reg = p.add_mutually_exclusive_group()
-    reg.add_argument("--l2", type=float, nargs="+",
-                     help="R-DARTS(L2): weight decay values of the search, e.g. 3e-4 9e-4 27e-4 81e-4")
-    reg.add_argument("--drop-path", type=float, nargs="+",
-                     help="R-DARTS(DP): max ScheduledDropPath probabilities, e.g. 0 0.2 0.4 0.6")
-    p.add_argument("--out", "-o", required=True, help="sweep directory")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="runs at once (processes)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="search override KEY=VALUE")
-    p.add_argument("--train-preset", default="darts", help="retraining preset: darts | darts-small | nb201")
-    p.add_argument("--train-set", dest="train_overrides", action="append", default=[],
-                   help="retraining override KEY=VALUE (both retrainings), e.g. channels=16")
-    p.add_argument("--retrain-epochs", type=int, default=None,
-                   help="selection retraining epochs (default: final epochs // 6)")
-    p.add_argument("--holdout", type=int, default=5000,
-                   help="training images held out to score the selection")
-    p.add_argument("--final-epochs", type=int, default=None, help="final retraining epochs (default: preset)")
-    p.add_argument("--final-seeds", type=int, nargs="+", default=[0], help="final retraining seeds")
-    p.add_argument("--final", choices=["selected", "all", "none"], default="selected",
-                   help="retrain the selected architecture, every searched one, or none")
-    argv = list(ctx.args)
-    if any(a in ("-h", "--help") for a in argv):
-        p.print_help()
-        return
-    args = p.parse_args(argv)
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+@app.command()
+def sweep(
+    config: Annotated[str, typer.Argument(help="search preset name or YAML file")],
+    seeds: Annotated[list[int], typer.Option("--seeds", help="search seeds, e.g. --seeds 0 1 2")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="sweep directory")],
+    l2: Annotated[list[float] | None, typer.Option(
+        "--l2", help="R-DARTS(L2): weight decay values of the search, e.g. --l2 3e-4 9e-4 27e-4 81e-4")] = None,
+    drop_path: Annotated[list[float] | None, typer.Option(
+        "--drop-path", help="R-DARTS(DP): max ScheduledDropPath probabilities, e.g. --drop-path 0 0.2 0.4 0.6")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="runs at once (processes)")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads per process")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="search override KEY=VALUE")] = None,
+    train_preset: Annotated[str, typer.Option(
+        "--train-preset", help="retraining preset: darts | darts-small | nb201")] = "darts",
+    train_set: Annotated[list[str] | None, typer.Option(
+        "--train-set", help="retraining override KEY=VALUE (both retrainings), e.g. channels=16")] = None,
+    retrain_epochs: Annotated[int | None, typer.Option(
+        "--retrain-epochs", help="selection retraining epochs (default: final epochs // 6)")] = None,
+    holdout: Annotated[int, typer.Option("--holdout", help="training images held out to score the selection")] = 5000,
+    final_epochs: Annotated[int | None, typer.Option(
+        "--final-epochs", help="final retraining epochs (default: preset)")] = None,
+    final_seeds: Annotated[list[int] | None, typer.Option("--final-seeds", help="final retraining seeds")] = None,
+    final: Annotated[str, typer.Option(
+        "--final", help="retrain the selected architecture, every searched one, or none: selected | all | none")
+    ] = "selected",
+) -> None:
+    """Protocol of the papers' tables: searches over seeds (R-DARTS: and regularisation strengths),
+    selection of the final architecture by a short retraining on a held-out validation split
+    (robust-darts Sec. 5.3), its retraining, and OUT/table.md + OUT/table.json. Re-running the
+    same command resumes."""
     from .evaluate.sweep import SweepPlan, run_sweep
 
+    if l2 and drop_path:
+        _fail("--l2 and --drop-path: give one regularisation to sweep, not both")
+    if final not in ("selected", "all", "none"):
+        _fail(f"--final {final!r}: use selected, all or none")
     kind, values = (None, [])
-    if args.l2:
-        kind, values = "l2", args.l2
-    elif args.drop_path:
-        kind, values = "drop-path", args.drop_path
+    if l2:
+        kind, values = "l2", list(l2)
+    elif drop_path:
+        kind, values = "drop-path", list(drop_path)
     try:
-        plan = SweepPlan(config=args.config, seeds=args.seeds, overrides=args.overrides, reg=kind,
-                         reg_values=values, train_preset=args.train_preset,
-                         train_overrides=args.train_overrides, retrain_epochs=args.retrain_epochs,
-                         holdout=args.holdout, final_epochs=args.final_epochs, final_seeds=args.final_seeds,
-                         final=args.final)
-        table = run_sweep(plan, args.out, jobs=args.jobs, threads=args.threads)
+        plan = SweepPlan(config=config, seeds=list(seeds), overrides=list(set_ or []), reg=kind,
+                         reg_values=values, train_preset=train_preset, train_overrides=list(train_set or []),
+                         retrain_epochs=retrain_epochs, holdout=holdout, final_epochs=final_epochs,
+                         final_seeds=list(final_seeds or [0]), final=final)
+        table = run_sweep(plan, out, jobs=jobs, threads=threads)
     except (*_user_errors(), ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
-    typer.echo((Path(args.out) / "table.md").read_text())
+    typer.echo((Path(out) / "table.md").read_text())
     typer.echo(f"selected: {table['selected']}")
 
 
@@ -476,6 +493,7 @@ def bench(
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = _expand_multi(list(sys.argv[1:] if argv is None else argv))
     try:
         app(argv)
     except KeyboardInterrupt:

@@ -171,21 +171,32 @@ class SearchConfig(_Section):
 # loading
 
 
-def _format_error(err: ValidationError, model: type[BaseModel]) -> str:
+def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "invalid config",
+                            noun: str = "key") -> str:
+    """The one formatter of pydantic errors (search and training configs, method options): one
+    line, ``<prefix>: <key path>: <what is wrong>``; an unknown key lists the valid keys of its
+    section (``noun="option"``: ``unknown option 'x'; valid options: ...``)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             parent = _section_for(model, e["loc"][:-1])
-            valid = ", ".join(parent.model_fields) if parent is not None else "?"
-            lines.append(f"{loc}: unknown key; valid keys here: {valid}")
+            valid = (", ".join(parent.model_fields) or "(none)") if parent is not None else "?"
+            lines.append(f"unknown option {loc!r}; valid options: {valid}" if noun == "option"
+                         else f"{loc}: unknown key; valid keys here: {valid}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid config: " + "; ".join(lines)
+    return f"{prefix}: " + "; ".join(lines)
+
+
+def _format_error(err: ValidationError, model: type[BaseModel]) -> str:
+    return format_validation_error(err, model)
 
 
 def _section_for(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    if not loc:
+        return model
     cur: Any = model
     for part in loc:
         if isinstance(part, int):
@@ -200,12 +211,14 @@ def _section_for(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
 
 
-def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    """``a.b=value`` pairs; values parse as YAML (numbers, bools, lists, null)."""
+def apply_overrides(raw: dict, overrides: list[str] | None, example: str = "optim.epochs=10") -> dict:
+    """The one ``--set`` parser of every command: ``a.b=value`` pairs (dotted keys walk into
+    sections and list indices; flat configs use plain keys); values parse as YAML (numbers,
+    bools, lists, null), and text that is not YAML stays a string."""
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.epochs=10")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. {example}")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):

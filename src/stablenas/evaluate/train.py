@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from ..config import apply_overrides, format_validation_error
 from ..errors import RunExistsError
 from ..genotype import Genotype, GenotypeError
 from ..registry import DATASETS, EVAL_NETWORKS
@@ -158,15 +159,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _format_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key; valid keys: {', '.join(TrainConfig.model_fields)}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid training config: " + "; ".join(parts)
+    return format_validation_error(err, TrainConfig, "invalid training config")
 
 
 def train_config(
@@ -174,7 +167,6 @@ def train_config(
 ) -> TrainConfig:
     """Build a validated :class:`TrainConfig` from a preset name (or dict), ``key=value`` strings
     (values parsed as YAML, like ``stablenas search --set``) and keyword fields, in that order."""
-    import yaml
 
     from ..errors import ConfigError
 
@@ -189,14 +181,7 @@ def train_config(
     if isinstance(overrides, dict):
         raw.update(overrides)
     else:
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=10")
-            key, value = item.split("=", 1)
-            try:
-                raw[key.strip()] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raw[key.strip()] = value
+        raw = apply_overrides(raw, overrides, example="epochs=10")
     raw.update({k: v for k, v in fields.items() if v is not None})
     try:
         return TrainConfig.model_validate(raw)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..config import format_validation_error
 from ..errors import ConfigError
 from ..registry import METHODS
 
@@ -78,15 +79,7 @@ class Method:
         try:
             return cls.Options.model_validate(raw)
         except ValidationError as e:
-            parts = []
-            for err in e.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    valid = ", ".join(cls.Options.model_fields) or "(none)"
-                    parts.append(f"unknown option {loc!r}; valid options: {valid}")
-                else:
-                    parts.append(f"{loc}: {err['msg']}")
-            raise ValueError(f"method {cls.name}: " + "; ".join(parts)) from None
+            raise ValueError(format_validation_error(e, cls.Options, f"method {cls.name}", noun="option")) from None
 
     @classmethod
     def validate(cls, cfg: Any, options: MethodOptions) -> None:

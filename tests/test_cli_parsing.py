@@ -1,0 +1,56 @@
+"""One --set parser and one error formatter for every command; sweep on typer with
+multi-value options (``--seeds 0 1 2``)."""
+
+import pytest
+
+import stablenas as sn
+from stablenas import cli
+from stablenas.config import apply_overrides
+from stablenas.errors import ConfigError
+from stablenas.evaluate.train import train_config
+
+
+def test_one_set_parser_for_search_and_train():
+    assert apply_overrides({}, ["a.b=3", "c=[1, 2]", "d=text:x", "e=null"]) == \
+        {"a": {"b": 3}, "c": [1, 2], "d": "text:x", "e": None}
+    assert train_config("darts", ["epochs=3", "cutout=0"]).epochs == 3
+    assert sn.load_config("quickstart", ["optim.epochs=3"]).optim.epochs == 3
+    for bad, call in (("epochs", lambda o: train_config("darts", o)), ("optim", lambda o: sn.load_config("darts", o))):
+        with pytest.raises(ConfigError, match=rf"--set '{bad}': expected KEY=VALUE, e.g. "):
+            call([bad])
+
+
+def test_one_error_formatter():
+    with pytest.raises(ConfigError, match=r"^invalid training config: epoch: unknown key; valid keys here: dataset"):
+        train_config("darts", ["epoch=3"])
+    with pytest.raises(ConfigError, match=r"^invalid config: optim.epoch: unknown key; valid keys here: epochs"):
+        sn.config_from_dict({"optim": {"epoch": 3}})
+    with pytest.raises(ValueError, match=r"^method sdarts-rs: unknown option 'eps'; valid options: "):
+        sn.METHODS["sdarts-rs"].parse_options({"eps": 1})
+
+
+def test_sweep_takes_several_values_per_option(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run(plan, out, jobs=1, threads=None):
+        seen.update(plan=plan, out=out, jobs=jobs)
+        (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text("table\n")
+        return {"selected": "none"}
+
+    monkeypatch.setattr("stablenas.evaluate.sweep.run_sweep", fake_run)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "r-darts-l2", "--seeds", "0", "1", "2", "--l2", "3e-4", "27e-4", "--out",
+                  str(tmp_path / "s"), "--final-seeds", "4", "5", "--set", "optim.epochs=2", "-j", "2"])
+    assert e.value.code in (0, None)
+    p = seen["plan"]
+    assert p.seeds == [0, 1, 2] and p.reg == "l2" and p.reg_values == [3e-4, 27e-4]
+    assert p.final_seeds == [4, 5] and p.overrides == ["optim.epochs=2"] and seen["jobs"] == 2
+
+
+def test_sweep_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "darts", "--seeds", "0", "--l2", "1e-4", "--drop-path", "0.1", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --l2 and --drop-path") and err.strip().count("\n") == 0
