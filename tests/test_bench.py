@@ -65,3 +65,41 @@ def test_parse_input():
     with pytest.raises(ValueError):
         parse_input("0x4x4")
     assert BenchConfig().input == (3, 32, 32)
+
+
+def test_named_sizes():
+    from stablenas.bench import SIZES, sized
+
+    assert set(SIZES) == {"paper", "cpu-study"}
+    p, c = sized("paper"), sized("cpu-study", batch=None, repeats=2)
+    assert (p.cells, p.channels, p.batch, p.input) == (8, 16, 64, (3, 32, 32))
+    assert (c.cells, c.channels, c.batch, c.input, c.repeats) == (5, 8, 64, (1, 28, 28), 2)
+    assert sized("cpu-study", cells=2).cells == 2
+    with pytest.raises(ValueError, match="unknown"):
+        sized("huge")
+    r = CliRunner().invoke(app, ["bench", "--size", "paper,huge"])
+    assert r.exit_code == 2 and "huge" in r.output
+
+
+def test_plain_channels_last_baseline_is_the_same_computation():
+    """The channels_last plain model (the fair baseline) takes the same step as the plain one."""
+    import torch
+
+    from stablenas import bench as B
+
+    bc = B.BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), threads=1)
+    B.register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
+    s = B._make_search(B._base_config(bc, "second"))
+    train, val = B._batches(s)
+    out = {}
+    for eng in ("plain", "plain_cl"):
+        model, step = B._plain_model(s, bc, channels_last=(eng == "plain_cl"))
+        conv = B._plain_batch(eng)
+        step(conv(train), conv(val), unrolled=True)
+        out[eng] = [p.detach().clone() for p in list(model.parameters()) + model.arch_parameters()]
+        if eng == "plain_cl":
+            convs = [m.weight for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+            assert model.new().memory_format == torch.channels_last
+    for a, b in zip(out["plain"], out["plain_cl"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

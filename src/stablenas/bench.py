@@ -1,11 +1,18 @@
 """``stablenas bench``: how fast and how big a search step is, against plain DARTS, in one run.
 
-Every figure is measured twice in the same process, interleaved repeat by repeat: once with the
-library's engine (``search.loop.Search`` on the fast supernet) and once with the plain
-reimplementation of the original DARTS search model (``supernet.reference``: per-op Python loop,
-``none`` computed, channels-first, DARTS's architect). Both start from the same weights and alpha
-and see the same seeded synthetic batches, so each figure comes with a same-run ratio, which is
-what survives a shared, noisy machine (the 1-minute load average is recorded next to each repeat).
+Every figure is measured three times in the same process, interleaved repeat by repeat: with the
+library's engine (``search.loop.Search`` on the fast supernet), with the plain reimplementation
+of the original DARTS search model (``supernet.reference``: per-op Python loop, ``none``
+computed, channels-first, DARTS's architect), and with that same plain model after the one line a
+user tries first, ``model.to(memory_format=torch.channels_last)`` with channels_last inputs
+("plain_cl", the fair baseline: it is most of what the engine's layout work buys for free). All
+start from the same weights and alpha and see the same seeded synthetic batches, so each figure
+comes with same-run ratios, which is what survives a shared, noisy machine (the 1-minute load
+average is recorded next to each repeat).
+
+Two sizes are named (``SIZES``, ``--size``): ``paper`` (DARTS's search network: 8 cells x 16
+channels, 3x32x32, batch 64) and ``cpu-study`` (5 cells x 8 channels, 1x28x28, batch 64, the
+size of the CPU studies, where per-kernel overhead dominates even more); by default both run.
 
 Measured, after ``warmup`` iterations, as the median over ``repeats``:
 
@@ -16,9 +23,9 @@ Measured, after ``warmup`` iterations, as the median over ``repeats``:
 * seconds per lambda_max estimate (Lanczos, ``analysis.curvature``) and per exact Hessian, with
   the relative error of lambda_max against the exact top eigenvalue (skipped with a note when the
   curvature module is not installed);
-* peak memory per measurement: each one runs in a fresh subprocess and reports its peak RSS growth
-  over the iteration (``ru_maxrss``; torch allocations are invisible to tracemalloc), or
-  ``torch.cuda.max_memory_allocated`` on CUDA.
+* peak memory per measurement and engine (first order, second order, lambda_max): each one runs in
+  a fresh subprocess and reports its peak RSS growth over the iteration (``ru_maxrss``; torch
+  allocations are invisible to tracemalloc), or ``torch.cuda.max_memory_allocated`` on CUDA.
 
 ``python -m stablenas.bench worker '<json>'`` is the memory subprocess; it is not a user command.
 """
@@ -41,9 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BenchConfig", "parse_input", "run_bench", "format_table"]
+__all__ = ["BenchConfig", "SIZES", "sized", "parse_input", "run_bench", "format_table"]
 
 SYNTHETIC_PREFIX = "bench-synthetic"
+
+# the named sizes: (cells, channels, batch, input)
+SIZES: dict[str, dict[str, Any]] = {
+    "paper": {"cells": 8, "channels": 16, "batch": 64, "input": (3, 32, 32)},
+    "cpu-study": {"cells": 5, "channels": 8, "batch": 64, "input": (1, 28, 28)},
+}
+ENGINES = ("fast", "plain", "plain_cl")
 
 
 @dataclass
@@ -59,6 +73,7 @@ class BenchConfig:
     methods: list[str] | None = None  # None = every preset in configs/ that configures a method
     second_order: bool = True
     plain: bool = True
+    plain_cl: bool = True  # also the plain model in channels_last (needs plain)
     curvature: bool = True
     curvature_iters: int = 20
     exact: bool = True  # exact Hessian for the fast engine (one HVP per alpha entry)
@@ -69,7 +84,23 @@ class BenchConfig:
     device: str = "auto"
     seed: int = 0
     channels_last: bool = True
+    size: str = "custom"  # a name from SIZES, or custom
     notes: list[str] = field(default_factory=list)
+
+    def engines(self) -> tuple[str, ...]:
+        if not self.plain:
+            return ("fast",)
+        return ENGINES if self.plain_cl else ("fast", "plain")
+
+
+def sized(name: str, **overrides: Any) -> BenchConfig:
+    """A named size from ``SIZES`` (cells, channels, batch, input), other fields from ``overrides``
+    (a ``None`` override keeps the size's value)."""
+    if name not in SIZES:
+        raise ValueError(f"--size {name!r}: unknown; available: {', '.join(SIZES)}")
+    fields = dict(SIZES[name])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return BenchConfig(size=name, **fields)
 
 
 def parse_input(text: str) -> tuple[int, int, int]:
@@ -165,8 +196,9 @@ def _search_iteration(search, train, val) -> Callable[[], None]:
     return run
 
 
-def _plain_model(search, bc: BenchConfig):
-    """Plain DARTS model with the search's weights and alpha, on the search's device."""
+def _plain_model(search, bc: BenchConfig, channels_last: bool = False):
+    """Plain DARTS model with the search's weights and alpha, on the search's device; with
+    ``channels_last`` after ``model.to(memory_format=torch.channels_last)``."""
     from .supernet.reference import PlainDARTS, PlainSearchStep
 
     n = search.cfg.network
@@ -174,7 +206,10 @@ def _plain_model(search, bc: BenchConfig):
     model = PlainDARTS(search.space, C=n.channels, layers=n.layers, num_classes=search.num_classes,
                        in_channels=bc.input[0], stem_multiplier=n.stem_multiplier)
     model.net.load_state_dict(search.net.state_dict())
-    model.to(search.device)
+    if channels_last:
+        model.to(search.device, memory_format=torch.channels_last)
+    else:
+        model.to(search.device)
     for a, b in zip(model.arch_parameters(), search.arch.alphas.values()):
         a.data.copy_(b.data)
     step = PlainSearchStep(model, lr=search.lr, momentum=o.momentum, weight_decay=o.weight_decay,
@@ -186,6 +221,15 @@ def _plain_model(search, bc: BenchConfig):
 def _cf(batch):
     x, y = batch
     return x.contiguous(), y
+
+
+def _cl(batch):
+    x, y = batch
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
+def _plain_batch(engine: str):
+    return _cl if engine == "plain_cl" else _cf
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,10 +303,10 @@ def _curvature_module():
     return curvature if all(hasattr(curvature, n) for n in needed) else None
 
 
-def _objective(cur, search, net=None):
+def _objective(cur, search, net=None, to_batch=_cf):
     batches = cur.validation_batches(search, 1, search.cfg.data.batch_size)
     if net is not None:
-        batches = [_cf(b) for b in batches]
+        batches = [to_batch(b) for b in batches]
     return cur.AlphaObjective(search.net if net is None else net, search.arch, batches, bn="train",
                               edge_weights=search.arch.edge_weights())
 
@@ -326,12 +370,13 @@ def _worker(spec: dict) -> dict:
     search = make_search(_base_config(bc, update), bc)
     train, val = _batches(search)
     device = search.device
-    if engine == "plain":
-        model, step = _plain_model(search, bc)
-        train_p, val_p = _cf(train), _cf(val)
+    if engine in ("plain", "plain_cl"):
+        model, step = _plain_model(search, bc, channels_last=(engine == "plain_cl"))
+        conv = _plain_batch(engine)
+        train_p, val_p = conv(train), conv(val)
         if what == "lambda_max":
             cur = _curvature_module()
-            obj = _objective(cur, search, model.net)
+            obj = _objective(cur, search, model.net, conv)
             fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
         else:
             fn = lambda: step(train_p, val_p, unrolled=(what == "second_order"))  # noqa: E731
@@ -446,9 +491,14 @@ def _method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str
     return out
 
 
-def run_bench(bc: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
-    """Run every measurement of ``bc``; returns the JSON-able result (see module docstring)."""
+def run_bench(bc: BenchConfig | list[BenchConfig], log: Callable[[str], None] | None = None) -> dict:
+    """Run every measurement of ``bc``; returns the JSON-able result (see module docstring).
+    Several configurations (sizes) run one after the other: ``{"sizes": {size: result}}``."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if isinstance(bc, list):
+        if len(bc) == 1:
+            return run_bench(bc[0], log)
+        return {"sizes": {b.size: run_bench(b, log) for b in bc}}
     threads = torch.get_num_threads()
     try:
         if bc.threads:
@@ -472,23 +522,29 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     device = first.device
     result["environment"]["device"] = str(device)
     train, val = _batches(first)
-    train_p, val_p = _cf(train), _cf(val)
+    plain_engines = bc.engines()[1:]
+    pbatch = {eng: (_plain_batch(eng)(train), _plain_batch(eng)(val)) for eng in plain_engines}
 
-    # (name, callable, images per call); fast/plain pairs sit next to each other in every repeat
+    def plain_job(step, eng: str, unrolled: bool) -> Callable[[], Any]:
+        t, v = pbatch[eng]
+        return lambda: step(t, v, unrolled=unrolled)
+
+    # (name, callable, images per call); the engines of a measurement sit next to each other in
+    # every repeat
     jobs: list[tuple[str, Callable[[], Any], int | None]] = [
         ("first_order/fast", _search_iteration(first, train, val), bc.batch)]
-    plain_model = plain_step = None
-    if bc.plain:
-        plain_model, plain_step = _plain_model(first, bc)
-        jobs.append(("first_order/plain", lambda: plain_step(train_p, val_p, unrolled=False), bc.batch))
+    plain_models: dict[str, Any] = {}
+    for eng in plain_engines:
+        plain_models[eng], step = _plain_model(first, bc, channels_last=(eng == "plain_cl"))
+        jobs.append((f"first_order/{eng}", plain_job(step, eng, False), bc.batch))
     if bc.second_order:
         second = make_search(_base_config(bc, "second"), bc)
         second.net.load_state_dict(first.net.state_dict())
         second.arch.load_state_dict(first.arch.state_dict())
         jobs.append(("second_order/fast", _search_iteration(second, train, val), bc.batch))
-        if bc.plain:
-            p2_model, p2_step = _plain_model(second, bc)
-            jobs.append(("second_order/plain", lambda: p2_step(train_p, val_p, unrolled=True), bc.batch))
+        for eng in plain_engines:
+            _, step = _plain_model(second, bc, channels_last=(eng == "plain_cl"))
+            jobs.append((f"second_order/{eng}", plain_job(step, eng, True), bc.batch))
 
     methods_out: dict[str, dict] = {}
     for name, raw, reason in _method_presets(bc.methods):
@@ -512,10 +568,16 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     if cur is not None:
         obj_fast = _objective(cur, first)
         iters = bc.curvature_iters
-        jobs.append(("lambda_max/fast", lambda: cur.dominant_eigenvalue(obj_fast, iters=iters), None))
-        if bc.plain:
-            obj_plain = _objective(cur, first, plain_model.net)
-            jobs.append(("lambda_max/plain", lambda: cur.dominant_eigenvalue(obj_plain, iters=iters), None))
+
+        def lam(obj) -> Callable[[], Any]:
+            return lambda: cur.dominant_eigenvalue(obj, iters=iters)
+
+        jobs.append(("lambda_max/fast", lam(obj_fast), None))
+        plain_objs = {eng: _objective(cur, first, plain_models[eng].net, _plain_batch(eng))
+                      for eng in plain_engines}
+        for eng in plain_engines:
+            jobs.append((f"lambda_max/{eng}", lam(plain_objs[eng]), None))
+        obj_plain = plain_objs.get("plain")
 
     series = {name: _Series() for name, _, _ in jobs}
     values: dict[str, Any] = {}
@@ -539,15 +601,17 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
                 f"(load {_load()})")
 
     def pair(key: str) -> dict:
-        f, p = series.get(f"{key}/fast"), series.get(f"{key}/plain")
+        f, p, pc = (series.get(f"{key}/{eng}") for eng in ENGINES)
         img = next((i for n, _, i in jobs if n == f"{key}/fast"), None)
         d: dict[str, Any] = {}
-        if f is not None:
-            d["fast"] = f.summary(img) or {"error": failed.get(f"{key}/fast")}
-        if p is not None:
-            d["plain"] = p.summary(img) or {"error": failed.get(f"{key}/plain")}
+        for eng in ENGINES:
+            s = series.get(f"{key}/{eng}")
+            if s is not None:
+                d[eng] = s.summary(img) or {"error": failed.get(f"{key}/{eng}")}
         if f is not None and p is not None:
             d["speedup"] = _ratio(p, f)  # plain time / fast time
+        if f is not None and pc is not None:
+            d["speedup_vs_plain_cl"] = _ratio(pc, f)  # plain channels_last time / fast time
         return d
 
     timing: dict[str, Any] = {"first_order": pair("first_order")}
@@ -572,7 +636,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
 
     if cur is not None:
         curv["lambda_max"] = pair("lambda_max")
-        for eng in ("fast", "plain"):
+        for eng in ENGINES:
             v = values.get(f"lambda_max/{eng}")
             if v and eng in curv["lambda_max"]:
                 curv["lambda_max"][eng]["value"] = v[-1]["lambda_max"]
@@ -613,16 +677,19 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     if bc.memory:
         log("memory: one fresh subprocess per measurement")
         mem: dict[str, Any] = {}
-        whats = ["first_order"] + (["second_order"] if bc.second_order else [])
+        whats = ["first_order"] + (["second_order"] if bc.second_order else []) + \
+            (["lambda_max"] if cur is not None else [])
         spec_cfg = {**asdict(bc), "input": list(bc.input)}
         for what in whats:
             mem[what] = {}
-            for eng in ("fast", "plain") if bc.plain else ("fast",):
+            for eng in bc.engines():
                 mem[what][eng] = _run_worker({"config": spec_cfg, "what": what, "engine": eng})
                 log(f"  {what}/{eng}: {mem[what][eng]}")
-            f, p = mem[what].get("fast", {}), mem[what].get("plain", {})
-            if f.get("growth_mb") and p.get("growth_mb"):
-                mem[what]["fast_over_plain"] = round(f["growth_mb"] / p["growth_mb"], 3)
+            f = mem[what].get("fast", {})
+            for eng, key in (("plain", "fast_over_plain"), ("plain_cl", "fast_over_plain_cl")):
+                p = mem[what].get(eng, {})
+                if f.get("growth_mb") and p.get("growth_mb"):
+                    mem[what][key] = round(f["growth_mb"] / p["growth_mb"], 3)
         result["memory"] = mem
 
     if bc.scaling:
@@ -646,26 +713,33 @@ def _fmt_s(d: dict | None) -> str:
 
 
 def format_table(res: dict) -> str:
-    """A plain-text table of the result (the JSON has everything, this is the summary)."""
+    """A plain-text table of the result (the JSON has everything, this is the summary); one per
+    size for a several-size result."""
+    if "sizes" in res:
+        return "\n\n".join(format_table(r) for r in res["sizes"].values())
     c = res["config"]
     env = res["environment"]
-    lines = [f"stablenas bench: space {c['space']}, {c['cells']} cells, {c['channels']} channels, "
+    lines = [f"stablenas bench [{c.get('size', 'custom')}]: space {c['space']}, {c['cells']} cells, "
+             f"{c['channels']} channels, "
              f"batch {c['batch']}, input {c['input']}, {c['repeats']} repeats after {c['warmup']} warm-up; "
              f"device {env.get('device')}, {env['threads']} threads, torch {env['torch']}; "
              f"load1 {env['load1_start']} -> {env.get('load1_end')}",
              "",
              f"{'measurement':28s} {'fast s':>9s} {'plain s':>9s} {'speedup':>8s} {'paired':>7s} "
-             f"{'fast img/s':>10s} {'load1':>12s}"]
+             f"{'plain-cl s':>10s} {'vs cl':>7s} {'paired':>7s} {'fast img/s':>10s} {'load1':>12s}"]
     t = res.get("timing", {})
+
+    def x(sp: dict, key: str) -> str:
+        return (str(sp.get(key)) + "x") if sp and sp.get(key) is not None else "-"
 
     def row(label: str, d: dict) -> None:
         f, p, sp = d.get("fast", {}), d.get("plain"), d.get("speedup", {})
+        pc, spc = d.get("plain_cl"), d.get("speedup_vs_plain_cl", {})
         loads = f.get("load1") or []
         load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
-        lines.append(f"{label:28s} {_fmt_s(f):>9s} {_fmt_s(p):>9s} "
-                     f"{(str(sp.get('of_medians')) + 'x') if sp else '-':>8s} "
-                     f"{(str(sp.get('paired_median')) + 'x') if sp else '-':>7s} "
-                     f"{f.get('images_per_s', '-')!s:>10s} {load:>12s}")
+        lines.append(f"{label:28s} {_fmt_s(f):>9s} {_fmt_s(p):>9s} {x(sp, 'of_medians'):>8s} "
+                     f"{x(sp, 'paired_median'):>7s} {_fmt_s(pc):>10s} {x(spc, 'of_medians'):>7s} "
+                     f"{x(spc, 'paired_median'):>7s} {f.get('images_per_s', '-')!s:>10s} {load:>12s}")
 
     for key, label in (("first_order", "first-order iteration"), ("second_order", "second-order iteration")):
         if key in t:
@@ -704,12 +778,15 @@ def format_table(res: dict) -> str:
                          + (f"  error: {d['error']}" if d.get("error") else ""))
     mem = res.get("memory", {})
     if mem:
-        lines += ["", f"{'peak memory (growth, MB)':28s} {'fast':>9s} {'plain':>9s} {'fast/plain':>10s}"]
+        lines += ["", f"{'peak memory (growth, MB)':28s} {'fast':>9s} {'plain':>9s} {'fast/plain':>10s} "
+                      f"{'plain-cl':>9s} {'fast/cl':>8s}"]
         for what, d in mem.items():
-            f, p = d.get("fast", {}), d.get("plain", {})
+            f, p, pc = d.get("fast", {}), d.get("plain", {}), d.get("plain_cl", {})
             lines.append(f"{what:28s} {f.get('growth_mb', f.get('error', '-'))!s:>9s} "
                          f"{p.get('growth_mb', p.get('error', '-'))!s:>9s} "
-                         f"{d.get('fast_over_plain', '-')!s:>10s}")
+                         f"{d.get('fast_over_plain', '-')!s:>10s} "
+                         f"{pc.get('growth_mb', pc.get('error', '-'))!s:>9s} "
+                         f"{d.get('fast_over_plain_cl', '-')!s:>8s}")
     if res.get("scaling"):
         lines += ["", f"{'scaling (fast, 1st order)':28s} {'GFLOP fwd':>9s} {'work x':>7s} {'time x':>7s} "
                       f"{'time/work':>9s}"]

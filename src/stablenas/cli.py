@@ -432,10 +432,15 @@ def report(
 @app.command()
 def bench(
     space: Annotated[str, typer.Option("--space", help="search space (see `stablenas spaces`)")] = "darts",
-    cells: Annotated[int, typer.Option("--cells", help="cells (nb201: cells per stage)")] = 8,
-    channels: Annotated[int, typer.Option("--channels", help="initial channels C")] = 16,
-    batch: Annotated[int, typer.Option("--batch", help="batch size")] = 64,
-    input_: Annotated[str, typer.Option("--input", help="synthetic image shape CxHxW")] = "3x32x32",
+    size: Annotated[str | None, typer.Option(
+        "--size", help="comma-separated named sizes: paper (8 cells x 16 channels, 3x32x32, batch 64), "
+                       "cpu-study (5 x 8, 1x28x28, batch 64); default both, or only a custom size when "
+                       "--cells/--channels/--batch/--input are given (they override a named size's "
+                       "values)")] = None,
+    cells: Annotated[int | None, typer.Option("--cells", help="cells (nb201: cells per stage)")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="initial channels C")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="batch size")] = None,
+    input_: Annotated[str | None, typer.Option("--input", help="synthetic image shape CxHxW")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="timed repeats (median reported)")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed iterations first")] = 1,
     methods_: Annotated[str | None, typer.Option(
@@ -443,6 +448,8 @@ def bench(
                           "'none' = skip")] = "all",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON")] = None,
     plain: Annotated[bool, typer.Option("--plain/--no-plain", help="also time plain DARTS")] = True,
+    plain_cl: Annotated[bool, typer.Option("--plain-cl/--no-plain-cl",
+                                           help="also time plain DARTS in channels_last")] = True,
     second_order: Annotated[bool, typer.Option("--second-order/--no-second-order")] = True,
     curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="lambda_max, Lanczos")] = True,
     exact: Annotated[bool, typer.Option("--exact/--no-exact", help="exact Hessian (HVP per alpha)")] = True,
@@ -457,19 +464,29 @@ def bench(
 ) -> None:
     """Time a search step (1st/2nd order, every method preset, lambda_max, exact Hessian) and its peak
     memory, against a plain reimplementation of DARTS in the same run; prints a table, --json for all."""
-    from .bench import BenchConfig, format_table, parse_input, run_bench
+    from .bench import SIZES, format_table, parse_input, run_bench, sized
     from .spaces.registry import SPACES
 
     if space not in SPACES:
         _fail(f"--space {space!r}: unknown; available: {', '.join(SPACES)}")
     for name, v, low in (("--cells", cells, 1), ("--channels", channels, 1), ("--batch", batch, 1),
                          ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
-        if v < low:
+        if v is not None and v < low:
             _fail(f"{name} must be >= {low}, got {v}")
-    try:
-        shape = parse_input(input_)
-    except ValueError as e:
-        _fail(str(e), _code(e))
+    shape = None
+    if input_ is not None:
+        try:
+            shape = parse_input(input_)
+        except ValueError as e:
+            _fail(str(e), _code(e))
+    custom = any(v is not None for v in (cells, channels, batch, shape))
+    if size is None:
+        sizes = ["custom"] if custom else list(SIZES)
+    else:
+        sizes = [n.strip() for n in size.split(",") if n.strip()]
+        bad = [n for n in sizes if n not in SIZES]
+        if bad or not sizes:
+            _fail(f"--size {size!r}: unknown size {bad[0] if bad else ''!r}; available: {', '.join(SIZES)}")
     names: list[str] | None
     if methods_ is None or methods_.strip().lower() == "all":
         names = None
@@ -477,12 +494,17 @@ def bench(
         names = []
     else:
         names = [m.strip() for m in methods_.split(",") if m.strip()]
-    cfg = BenchConfig(space=space, cells=cells, channels=channels, batch=batch, input=shape,
-                      repeats=repeats, warmup=warmup, methods=names, plain=plain, second_order=second_order,
-                      curvature=curvature, exact=exact, plain_exact=plain_exact, memory=memory,
-                      scaling=scaling, threads=threads, device=device, seed=seed)
+    common = dict(space=space, cells=cells, channels=channels, batch=batch, input=shape, repeats=repeats,
+                  warmup=warmup, methods=names, plain=plain, plain_cl=plain_cl, second_order=second_order,
+                  curvature=curvature, exact=exact, plain_exact=plain_exact, memory=memory,
+                  scaling=scaling, threads=threads, device=device, seed=seed)
+    cfgs = []
+    for n in sizes:
+        cfg = sized("paper" if n == "custom" else n, **common)
+        cfg.size = n
+        cfgs.append(cfg)
     try:
-        res = run_bench(cfg)
+        res = run_bench(cfgs)
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
     typer.echo(format_table(res))

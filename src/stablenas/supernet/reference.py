@@ -252,6 +252,7 @@ class PlainDARTS(nn.Module):
         self._args = dict(C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
                           stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
         self.space = space
+        self.memory_format = torch.contiguous_format
         self.net = build_plain(space, **self._args)
         self.criterion = nn.CrossEntropyLoss()
         K = space.max_ops()
@@ -272,7 +273,11 @@ class PlainDARTS(nn.Module):
         return self.net.parameters(recurse)
 
     def to(self, *args, **kwargs) -> PlainDARTS:  # alphas are plain tensors: move them by hand
+        """As ``nn.Module.to``; a ``memory_format`` (the one-line ``channels_last`` a user tries
+        first) is remembered so the unrolled copies of :meth:`new` get it too."""
         self.net.to(*args, **kwargs)
+        if "memory_format" in kwargs:
+            self.memory_format = kwargs["memory_format"]
         dev = next(self.net.parameters()).device
         self.masks = {k: v.to(dev) for k, v in self.masks.items()}
         self._alphas = {k: v.detach().to(dev).requires_grad_(True) for k, v in self._alphas.items()}
@@ -289,7 +294,8 @@ class PlainDARTS(nn.Module):
 
     def new(self) -> PlainDARTS:
         """A fresh model with the same alphas (DARTS rebuilds the network for the unrolled step)."""
-        m = PlainDARTS(self.space, **self._args).to(next(self.net.parameters()).device)
+        m = PlainDARTS(self.space, **self._args).to(next(self.net.parameters()).device,
+                                                    memory_format=self.memory_format)
         for a, b in zip(m.arch_parameters(), self.arch_parameters()):
             a.data.copy_(b.data)
         return m
