@@ -1,16 +1,22 @@
-"""What each engine change buys: seconds per first-order search iteration with one change undone at a
-time, against the full engine and the plain DARTS reimplementation, interleaved in one process.
+"""What each engine change buys: seconds per search iteration with one change undone at a time,
+against the full engine and the plain DARTS reimplementation (channels-first and channels_last),
+interleaved in one process.
 
-    python scripts/engine_ablation.py [--cells 8 --channels 16 --batch 64 --input 3x32x32] [--repeats 3]
+    python scripts/engine_ablation.py [--size cpu-study | --cells 8 --channels 16 --batch 64 --input 3x32x32]
+                                      [--update first|second] [--repeats 3] [--threads 1]
 
-Variants (each undoes one change; the rest of the engine stays on):
+Variants (each undoes one change; the rest of the engine stays on; engine options are
+``supernet.kernels.EngineOptions``, switched with ``supernet.network.engine_options``):
   engine            everything on (what `stablenas search` runs)
   channels-first    network.channels_last=false
-  no-fused-path     supernet.network.fast_path(False): every op module called as written (none still skipped)
+  no-fused-path     fused=False: every op module called as written (none still skipped)
+  no-shared-pools   every edge pools (and batch-normalises the pooled map) on its own
+  no-conv-avg-pool  average pooling by torch's avg_pool2d instead of a ones-kernel depthwise conv
   no-phase-dilation dilated depthwise convs run as dilated convs, not as plain convs on polyphase inputs
   no-tiled-dw5      5x5 depthwise weight gradients on small maps by the library kernel
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
-Writes a JSON line per variant and a markdown table to stdout.
+  plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
+Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.
 """
 
 from __future__ import annotations
@@ -24,52 +30,60 @@ import time
 import torch
 
 from stablenas import bench as B
-from stablenas.supernet import network as N
-
-
-@contextlib.contextmanager
-def module_flag(name: str, value):
-    old = getattr(N, name)
-    setattr(N, name, value)
-    try:
-        yield
-    finally:
-        setattr(N, name, old)
+from stablenas.supernet.network import engine_options
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="darts")
-    p.add_argument("--cells", type=int, default=8)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--input", default="3x32x32")
+    p.add_argument("--size", default="paper", choices=sorted(B.SIZES))
+    p.add_argument("--cells", type=int)
+    p.add_argument("--channels", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--input")
+    p.add_argument("--update", default="first", choices=["first", "second"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    bc = B.BenchConfig(space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
-                       input=B.parse_input(args.input))
-    cl = B.make_search(B._base_config(bc), bc)
-    cf_cfg = B._base_config(bc)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bc = B.sized(args.size, space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
+                 input=B.parse_input(args.input) if args.input else None)
+    cl = B.make_search(B._base_config(bc, args.update), bc)
+    cf_cfg = B._base_config(bc, args.update)
     cf_cfg["network"] = {**cf_cfg["network"], "channels_last": False}
     cf = B.make_search(cf_cfg, bc)
     cf.net.load_state_dict(cl.net.state_dict())
     cf.arch.load_state_dict(cl.arch.state_dict())
     train, val = B._batches(cl)
     it_cl, it_cf = B._search_iteration(cl, train, val), B._search_iteration(cf, B._cf(train), B._cf(val))
+    unrolled = args.update == "second"
     _, plain_step = B._plain_model(cl, bc)
+    _, plain_cl_step = B._plain_model(cl, bc, channels_last=True)
     tp, vp = B._cf(train), B._cf(val)
+    tc, vc = B._cl(train), B._cl(val)
+
+    def undo(**change):
+        return lambda: engine_options(cl.net, **change)
+
     variants = {
         "engine": (it_cl, contextlib.nullcontext),
         "channels-first": (it_cf, contextlib.nullcontext),
-        "no-fused-path": (it_cl, lambda: N.fast_path(False)),
-        "no-phase-dilation": (it_cl, lambda: module_flag("PHASE_DILATION", "never")),
-        "no-tiled-dw5": (it_cl, lambda: module_flag("SMALL_DW5", "never")),
-        "plain-darts": (lambda: plain_step(tp, vp, unrolled=False), contextlib.nullcontext),
+        "no-fused-path": (it_cl, undo(fused=False)),
+        "no-shared-pools": (it_cl, undo(shared_pools=False)),
+        "no-conv-avg-pool": (it_cl, undo(conv_avg_pool=False)),
+        "no-phase-dilation": (it_cl, undo(phase_dilation="never")),
+        "no-tiled-dw5": (it_cl, undo(small_dw5="never")),
+        "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),
+        "plain-darts-cl": (lambda: plain_cl_step(tc, vc, unrolled=unrolled), contextlib.nullcontext),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
     for r in range(args.warmup + args.repeats):
-        for name, (fn, ctx) in variants.items():
+        # rotate the order every round: no variant always runs first (cold caches) or last
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, ctx = variants[name]
             with ctx():
                 t = time.perf_counter()
                 fn()
@@ -77,12 +91,15 @@ def main() -> None:
             if r >= args.warmup:
                 times[name].append(dt)
     base = statistics.median(times["engine"])
-    print(f"| variant | s / first-order iteration | x engine time |  (load {torch.get_num_threads()} threads)")
-    print("|---|---|---|")
+    print(f"{bc.size}: {bc.cells} cells x {bc.channels} channels, batch {bc.batch}, input {bc.input}; "
+          f"{args.update}-order iteration; {torch.get_num_threads()} threads; load1 {B._load()}")
+    print(f"| variant | s / {args.update}-order iteration (median) | min-max | x engine time (paired median) |")
+    print("|---|---|---|---|")
     for name, ts in times.items():
         m = statistics.median(ts)
+        paired = statistics.median([a / b for a, b in zip(ts, times["engine"])])
         print(json.dumps({"variant": name, "median_s": round(m, 3), "times": [round(t, 3) for t in ts]}))
-        print(f"| {name} | {m:.2f} | {m / base:.2f} |")
+        print(f"| {name} | {m:.2f} | {min(ts):.2f}-{max(ts):.2f} | {m / base:.2f} ({paired:.2f}) |")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from stablenas.methods.sdarts_adv import ADVOptions, pgd_attack
 from stablenas.methods.sdarts_rs import SDARTSRS
 from stablenas.search.loop import Search
 from stablenas.spaces.ops import OPS
-from stablenas.supernet.network import MixedOp, NB201SearchCell, SearchCell, fast_path
+from stablenas.supernet.network import MixedOp, NB201SearchCell, SearchCell, engine_options
 
 TINY = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
         "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
@@ -367,7 +367,7 @@ def test_node_norm_is_static_bn_on_each_node_sum(extra):
     hooks += [e.register_forward_hook(lambda m, i, o, k=k: edge_out.__setitem__(k, (i[0], o)))
               for k, e in enumerate(cell.edges)]
     s.net.train()
-    with fast_path(False):  # module forwards (and hooks) for every edge
+    with engine_options(s.net, fused=False):  # module forwards (and hooks) for every edge
         s.forward(x, mix)
     for h in hooks:
         h.remove()
@@ -449,7 +449,7 @@ def _direct_gram(s, x, mix):
     inputs = {}
     hs = [c.register_forward_pre_hook(lambda m, i, c=c: inputs.__setitem__(c, i)) for c in cells(s.net)]
     s.net.eval()
-    with torch.no_grad(), fast_path(False):
+    with torch.no_grad(), engine_options(s.net, fused=False):
         s.net(x, mix.op)
         grams = []
         for cell, inp in inputs.items():
@@ -521,7 +521,7 @@ def test_partial_channels_pass_c_over_k_then_bypass_and_shuffle(stride):
     x = torch.randn(3, C, 6, 6)
     w = torch.tensor([0.2, 0.5, 0.3])
     with torch.no_grad():
-        with fast_path(False):
+        with engine_options(mixed, fused=False):
             plain = mixed(x, w)
         for h in hs:
             h.remove()
@@ -576,7 +576,7 @@ def _count_op_calls(s, mix, x):
             for op in mixed.ops:
                 hooks.append(op.register_forward_hook(
                     lambda m, i, o, key=(ci, e): calls.__setitem__(key, calls.get(key, 0) + 1)))
-    with fast_path(False):
+    with engine_options(s.net, fused=False):
         out = s.forward(x, mix)
     for h in hooks:
         h.remove()

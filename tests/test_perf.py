@@ -3,7 +3,7 @@
 Every fast-path change (shared ReLU, op weight folded into BN, polyphase dilated convs, ...) is
 checked against ``supernet.reference``: the same weights loaded into both, then logits, loss,
 every weight gradient and the alpha gradient must agree to float tolerance; also the ungrouped
-path (``fast_path(False)``) of the very same modules, Hessian-vector products by double backward,
+path (engine option ``fused=False``) of the very same modules, Hessian-vector products by double backward,
 and whole search iterations (first and second order) of ``Search`` against the plain architect.
 """
 
@@ -120,10 +120,10 @@ def test_fast_path_matches_ungrouped_modules(space):
     state = copy.deepcopy(fast.state_dict())
     _, loss_a, ga = _loss_and_grads(fast, arch, x, y, True)
     fast.load_state_dict(state)
-    with N.fast_path(False):
-        assert not N.fast_path_enabled()
+    with N.engine_options(fast, fused=False):
+        assert not fast.engine.fused and not fast.cells[0].edges[0].engine.fused
         _, loss_b, gb = _loss_and_grads(fast, arch, x, y, True)
-    assert N.fast_path_enabled()
+    assert fast.engine.fused and fast.cells[0].edges[0].engine.fused
     assert abs(float(loss_a - loss_b)) < 1e-5
     for a, b in zip(ga, gb):
         assert (a is None) == (b is None)
@@ -141,7 +141,7 @@ def test_hard_and_drop_path_follow_the_module_path():
     out = []
     for enabled in (True, False):
         torch.manual_seed(5)
-        with N.fast_path(enabled):
+        with N.engine_options(fast, fused=enabled):
             logits = fast(x, arch.op_weights(), None, hard)
             g = torch.autograd.grad(logits.sum(), list(arch.alphas.values()))
         out.append((logits.detach(), g))
@@ -165,12 +165,7 @@ def test_polyphase_dilated_conv_equals_dilated_conv(stride, kernel, hw, cl):
     x.requires_grad_(True)
     w = torch.tensor(0.7, requires_grad=True)
     ref = w * op(x)
-    old = N.PHASE_DILATION
-    N.PHASE_DILATION = "always"
-    try:
-        got = N._dil_conv(op, N._Input(x), w)
-    finally:
-        N.PHASE_DILATION = old
+    got = N._dil_conv(op, N._Input(x, N.EngineOptions(phase_dilation="always")), w)
     assert got.shape == ref.shape
     assert _close(got, ref)
     g = torch.randn_like(ref)
@@ -343,8 +338,7 @@ def test_stride2_depthwise_in_double_backward_mode(hw):
 
     def f(a, b):
         conv = SimpleNamespace(kernel_size=(3, 3), bias=None, weight=b, groups=3)
-        return N._depthwise(conv, a, 2, 1, 1)
+        return N._depthwise(conv, a, 2, 1, 1, N.EngineOptions(double_backward=True))
 
-    with N.double_backward_mode():
-        assert torch.allclose(f(x, w), F.conv2d(x, w, None, 2, 1, 1, 3))
-        assert torch.autograd.gradgradcheck(f, (x, w))
+    assert torch.allclose(f(x, w), F.conv2d(x, w, None, 2, 1, 1, 3))
+    assert torch.autograd.gradgradcheck(f, (x, w))

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import stablenas as sn
 from stablenas.search.loop import Search
-from stablenas.supernet.network import fast_path
+from stablenas.supernet import network
+from stablenas.supernet.kernels import EngineOptions
 
 
 def _search(tiny_overrides, space, hvp="finite-difference"):
@@ -58,8 +59,9 @@ def _compare(s, train, val):
 def smooth_relu(monkeypatch):
     # the plain path runs every op module as written, so the patched ReLU modules are what runs
     monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x, beta=4.0))
-    with fast_path(False):
-        yield
+    # supernets built in the test call every op module as written (engine option fused=False)
+    monkeypatch.setattr(network, "DEFAULT", EngineOptions(fused=False))
+    yield
 
 
 @pytest.mark.parametrize("space", ["s2", "s3"])  # no max-pool: its argmax switches are kinks as well

@@ -124,7 +124,7 @@ class AlphaObjective:
 
     @contextmanager
     def mode(self):
-        with measuring_mode(self.net, self.bn), double_backward_mode():
+        with measuring_mode(self.net, self.bn), double_backward_mode(self.net):
             yield
 
 

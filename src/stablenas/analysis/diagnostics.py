@@ -233,7 +233,7 @@ def _edge_io(search: Search, batch: Batch,
     arch = search.arch
     x, y = batch
     try:
-        with measuring_mode(net, "train"), _plain_modules():
+        with measuring_mode(net, "train"), _plain_modules(net):
             ew = arch.edge_weights()
             weights = {k: v.detach() for k, v in arch.op_weights().items()}
             ew = None if ew is None else {k: v.detach() for k, v in ew.items()}
@@ -254,15 +254,11 @@ def _edge_io(search: Search, batch: Batch,
 
 
 @contextmanager
-def _plain_modules():
-    """Run every op module as written (the supernet's fused fast path bypasses module hooks)."""
-    from ..supernet import network
+def _plain_modules(net):
+    """Run every op module as written (the supernet's fused arithmetic bypasses module hooks)."""
+    from ..supernet.network import engine_options
 
-    switch = getattr(network, "fast_path", None)
-    if switch is None:
-        yield
-        return
-    with switch(False):
+    with engine_options(net, fused=False):
         yield
 
 

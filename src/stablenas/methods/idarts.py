@@ -36,15 +36,7 @@ from pydantic import Field
 from ..data import TensorLoader
 from ..genotype import Genotype
 from ..registry import DISCRETIZERS, OPS, SKELETONS
-from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle
-
-try:  # the fused supernet arithmetic bypasses module forwards (and so forward hooks)
-    from ..supernet.network import fast_path
-except ImportError:  # pragma: no cover - older supernet without a fast path
-    from contextlib import nullcontext
-
-    def fast_path(enabled: bool = True):
-        return nullcontext()
+from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle, engine_options
 from .base import Method, MethodOptions, Mix, register_method
 
 if TYPE_CHECKING:
@@ -261,7 +253,8 @@ def collect_grams(search: Search, opts: IDARTSOptions) -> dict[str, torch.Tensor
     search.net.eval()
     try:
         loader.set_epoch(0)
-        with fast_path(False):  # every op module is called, so the hooks see every op output
+        # the fused arithmetic bypasses module forwards: call every op module, so hooks see every output
+        with engine_options(search.net, fused=False):
             for x, _ in loader:
                 search.forward(x, mix)
     finally:

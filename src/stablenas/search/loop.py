@@ -255,7 +255,7 @@ class Search:
 
         if self.cfg.search.unrolled_hvp == "autograd":
             # exact mixed second derivative by double backward: d/d alpha <grad_w L_train(w, a), v>
-            with double_backward_mode():
+            with double_backward_mode(self.net):
                 lt = self.loss(xt, yt, self.mix("arch", train_batch), dict(zip(names, weights)))
             gw = torch.autograd.grad(lt, weights, create_graph=True)
             dot = sum((a * b).sum() for a, b in zip(gw, d_w))

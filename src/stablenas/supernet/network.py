@@ -6,11 +6,14 @@ output is identically zero (`none`): their weight still enters the softmax, so a
 is unchanged, but no zeros are computed or stored. ``hard`` selects one op per edge (GDAS,
 random search with weight sharing) and then only that op runs.
 
-Fast path (on by default; ``fast_path(False)`` runs every op module as written, for A/B checks).
-The modules and parameter names are those of the plain definition (``spaces.ops`` blocks inside
-``MixedOp.ops``), so state dicts, ``functional_call`` and the evaluation code are unaffected;
-only the order and grouping of the arithmetic changes, never its result (up to float rounding,
-checked against ``supernet.reference`` in tests/test_perf.py). What it does, and why:
+One forward path. The modules and parameter names are those of the plain definition
+(``spaces.ops`` blocks inside ``MixedOp.ops``), so state dicts, ``functional_call`` and the
+evaluation code are unaffected; only the order and grouping of the arithmetic changes, never its
+result (up to float rounding, checked against ``supernet.reference`` in tests/test_perf.py). Which
+optimisations run is an explicit attribute of every supernet module, ``engine``
+(:class:`kernels.EngineOptions`; :func:`engine_options` changes it for a block of code, e.g.
+``fused=False`` calls every op module as written so that forward hooks see every op output).
+What the engine does, and why (kernel-level tricks live in ``supernet.kernels``):
 
 * one ReLU per *tensor*, not per op: SepConv, DilConv, ReLUConvBN and FactorizedReduce all
   begin with ReLU, and a state feeds several edges (DARTS: ``c_{k-2}`` feeds 4 edges x 4 conv
@@ -20,6 +23,10 @@ checked against ``supernet.reference`` in tests/test_perf.py). What it does, and
   ``w`` (and ``w * beta_edge`` with PC-DARTS edge weights). The BN kernel then produces the
   weighted output directly, and autograd keeps only BN's input instead of also keeping the op
   output for the multiplication's alpha gradient (one activation less per op).
+* pools shared by the edges leaving a node: every edge out of node j max/avg-pools the same
+  tensor and (training mode) normalises it with identical batch statistics, so pool and BN run
+  once per node, each edge only scales the result by its op weight (running statistics of each
+  edge's BN are still updated). Average pooling runs as a depthwise conv with a ones kernel.
 * dilated depthwise convs without dilation (CPU): oneDNN has no fast kernel for the backward of
   dilated depthwise convs (it falls back to a generic grouped path, ~10-30x slower than a plain
   3x3 depthwise). A dilation-2 conv is exactly a plain conv on each of the 4 polyphase
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -48,34 +56,55 @@ from ..spaces.ops import (
     build_op,
 )
 from ..spaces.registry import SearchSpace
+from . import kernels as K
+from .kernels import DEFAULT, EngineOptions
+
+# the kernel helpers under the names the tests and older callers use
+_DWConv = K.DWConv
+_DWWeight = K.DWWeight
+_bn = K.bn
+_to_phases = K.to_phases
+_from_phases = K.from_phases
+_is_channels_last = K.is_channels_last
 
 OpWeights = Mapping[str, torch.Tensor]
 Hard = Mapping[str, Sequence[int]]
 
-# -- fast-path switches ------------------------------------------------------------------------
-_FAST = True
-_DOUBLE = False  # see double_backward_mode
-# where dilated depthwise convs run as polyphase plain convs: "cpu" (measured win), "always", "never"
-PHASE_DILATION = "cpu"
-# where 5x5 depthwise convs on small maps (<= SMALL_MAP pixels a side) take their weight gradient
-# from four 3x3 tiles: "cpu", "always", "never"
-SMALL_DW5 = "cpu"
-SMALL_MAP = 8
+__all__ = ["EngineOptions", "engine_options", "MixedOp", "SearchCell", "SearchNetwork", "NB201SearchCell",
+           "NB201SearchNetwork", "build_supernet", "channel_shuffle", "drop_path"]
+
+
+def _engine_modules(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(getattr(m, "engine", None), EngineOptions)]
 
 
 @contextmanager
-def fast_path(enabled: bool = True) -> Iterator[None]:
-    """Switch the fused supernet arithmetic on or off (off = call every op module as written)."""
-    global _FAST
-    old, _FAST = _FAST, bool(enabled)
+def engine_options(net: nn.Module, **changes) -> Iterator[EngineOptions]:
+    """Run ``net`` (every supernet module in it) with some engine options changed, e.g.
+    ``engine_options(net, fused=False)`` (every op module as written, so hooks see op outputs) or
+    ``engine_options(net, double_backward=True)`` (for code that differentiates twice). A module
+    without engine options (the plain reference) is left as it is."""
+    mods = _engine_modules(net)
+    old = [m.engine for m in mods]
+    for m in mods:
+        m.engine = replace(m.engine, **changes)
     try:
-        yield
+        yield replace(getattr(net, "engine", DEFAULT), **changes)
     finally:
-        _FAST = old
+        for m, o in zip(mods, old):
+            m.engine = o
 
 
-def fast_path_enabled() -> bool:
-    return _FAST
+def set_engine(net: nn.Module, opts: EngineOptions) -> None:
+    """Set the engine options of every supernet module in ``net`` (permanently)."""
+    for m in _engine_modules(net):
+        m.engine = opts
+
+
+def double_backward_mode(net: nn.Module, enabled: bool = True):
+    """``engine_options(net, double_backward=enabled)``: every depthwise conv with a depthwise-conv
+    backward, for code that differentiates twice (HVPs w.r.t. alpha, the exact unrolled gradient)."""
+    return engine_options(net, double_backward=bool(enabled))
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -83,10 +112,6 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     keep = 1.0 - drop_prob
     mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
     return x * mask / keep
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -101,62 +126,19 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 # -- fused building blocks ---------------------------------------------------------------------
 
 
-def _bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
-    """``gamma * bn(x)`` with the scale applied inside the BN kernel (as its affine weight).
-
-    Mirrors ``nn.BatchNorm2d.forward`` (running-stat update, ``num_batches_tracked``, eval mode),
-    so module state evolves exactly as when the module is called.
-    """
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            factor = 1.0 / float(bn.num_batches_tracked)
-    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
-    track = not bn.training or bn.track_running_stats
-    weight, bias = bn.weight, bn.bias
-    if gamma is not None:
-        # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
-        # weight when input and grad are channels_last (measured on torch 2.13)
-        weight = gamma.expand(x.shape[1]).contiguous() if weight is None else weight * gamma
-        bias = None if bias is None else bias * gamma
-    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
-                        weight, bias, use_batch, factor, bn.eps)
-
-
-def _phase_ok(x: torch.Tensor) -> bool:
-    if PHASE_DILATION == "always":
-        return True
-    return PHASE_DILATION == "cpu" and x.device.type == "cpu"
-
-
-def _to_phases(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, 2h, 2w) -> (4B, C, h, w): the 4 polyphase components stacked on the batch axis."""
-    b, c, H, W = x.shape
-    h, w = H // 2, W // 2
-    if _is_channels_last(x):
-        y = x.permute(0, 2, 3, 1).reshape(b, h, 2, w, 2, c).permute(2, 4, 0, 1, 3, 5).reshape(4 * b, h, w, c)
-        return y.permute(0, 3, 1, 2)
-    return x.reshape(b, c, h, 2, w, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * b, c, h, w)
-
-
-def _from_phases(y: torch.Tensor, b: int) -> torch.Tensor:
-    """Inverse of :func:`_to_phases`."""
-    _, c, h, w = y.shape
-    if _is_channels_last(y):
-        z = y.permute(0, 2, 3, 1).reshape(2, 2, b, h, w, c).permute(2, 3, 0, 4, 1, 5)
-        return z.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
-    return y.reshape(2, 2, b, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h, 2 * w)
-
-
 class _Input:
-    """A tensor that feeds several ops (and edges), with its derived forms computed once."""
+    """A tensor that feeds several ops (and edges), with its derived forms computed once, and the
+    engine options of the forward pass that made it."""
 
-    __slots__ = ("x", "_cache")
+    __slots__ = ("x", "opts", "_cache")
 
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, opts: EngineOptions = DEFAULT):
         self.x = x
+        self.opts = opts
         self._cache: dict = {}
+
+    def derive(self, x: torch.Tensor) -> _Input:
+        return _Input(x, self.opts)
 
     def relu(self) -> torch.Tensor:
         r = self._cache.get("relu")
@@ -168,9 +150,7 @@ class _Input:
         """relu(x)[..., ::2, ::2]: all a stride-2, dilation-2 conv ever reads."""
         r = self._cache.get("even")
         if r is None:
-            r = self.relu()[:, :, ::2, ::2]
-            r = self._cache["even"] = r.contiguous(
-                memory_format=torch.channels_last if _is_channels_last(self.x) else torch.contiguous_format)
+            r = self._cache["even"] = self.relu()[:, :, ::2, ::2].contiguous(memory_format=K.like(self.x))
         return r
 
     def relu_phases(self) -> torch.Tensor:
@@ -184,126 +164,45 @@ class _Input:
             r = self._cache["phases"] = _to_phases(x)
         return r
 
+    def pooled(self, pool: nn.Module) -> torch.Tensor:
+        """``pool(x)``, once per tensor: every edge leaving a node pools the same input."""
+        if not self.opts.shared_pools:
+            return K.pool(pool, self.x, self.opts)
+        key = ("pool", type(pool), pool.kernel_size, pool.stride, pool.padding)
+        r = self._cache.get(key)
+        if r is None:
+            r = self._cache[key] = K.pool(pool, self.x, self.opts)
+        return r
+
+    def pooled_normed(self, pool: nn.Module, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``BN(pool(x))`` with batch statistics (no affine), and those statistics (mean, unbiased
+        variance) for the running-stat updates. The edges leaving a node all apply a static BN
+        to the same pooled input, so in training mode their outputs are identical: computed once
+        (one BN instead of one per edge, and one stored input instead of one per edge)."""
+        key = ("pool_bn", type(pool), pool.kernel_size, pool.stride, pool.padding, eps)
+        r = self._cache.get(key)
+        if r is None:
+            z = self.pooled(pool)
+            with torch.no_grad():
+                var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=1)
+            r = self._cache[key] = (F.batch_norm(z, None, None, None, None, True, 0.0, eps), mean, var)
+        return r
+
     def head(self, c: int) -> _Input:
         """The first ``c`` channels (PC-DARTS), shared by every edge leaving this tensor."""
         key = ("head", c)
         r = self._cache.get(key)
         if r is None:
-            r = self._cache[key] = _Input(self.x[:, :c])
+            r = self._cache[key] = self.derive(self.x[:, :c])
         return r
 
 
-def _dw5_weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Weight gradient of a 5x5 'same' depthwise conv as four 3x3 ones on shifted windows.
-
-    oneDNN has a fast depthwise backward-weights kernel only up to 3x3; for 5x5 it takes a generic
-    grouped path that is ~5-9x slower on small maps (measured: 14.4 ms vs 1.7 ms for 256x64x4x4).
-    Tap (i, j) of the 5x5 gradient is sum g[h, w] * xpad[h + i, w + j]; the 3x3 gradient of the
-    window starting at (a, b) gives taps (a..a+2, b..b+2), and windows at a, b in {0, 2} cover all.
-    """
-    C = x.shape[1]
-    H, W = x.shape[-2:]
-    xp = F.pad(x, (2, 2, 2, 2))
-    w3 = x.new_empty(C, 1, 3, 3)
-    t = {}
-    for a, b in ((0, 0), (0, 2), (2, 0), (2, 2)):
-        t[a, b] = torch.ops.aten.convolution_backward(
-            g, xp[:, :, a:a + H + 2, b:b + W + 2], w3, None, [1, 1], [0, 0], [1, 1], False, [0, 0], C,
-            [False, True, False])[1]
-    top = torch.cat([t[0, 0], t[0, 2][..., 1:]], dim=-1)
-    bottom = torch.cat([t[2, 0][..., 1:, :], t[2, 2][..., 1:, 1:]], dim=-1)
-    return torch.cat([top, bottom], dim=-2)
-
-
-class _DWConv(torch.autograd.Function):
-    """Stride-1 depthwise conv whose backward is made of depthwise convs again (this Function and
-    :class:`_DWWeight`), so every order of derivative stays a handful of fast kernels.
-
-    Why: torch's double backward of a grouped conv (``_convolution_double_backward``) loops over the
-    groups, i.e. one tiny conv per channel for a depthwise conv: a Hessian-vector product w.r.t.
-    alpha on the DARTS supernet ran ~27k convolutions (measured 8 s at batch 16). Here the input
-    gradient is a depthwise conv with the flipped kernel and padding d(k-1)-p, the weight gradient
-    is :class:`_DWWeight`, and their own backwards are again these two.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, padding: int, dilation: int) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.geom = (padding, dilation)
-        return F.conv2d(x, w, None, 1, padding, dilation, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, w = ctx.saved_tensors
-        p, d = ctx.geom
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gx = _DWConv.apply(g, w.flip(-2, -1), d * (w.shape[-1] - 1) - p, d)
-        if ctx.needs_input_grad[1]:
-            gw = _DWWeight.apply(x, g, w.shape[-1], p, d)
-        return gx, gw, None, None
-
-
-class _DWWeight(torch.autograd.Function):
-    """Weight gradient of a stride-1 depthwise conv: ``gw[c, i, j] = sum g[n, c, h, w] *
-    xpad[n, c, h + d i, w + d j]``; differentiable in both arguments through :class:`_DWConv`."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, g: torch.Tensor, k: int, padding: int, dilation: int) -> torch.Tensor:
-        ctx.save_for_backward(x, g)
-        ctx.geom = (padding, dilation)
-        C = x.shape[1]
-        if k == 5 and padding == 2 and dilation == 1 and _small_dw5_ok(x):
-            return _dw5_weight_grad(x, g)
-        w = x.new_empty(C, 1, k, k)
-        return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [padding, padding], [dilation, dilation],
-                                                   False, [0, 0], C, [False, True, False])[1]
-
-    @staticmethod
-    def backward(ctx, u: torch.Tensor):
-        x, g = ctx.saved_tensors
-        p, d = ctx.geom
-        gx = gg = None
-        if ctx.needs_input_grad[0]:  # d<u, gw>/dx: g correlated with the flipped u
-            gx = _DWConv.apply(g, u.flip(-2, -1), d * (u.shape[-1] - 1) - p, d)
-        if ctx.needs_input_grad[1]:  # d<u, gw>/dg: x convolved with u, the forward geometry
-            gg = _DWConv.apply(x, u, p, d)
-        return gx, gg, None, None, None
-
-
-def _small_dw5_ok(x: torch.Tensor) -> bool:
-    if SMALL_DW5 == "never" or max(x.shape[-2:]) > SMALL_MAP:
-        return False
-    return SMALL_DW5 == "always" or x.device.type == "cpu"
-
-
-def _depthwise(dw: nn.Conv2d, x: torch.Tensor, stride: int, padding: int, dilation: int) -> torch.Tensor:
-    """``dw``'s weights applied with the given geometry.
-
-    Under :func:`double_backward_mode` every depthwise conv goes through :class:`_DWConv` (cheap
-    double backward; stride 2 = the stride-1 conv read at even positions). Otherwise only small 5x5
-    maps do (their tiled weight gradient); the rest take the library conv, ~6% faster for a first-
-    order step than the Function (measured at the bench's default size).
-    """
-    k = dw.kernel_size[0]
-    if dw.bias is not None or padding > dilation * (k - 1) or stride not in (1, 2):
+def _depthwise(dw: nn.Conv2d, x: torch.Tensor, stride: int, padding: int, dilation: int,
+               opts: EngineOptions = DEFAULT) -> torch.Tensor:
+    """``dw``'s weights applied with the given geometry (see :func:`kernels.depthwise`)."""
+    if dw.bias is not None:
         return F.conv2d(x, dw.weight, dw.bias, stride, padding, dilation, dw.groups)
-    if not _DOUBLE and not (k == 5 and stride == 1 and padding == 2 and dilation == 1 and _small_dw5_ok(x)):
-        return F.conv2d(x, dw.weight, dw.bias, stride, padding, dilation, dw.groups)
-    y = _DWConv.apply(x, dw.weight, padding, dilation)
-    return y if stride == 1 else y[:, :, ::2, ::2]
-
-
-@contextmanager
-def double_backward_mode(enabled: bool = True) -> Iterator[None]:
-    """Route stride-2 depthwise convs through :class:`_DWConv` too, for code that differentiates
-    twice (Hessian-vector products w.r.t. alpha, the exact unrolled gradient)."""
-    global _DOUBLE
-    old, _DOUBLE = _DOUBLE, bool(enabled)
-    try:
-        yield
-    finally:
-        _DOUBLE = old
+    return K.depthwise(dw.weight, x, stride, padding, dilation, opts)
 
 
 def _square(dw: nn.Conv2d) -> bool:
@@ -317,13 +216,15 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
               relu: torch.Tensor | None = None) -> torch.Tensor:
     """DilConv's body on a shared ReLU: depthwise (maybe dilated) -> pointwise -> BN(gamma)."""
     k, d, p, s = dw.kernel_size[0], dw.dilation[0], dw.padding[0], dw.stride[0]
-    if relu is None and d == 2 and p == k - 1 and s in (1, 2) and _square(dw) and _phase_ok(inp.x):
+    opts = inp.opts
+    if relu is None and d == 2 and p == k - 1 and s in (1, 2) and _square(dw) and \
+            opts.where(opts.phase_dilation, inp.x):
         if s == 2:
-            z = _depthwise(dw, inp.relu_even(), 1, (k - 1) // 2, 1)
+            z = _depthwise(dw, inp.relu_even(), 1, (k - 1) // 2, 1, opts)
             return _bn(bn, pw(z), gamma)
         xp = inp.relu_phases()
         b = inp.x.shape[0]
-        z = _depthwise(dw, xp, 1, (k - 1) // 2, 1)
+        z = _depthwise(dw, xp, 1, (k - 1) // 2, 1, opts)
         H, W = inp.x.shape[-2:]
         if H % 2 == 0 and W % 2 == 0:
             # pointwise conv and BN are per pixel: stay in phase layout (same BN statistics)
@@ -331,7 +232,7 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
         z = _from_phases(z, b)[:, :, :H, :W]
         return _bn(bn, pw(z), gamma)
     x = inp.relu() if relu is None else relu
-    z = _depthwise(dw, x, s, p, d) if _square(dw) else dw(x)
+    z = _depthwise(dw, x, s, p, d, opts) if _square(dw) else dw(x)
     return _bn(bn, pw(z), gamma)
 
 
@@ -356,7 +257,17 @@ def _factorized_reduce(op: FactorizedReduce, inp: _Input, gamma: torch.Tensor | 
 
 
 def _pool_bn(op: nn.Sequential, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
-    return _bn(op[1], op[0](inp.x), gamma)
+    pool, bn = op[0], op[1]
+    if (inp.opts.shared_pools and bn.training and bn.track_running_stats and bn.momentum is not None and not bn.affine
+            and bn.running_mean is not None):
+        z, mean, var = inp.pooled_normed(pool, bn.eps)
+        with torch.no_grad():
+            m = bn.momentum
+            bn.running_mean.mul_(1.0 - m).add_(mean, alpha=m)
+            bn.running_var.mul_(1.0 - m).add_(var, alpha=m)
+            bn.num_batches_tracked.add_(1)
+        return z if gamma is None else z * gamma
+    return _bn(bn, inp.pooled(pool), gamma)
 
 
 _FUSED = {"sep": _sep_conv, "dil": _dil_conv, "rcb": _relu_conv_bn, "fr": _factorized_reduce,
@@ -429,6 +340,7 @@ class MixedOp(nn.Module):
                 self.active.append(k)
         self.droppable = [not isinstance(op, Identity) for op in self.ops]
         self.bypass_pool = nn.MaxPool2d(2, 2) if (partial_k > 1 and stride == 2) else None
+        self.engine = DEFAULT
 
     def _out_shape_zero(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
@@ -496,8 +408,8 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, hard: int | None = None,
                 drop_prob: float = 0.0) -> torch.Tensor:
-        if _FAST:
-            return self._forward_fast(_Input(x), w, hard, drop_prob)
+        if self.engine.fused:
+            return self._forward_fast(_Input(x, self.engine), w, hard, drop_prob)
         if self.partial_k == 1:
             return self._mix(x, w, hard, drop_prob)
         c = x.shape[1] // self.partial_k
@@ -529,10 +441,11 @@ class SearchCell(nn.Module):
             if node_norm else None
         self.node_edges = [list(space.node_edges(i)) for i in range(space.n_nodes)]
         self.sources = [src for src, _ in space.edges]
+        self.engine = DEFAULT
 
     def _forward_fast(self, in0: _Input, in1: _Input, w: torch.Tensor, edge_w: torch.Tensor | None,
                       hard: Sequence[int] | None, drop_prob: float) -> torch.Tensor:
-        states = [_Input(_preprocess(self.preprocess0, in0)), _Input(_preprocess(self.preprocess1, in1))]
+        states = [in0.derive(_preprocess(self.preprocess0, in0)), in1.derive(_preprocess(self.preprocess1, in1))]
         for i, edges in enumerate(self.node_edges):
             s = None
             for e in edges:
@@ -542,13 +455,13 @@ class SearchCell(nn.Module):
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
-            states.append(_Input(s))
+            states.append(in1.derive(s))
         return torch.cat([st.x for st in states[self.space.n_inputs:]], dim=1)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
                 hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
-        if _FAST:
-            return self._forward_fast(_Input(s0), _Input(s1), w, edge_w, hard, drop_prob)
+        if self.engine.fused:
+            return self._forward_fast(_Input(s0, self.engine), _Input(s1, self.engine), w, edge_w, hard, drop_prob)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i, edges in enumerate(self.node_edges):
             s = None
@@ -576,6 +489,7 @@ class SearchNetwork(nn.Module):
         self.space = space
         self.drop_path_prob = 0.0
         self.channels_last = False
+        self.engine = DEFAULT
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
@@ -600,15 +514,15 @@ class SearchNetwork(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
-        if _FAST:
+        if self.engine.fused:
             # cell outputs feed two cells' preprocessing: share their ReLU through _Input
-            in0 = in1 = _Input(s1)
+            in0 = in1 = _Input(s1, self.engine)
             for cell in self.cells:
                 ct = cell.cell_type
                 out = cell._forward_fast(in0, in1, weights[ct],
                                          None if edge_weights is None else edge_weights[ct],
                                          None if hard is None else hard[ct], self.drop_path_prob)
-                in0, in1 = in1, _Input(out)
+                in0, in1 = in1, in1.derive(out)
             s1 = in1.x
         else:
             for cell in self.cells:
@@ -633,11 +547,12 @@ class NB201SearchCell(nn.Module):
         self.sources = [src for src, _ in space.edges]
         self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(space.n_nodes)) \
             if node_norm else None
+        self.engine = DEFAULT
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
                 hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
-        fast = _FAST
-        states = [_Input(x) if fast else x]
+        fast = self.engine.fused
+        states = [_Input(x, self.engine) if fast else x]
         for i, edges in enumerate(self.node_edges):
             s = None
             for e in edges:
@@ -652,7 +567,7 @@ class NB201SearchCell(nn.Module):
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
-            states.append(_Input(s) if fast else s)
+            states.append(states[0].derive(s) if fast else s)
         return states[-1].x if fast else states[-1]
 
 
@@ -665,6 +580,7 @@ class NB201SearchNetwork(nn.Module):
         self.space = space
         self.drop_path_prob = 0.0
         self.channels_last = False
+        self.engine = DEFAULT
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         layers: list[nn.Module] = []
         c = C

@@ -1,0 +1,256 @@
+"""Kernel tricks of the supernet engine, and the options that switch each of them.
+
+Everything here computes exactly what the textbook op computes (up to float rounding), only with
+fewer or faster kernels; ``supernet.network`` decides where to use it, ``EngineOptions`` (an
+attribute of every supernet module, ``net.engine``) says which tricks are on. The bench and the
+ablation (``scripts/engine_ablation.py``) switch them off one at a time with
+:func:`supernet.network.engine_options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Where = Literal["cpu", "always", "never"]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which engine optimisations run (all on by default; each can be undone on its own).
+
+    * ``fused``: shared ReLU per tensor, op weight folded into the op's last BN, `none` skipped
+      without a module call (off: every op module is called as written, so forward hooks see
+      every op output; `none` is still skipped).
+    * ``shared_pools``: the pooling ops of all edges leaving a node pool the same input once and,
+      in training mode, share their static BN (identical batch statistics).
+    * ``conv_avg_pool``: 3x3 average pooling as a depthwise conv with a ones kernel (CPU avg_pool2d
+      on channels_last maps is slow).
+    * ``phase_dilation``: dilated depthwise convs as plain convs on polyphase components.
+    * ``small_dw5`` / ``small_map``: 5x5 depthwise weight gradients from four 3x3 tiles on maps up
+      to ``small_map`` pixels a side.
+    * ``double_backward``: every depthwise conv through :class:`DWConv`, whose backward is made of
+      depthwise convs again (set by code that differentiates twice: Hessian-vector products, the
+      exact unrolled gradient).
+    * ``recompute``: sep conv inner activations (BN output, its ReLU) are recomputed in backward
+      instead of stored (peak memory); off stores them.
+    """
+
+    fused: bool = True
+    shared_pools: bool = True
+    conv_avg_pool: bool = True
+    phase_dilation: Where = "cpu"
+    small_dw5: Where = "cpu"
+    small_map: int = 8
+    double_backward: bool = False
+    recompute: bool = True
+
+    def where(self, mode: Where, x: torch.Tensor) -> bool:
+        return mode == "always" or (mode == "cpu" and x.device.type == "cpu")
+
+    def tile_limit(self, x: torch.Tensor) -> int:
+        """Largest map side whose 5x5 depthwise weight gradient is tiled (0 = never)."""
+        return self.small_map if self.where(self.small_dw5, x) else 0
+
+
+DEFAULT = EngineOptions()
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def like(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+
+# -- batch norm with a folded scale --------------------------------------------------------------
+
+
+def bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+    """``gamma * bn(x)`` with the scale applied inside the BN kernel (as its affine weight).
+
+    Mirrors ``nn.BatchNorm2d.forward`` (running-stat update, ``num_batches_tracked``, eval mode),
+    so module state evolves exactly as when the module is called. Folding saves the separate
+    multiplication, which would store the BN output for alpha's gradient.
+    """
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    weight, bias = bn.weight, bn.bias
+    if gamma is not None:
+        # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
+        # weight when input and grad are channels_last (measured on torch 2.13)
+        weight = gamma.expand(x.shape[1]).contiguous() if weight is None else weight * gamma
+        bias = None if bias is None else bias * gamma
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        weight, bias, use_batch, factor, bn.eps)
+
+
+# -- polyphase layout (dilation 2 without dilation) ---------------------------------------------
+
+
+def to_phases(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2h, 2w) -> (4B, C, h, w): the 4 polyphase components stacked on the batch axis.
+
+    A dilation-2 conv is exactly a plain conv on each component (oneDNN has no fast backward for
+    dilated depthwise convs: a generic grouped path, ~10-30x slower than a plain 3x3 depthwise).
+    """
+    b, c, H, W = x.shape
+    h, w = H // 2, W // 2
+    if is_channels_last(x):
+        y = x.permute(0, 2, 3, 1).reshape(b, h, 2, w, 2, c).permute(2, 4, 0, 1, 3, 5).reshape(4 * b, h, w, c)
+        return y.permute(0, 3, 1, 2)
+    return x.reshape(b, c, h, 2, w, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * b, c, h, w)
+
+
+def from_phases(y: torch.Tensor, b: int) -> torch.Tensor:
+    """Inverse of :func:`to_phases`."""
+    _, c, h, w = y.shape
+    if is_channels_last(y):
+        z = y.permute(0, 2, 3, 1).reshape(2, 2, b, h, w, c).permute(2, 3, 0, 4, 1, 5)
+        return z.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return y.reshape(2, 2, b, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h, 2 * w)
+
+
+# -- depthwise convs with a depthwise backward ------------------------------------------------
+
+
+def dw5_weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Weight gradient of a 5x5 'same' depthwise conv as four 3x3 ones on shifted windows.
+
+    oneDNN has a fast depthwise backward-weights kernel only up to 3x3; for 5x5 it takes a generic
+    grouped path that is ~5-9x slower on small maps (measured: 14.4 ms vs 1.7 ms for 256x64x4x4).
+    Tap (i, j) of the 5x5 gradient is sum g[h, w] * xpad[h + i, w + j]; the 3x3 gradient of the
+    window starting at (a, b) gives taps (a..a+2, b..b+2), and windows at a, b in {0, 2} cover all.
+    """
+    C = x.shape[1]
+    H, W = x.shape[-2:]
+    xp = F.pad(x, (2, 2, 2, 2))
+    w3 = x.new_empty(C, 1, 3, 3)
+    t = {}
+    for a, b in ((0, 0), (0, 2), (2, 0), (2, 2)):
+        t[a, b] = torch.ops.aten.convolution_backward(
+            g, xp[:, :, a:a + H + 2, b:b + W + 2], w3, None, [1, 1], [0, 0], [1, 1], False, [0, 0], C,
+            [False, True, False])[1]
+    top = torch.cat([t[0, 0], t[0, 2][..., 1:]], dim=-1)
+    bottom = torch.cat([t[2, 0][..., 1:, :], t[2, 2][..., 1:, 1:]], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+class DWConv(torch.autograd.Function):
+    """Stride-1 depthwise conv whose backward is made of depthwise convs again (this Function and
+    :class:`DWWeight`), so every order of derivative stays a handful of fast kernels.
+
+    Why: torch's double backward of a grouped conv (``_convolution_double_backward``) loops over the
+    groups, i.e. one tiny conv per channel for a depthwise conv: a Hessian-vector product w.r.t.
+    alpha on the DARTS supernet ran ~27k convolutions (measured 8 s at batch 16). Here the input
+    gradient is a depthwise conv with the flipped kernel and padding d(k-1)-p, the weight gradient
+    is :class:`DWWeight`, and their own backwards are again these two. ``tile`` is the largest
+    map side whose 5x5 weight gradient uses :func:`dw5_weight_grad` (0: never).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, padding: int, dilation: int, tile: int = 8) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.geom = (padding, dilation, tile)
+        return F.conv2d(x, w, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        p, d, tile = ctx.geom
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = DWConv.apply(g, w.flip(-2, -1), d * (w.shape[-1] - 1) - p, d, tile)
+        if ctx.needs_input_grad[1]:
+            gw = DWWeight.apply(x, g, w.shape[-1], p, d, tile)
+        return gx, gw, None, None, None
+
+
+class DWWeight(torch.autograd.Function):
+    """Weight gradient of a stride-1 depthwise conv: ``gw[c, i, j] = sum g[n, c, h, w] *
+    xpad[n, c, h + d i, w + d j]``; differentiable in both arguments through :class:`DWConv`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g: torch.Tensor, k: int, padding: int, dilation: int,
+                tile: int = 8) -> torch.Tensor:
+        ctx.save_for_backward(x, g)
+        ctx.geom = (padding, dilation, tile)
+        C = x.shape[1]
+        if k == 5 and padding == 2 and dilation == 1 and max(x.shape[-2:]) <= tile:
+            return dw5_weight_grad(x, g)
+        w = x.new_empty(C, 1, k, k)
+        return torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [padding, padding], [dilation, dilation],
+                                                   False, [0, 0], C, [False, True, False])[1]
+
+    @staticmethod
+    def backward(ctx, u: torch.Tensor):
+        x, g = ctx.saved_tensors
+        p, d, tile = ctx.geom
+        gx = gg = None
+        if ctx.needs_input_grad[0]:  # d<u, gw>/dx: g correlated with the flipped u
+            gx = DWConv.apply(g, u.flip(-2, -1), d * (u.shape[-1] - 1) - p, d, tile)
+        if ctx.needs_input_grad[1]:  # d<u, gw>/dg: x convolved with u, the forward geometry
+            gg = DWConv.apply(x, u, p, d, tile)
+        return gx, gg, None, None, None, None
+
+
+def depthwise(weight: torch.Tensor, x: torch.Tensor, stride: int, padding: int, dilation: int,
+              opts: EngineOptions = DEFAULT) -> torch.Tensor:
+    """A bias-free depthwise conv with the given geometry.
+
+    Under ``opts.double_backward`` every depthwise conv goes through :class:`DWConv` (cheap double
+    backward; stride 2 = the stride-1 conv read at even positions). Otherwise only small 5x5 maps
+    do (their tiled weight gradient); the rest take the library conv, ~6% faster for a first-
+    order step than the Function (measured at the bench's paper size).
+    """
+    k = weight.shape[-1]
+    C = x.shape[1]
+    if padding > dilation * (k - 1) or stride not in (1, 2):
+        return F.conv2d(x, weight, None, stride, padding, dilation, C)
+    tile = opts.tile_limit(x)
+    small5 = k == 5 and stride == 1 and padding == 2 and dilation == 1 and max(x.shape[-2:]) <= tile
+    if not opts.double_backward and not small5:
+        return F.conv2d(x, weight, None, stride, padding, dilation, C)
+    y = DWConv.apply(x, weight, padding, dilation, tile)
+    return y if stride == 1 else y[:, :, ::2, ::2]
+
+
+# -- pooling ---------------------------------------------------------------------------------
+
+
+def avg_pool_conv(x: torch.Tensor, k: int, stride: int, padding: int, opts: EngineOptions = DEFAULT) -> torch.Tensor:
+    """AvgPool2d(count_include_pad=False) as a depthwise conv with a ones kernel times 1/count.
+
+    Why: torch's CPU avg_pool2d (and its backward) on channels_last maps with few channels is
+    2-6x slower than oneDNN's depthwise conv of the same footprint (measured 18.7 ms vs 3.0 ms,
+    forward + backward, at 64x8x28x28). The count map is a constant of the shape.
+    """
+    C, H, W = x.shape[1], x.shape[-2], x.shape[-1]
+    ones = x.new_ones(C, 1, k, k)
+    count = F.conv2d(x.new_ones(1, 1, H, W), x.new_ones(1, 1, k, k), None, stride, padding)
+    return depthwise(ones, x, stride, padding, 1, opts) * count.reciprocal()
+
+
+def is_plain_avg_pool(pool: nn.Module) -> bool:
+    """An AvgPool2d that :func:`avg_pool_conv` reproduces exactly."""
+    return (type(pool) is nn.AvgPool2d and not pool.count_include_pad and not pool.ceil_mode
+            and pool.divisor_override is None and isinstance(pool.kernel_size, int)
+            and isinstance(pool.stride, int) and isinstance(pool.padding, int)
+            and 2 * pool.padding < pool.kernel_size)
+
+
+def pool(module: nn.Module, x: torch.Tensor, opts: EngineOptions = DEFAULT) -> torch.Tensor:
+    """``module(x)`` for a pooling module, by :func:`avg_pool_conv` where that is exact."""
+    if opts.conv_avg_pool and is_plain_avg_pool(module):
+        return avg_pool_conv(x, module.kernel_size, module.stride, module.padding, opts)
+    return module(x)
