@@ -36,8 +36,10 @@ class EngineOptions:
     * ``double_backward``: every depthwise conv through :class:`DWConv`, whose backward is made of
       depthwise convs again (set by code that differentiates twice: Hessian-vector products, the
       exact unrolled gradient).
-    * ``recompute``: sep conv inner activations (BN output, its ReLU) are recomputed in backward
-      instead of stored (peak memory); off stores them.
+    * ``recompute`` / ``recompute_min_side``: the activations inside sep and dil convs after their
+      first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
+      input) are recomputed in backward instead of stored, for ops on maps at least
+      ``recompute_min_side`` pixels a side (peak memory; off stores them).
     """
 
     fused: bool = True
@@ -48,6 +50,7 @@ class EngineOptions:
     small_map: int = 8
     double_backward: bool = False
     recompute: bool = True
+    recompute_min_side: int = 16
 
     def where(self, mode: Where, x: torch.Tensor) -> bool:
         return mode == "always" or (mode == "cpu" and x.device.type == "cpu")
@@ -71,21 +74,27 @@ def like(x: torch.Tensor) -> torch.memory_format:
 # -- batch norm with a folded scale --------------------------------------------------------------
 
 
-def bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None) -> torch.Tensor:
+def bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None, *, update: bool = True,
+       params: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
     """``gamma * bn(x)`` with the scale applied inside the BN kernel (as its affine weight).
 
     Mirrors ``nn.BatchNorm2d.forward`` (running-stat update, ``num_batches_tracked``, eval mode),
     so module state evolves exactly as when the module is called. Folding saves the separate
-    multiplication, which would store the BN output for alpha's gradient.
+    multiplication, which would store the BN output for alpha's gradient. ``update=False``
+    computes the same output without touching the running statistics (a recomputation in
+    backward); ``params`` replaces the module's affine (weight, bias) by tensors captured earlier.
     """
     factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+    training_stats = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
+    if training_stats and update:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             factor = 1.0 / float(bn.num_batches_tracked)
+    if training_stats and not update:
+        factor = 0.0  # running stats passed (same saved tensors as the first call) but unchanged
     use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
-    weight, bias = bn.weight, bn.bias
+    weight, bias = (bn.weight, bn.bias) if params is None else params
     if gamma is not None:
         # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
         # weight when input and grad are channels_last (measured on torch 2.13)

@@ -43,6 +43,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..registry import SKELETONS
 from ..spaces.ops import (
@@ -212,6 +213,51 @@ def _square(dw: nn.Conv2d) -> bool:
             and dw.padding[0] == dw.padding[1] and dw.dilation[0] == dw.dilation[1])
 
 
+def _plain_pw(pw: nn.Module) -> bool:
+    return (type(pw) is nn.Conv2d and pw.kernel_size == (1, 1) and pw.stride == (1, 1) and pw.padding == (0, 0)
+            and pw.dilation == (1, 1) and pw.groups == 1 and pw.bias is None)
+
+
+def _recompute(on: bool, fn, *args):
+    """``fn(True, *args)``, storing only ``args`` for backward under ``opts.recompute``: autograd's
+    non-reentrant checkpoint recomputes the rest (``fn(False, *args)``: BN outputs without a
+    second running-stat update) when backward needs it; it also works under double backward.
+
+    Why: the activations inside a sep/dil conv after its depthwise conv (pointwise output, BN
+    output and its ReLU) are cheap to recompute from the depthwise output, but each is a full map
+    held until backward. Every tensor ``fn`` reads must be in ``args`` (module parameters too):
+    under ``functional_call`` the substituted weights are gone by the time backward recomputes.
+    """
+    if not (on and torch.is_grad_enabled()):
+        return fn(True, *args)
+    calls = [0]
+
+    def run(*a):
+        calls[0] += 1
+        return fn(calls[0] == 1, *a)
+
+    return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+def _recompute_here(inp: _Input) -> bool:
+    """Recompute the inner activations of the ops reading ``inp`` (large maps only: they hold most
+    of the memory, while the small late maps are cheap to store and dispatch-bound to recompute)."""
+    o = inp.opts
+    return o.recompute and min(inp.x.shape[-2:]) >= o.recompute_min_side
+
+
+def _pw_bn(pw: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor, gamma: torch.Tensor | None,
+           on: bool) -> torch.Tensor:
+    """``gamma * bn(pw(z))``; with ``on`` only ``z`` is kept for backward."""
+    if not _plain_pw(pw):
+        return _bn(bn, pw(z), gamma)
+
+    def f(update, z, w, g, bw, bb):
+        return _bn(bn, F.conv2d(z, w), g, update=update, params=(bw, bb))
+
+    return _recompute(on, f, z, pw.weight, gamma, bn.weight, bn.bias)
+
+
 def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gamma: torch.Tensor | None,
               relu: torch.Tensor | None = None) -> torch.Tensor:
     """DilConv's body on a shared ReLU: depthwise (maybe dilated) -> pointwise -> BN(gamma)."""
@@ -221,19 +267,19 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
             opts.where(opts.phase_dilation, inp.x):
         if s == 2:
             z = _depthwise(dw, inp.relu_even(), 1, (k - 1) // 2, 1, opts)
-            return _bn(bn, pw(z), gamma)
+            return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
         xp = inp.relu_phases()
         b = inp.x.shape[0]
         z = _depthwise(dw, xp, 1, (k - 1) // 2, 1, opts)
         H, W = inp.x.shape[-2:]
         if H % 2 == 0 and W % 2 == 0:
             # pointwise conv and BN are per pixel: stay in phase layout (same BN statistics)
-            return _from_phases(_bn(bn, pw(z), gamma), b)
+            return _from_phases(_pw_bn(pw, bn, z, gamma, _recompute_here(inp)), b)
         z = _from_phases(z, b)[:, :, :H, :W]
-        return _bn(bn, pw(z), gamma)
+        return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
     x = inp.relu() if relu is None else relu
     z = _depthwise(dw, x, s, p, d, opts) if _square(dw) else dw(x)
-    return _bn(bn, pw(z), gamma)
+    return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
 
 
 def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
@@ -243,6 +289,21 @@ def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Ten
 
 def _sep_conv(op: SepConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
     a, b = op[0], op[1]
+    opts = inp.opts
+    on = _recompute_here(inp)
+    if on and _square(a[1]) and a[1].bias is None and _plain_pw(a[2]) and _square(b[1]) and b[1].bias is None:
+        # keep only the two depthwise outputs: BN -> ReLU -> depthwise of the second half is
+        # recomputed from the first pointwise conv's input
+        dw1, dw2 = a[1], b[1]
+        z1 = _depthwise(dw1, inp.relu(), dw1.stride[0], dw1.padding[0], dw1.dilation[0], opts)
+        s2, p2, d2 = dw2.stride[0], dw2.padding[0], dw2.dilation[0]
+
+        def mid(update, z, w, bw, bb, w2):
+            y = _bn(a[3], F.conv2d(z, w), None, update=update, params=(bw, bb))
+            return K.depthwise(w2, F.relu(y), s2, p2, d2, opts)
+
+        z2 = _recompute(on, mid, z1, a[2].weight, a[3].weight, a[3].bias, dw2.weight)
+        return _pw_bn(b[2], b[3], z2, gamma, on)
     y = _dw_pw_bn(a[1], a[2], a[3], inp, None)
     return _dw_pw_bn(b[1], b[2], b[3], inp, gamma, relu=F.relu(y))
 
