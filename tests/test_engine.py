@@ -1,0 +1,187 @@
+"""The engine's newer tricks, each against the textbook computation.
+
+* shared pools (one pool + one static BN per node), average pooling as a ones-kernel depthwise
+  conv, recomputed sep/dil inner activations: forward, backward and double backward equal to
+  ``supernet.reference`` / torch's own ops; BN running statistics move exactly as the plain
+  model's;
+* every engine option can be switched off on its own (``engine_options``), and each setting
+  computes the same function;
+* recomputation captures the weights it reads, so ``functional_call`` with substituted weights
+  (the second-order virtual step) gives the same hypergradient with and without it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from stablenas.spaces.registry import get_space
+from stablenas.supernet import kernels as K
+from stablenas.supernet import network as N
+from stablenas.supernet.arch import ArchParams
+from stablenas.supernet.reference import build_plain
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _close(a, b, rtol=1e-4, atol=1e-6):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max()) <= rtol * float(b.abs().max()) + atol
+
+
+ALL_ON = N.EngineOptions(recompute_min_side=1)  # recompute on every map size (tests use tiny maps)
+
+
+def _pair(space="darts", layers=3, C=4, **kw):
+    torch.manual_seed(0)
+    sp = get_space(space)
+    fast = N.build_supernet(sp, C=C, layers=layers, in_channels=1, **kw).to(memory_format=torch.channels_last)
+    fast.channels_last = True
+    plain = build_plain(sp, C=C, layers=layers, in_channels=1, **kw)
+    plain.load_state_dict(fast.state_dict())
+    arch = ArchParams(sp, init_scale=1.0, edge_betas=True, generator=torch.Generator().manual_seed(0))
+    return sp, fast, plain, arch
+
+
+def _grads(net, arch, x, y):
+    loss = F.cross_entropy(net(x, arch.op_weights(), arch.edge_weights()), y)
+    params = list(net.parameters()) + list(arch.parameters())
+    return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("opts", [ALL_ON, N.EngineOptions(recompute=False), N.EngineOptions(shared_pools=False),
+                                  N.EngineOptions(conv_avg_pool=False), N.EngineOptions(phase_dilation="never"),
+                                  N.EngineOptions(small_dw5="never"), N.EngineOptions(double_backward=True)],
+                         ids=["all-on", "no-recompute", "no-shared-pools", "no-conv-avg-pool", "no-phase",
+                              "no-tiled-dw5", "double-backward"])
+@pytest.mark.parametrize("space,kw", [("darts", {}), ("darts", {"partial_k": 2, "C": 8}), ("nb201", {"layers": 1})],
+                         ids=["darts", "pc-darts", "nb201"])
+def test_every_option_setting_matches_plain(opts, space, kw):
+    sp, fast, plain, arch = _pair(space, **kw)
+    N.set_engine(fast, opts)
+    assert all(m.engine == opts for m in fast.modules() if hasattr(m, "engine"))
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    for _ in range(2):  # twice: running statistics must move the same way
+        lf, gf = _grads(fast, arch, x, y)
+        lp, gp = _grads(plain, arch, x, y)
+        assert abs(float(lf - lp)) < 1e-5
+        for a, b in zip(gf, gp):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert _close(a, b)
+    sf, spl = fast.state_dict(), plain.state_dict()
+    for k in sf:
+        assert _close(sf[k].float(), spl[k].float()), k
+    fast.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert _close(fast(x, arch.op_weights()), plain(x, arch.op_weights()))
+
+
+def test_hvp_through_recomputed_activations_matches_plain():
+    """Double backward (alpha HVP) through the checkpointed segments equals the plain model's."""
+    sp, fast, plain, arch = _pair()
+    N.set_engine(fast, ALL_ON)
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    v = torch.randn(arch.num_alpha())
+
+    def hvp(net):
+        flat = arch.flat().detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(net(x, arch.op_weights(arch.unflatten(flat))), y)
+        (g,) = torch.autograd.grad(loss, flat, create_graph=True)
+        (hv,) = torch.autograd.grad(g, flat, v)
+        return g.detach(), hv
+
+    with N.engine_options(fast, double_backward=True):
+        gf, hf = hvp(fast)
+    gp, hp = hvp(plain)
+    assert _close(gf, gp)
+    assert _close(hf, hp, 1e-3)
+
+
+def test_recompute_reads_the_substituted_weights():
+    """functional_call with virtual weights w' (second-order step): the recomputation in backward
+    must use w', not the module's own parameters: same gradients as without recomputation."""
+    sp, fast, _, arch = _pair()
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    names, ws = zip(*fast.named_parameters())
+    state = {k: v.clone() for k, v in fast.state_dict().items()}
+    out = []
+    for opts in (ALL_ON, N.EngineOptions(recompute=False)):
+        fast.load_state_dict(state)
+        N.set_engine(fast, opts)
+        lt = F.cross_entropy(fast(x, arch.op_weights()), y)
+        g = torch.autograd.grad(lt, ws, create_graph=True)
+        virtual = {n: w - 0.5 * gi for n, w, gi in zip(names, ws, g)}
+        lv = F.cross_entropy(functional_call(fast, virtual, (x, arch.op_weights())), y)
+        out.append(torch.autograd.grad(lv, list(arch.parameters()) + list(ws), allow_unused=True))
+    for a, b in zip(*out):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert _close(a, b, 1e-3)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [8, 7])
+def test_avg_pool_as_depthwise_conv(stride, hw):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, hw, hw, dtype=torch.float64, requires_grad=True)
+    for opts in (K.DEFAULT, K.EngineOptions(double_backward=True)):
+        ref = F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+        f = lambda a, o=opts: K.avg_pool_conv(a, 3, stride, 1, o)  # noqa: E731
+        got = f(x)
+        assert got.shape == ref.shape and torch.allclose(got, ref)
+        g = torch.randn_like(ref)
+        assert torch.allclose(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        assert torch.autograd.gradgradcheck(f, (x,))
+    pool = torch.nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+    assert K.is_plain_avg_pool(pool) and not K.is_plain_avg_pool(torch.nn.AvgPool2d(3, stride, 1))
+
+
+def test_shared_pool_runs_once_per_node_and_updates_every_edge_bn():
+    sp, fast, plain, arch = _pair()
+    calls = []
+    orig = K.pool
+
+    def counting(module, x, opts=K.DEFAULT):
+        calls.append(type(module).__name__)
+        return orig(module, x, opts)
+
+    x = torch.randn(4, 1, 8, 8)
+    try:
+        K.pool = counting
+        fast(x, arch.op_weights())
+        shared = len(calls)
+        calls.clear()
+        with N.engine_options(fast, shared_pools=False):
+            fast(x, arch.op_weights())
+        per_edge = len(calls)
+    finally:
+        K.pool = orig
+    # darts: 2 pool kinds; per node (5 sources) vs per edge (14 edges) in each of the 3 cells
+    assert per_edge == 3 * 14 * 2 and shared == 3 * 5 * 2
+    # every edge's pool BN counted both batches (they are never skipped)
+    for m in fast.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats:
+            assert int(m.num_batches_tracked) == 2
+
+
+def test_engine_options_is_scoped_and_leaves_plain_modules_alone():
+    sp, fast, plain, arch = _pair()
+    with N.engine_options(fast, fused=False, recompute=False) as o:
+        assert not o.fused and not fast.cells[1].edges[3].engine.fused
+    assert fast.engine == N.EngineOptions() and fast.cells[1].edges[3].engine == N.EngineOptions()
+    with N.engine_options(plain, fused=False):  # the plain reference has no engine: unchanged
+        pass
+    assert not hasattr(plain, "engine")
