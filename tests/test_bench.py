@@ -88,8 +88,7 @@ def test_plain_channels_last_baseline_is_the_same_computation():
     from stablenas import bench as B
 
     bc = B.BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), threads=1)
-    B.register_synthetic(bc.input, bc.classes, 4 * bc.batch, bc.seed)
-    s = B._make_search(B._base_config(bc, "second"))
+    s = B.make_search(B._base_config(bc, "second"), bc)
     train, val = B._batches(s)
     out = {}
     for eng in ("plain", "plain_cl"):
