@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
 from .plugins import load_plugins, session_plugins
-from .registry import ACTIVATIONS, DATASETS, DISCRETIZERS, METHODS, SKELETONS, SPACES
+from .registry import ACTIVATIONS, DISCRETIZERS, METHODS, SKELETONS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -120,6 +120,7 @@ class SearchConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     methods: list[MethodEntry] = []
     plugins: list[str] = []  # user code to import first (see stablenas.plugins); stored resolved
+    model: dict[str, Any] = {}  # options of the space's skeleton (its Options model validates them)
 
     @field_validator("space")
     @classmethod
@@ -130,8 +131,9 @@ class SearchConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SearchConfig:
-        if self.data.dataset not in DATASETS:
-            raise ValueError(f"data.dataset: {DATASETS.unknown_message(self.data.dataset)}")
+        skeleton = SKELETONS[SPACES[self.space].skeleton]
+        skeleton.check_data(self)  # image skeletons: a registered dataset name (aliases included)
+        skeleton.parse_options(self.model)
         if self.arch.activation not in ACTIVATIONS:
             raise ValueError(f"arch.activation: {ACTIVATIONS.unknown_message(self.arch.activation)}")
         if self.network.channels % self.network.partial_channels:
@@ -140,7 +142,6 @@ class SearchConfig(_Section):
         if self.optim.warmup_epochs > self.optim.epochs:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds optim.epochs "
                              f"({self.optim.epochs})")
-        skeleton = SKELETONS[SPACES[self.space].skeleton]
         if self.network.partial_channels > 1:
             skeleton.require("partial_channels", "network.partial_channels > 1")
         if self.network.node_norm:
@@ -159,8 +160,9 @@ class SearchConfig(_Section):
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
         d["methods"] = [{"name": m.name, **(m.model_extra or {})} for m in self.methods]
-        if not self.plugins:  # configs without plug-ins read (and --resume) as before
-            del d["plugins"]
+        for key in ("plugins", "model"):  # empty: configs read (and --resume) as before
+            if not d[key]:
+                del d[key]
         return d
 
     def to_yaml(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..registry import SKELETONS, SPACES
 from .base import Method, register_method
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class PCDARTS(Method):
     @classmethod
     def validate(cls, cfg, options) -> None:
         super().validate(cfg, options)
+        SKELETONS[SPACES[cfg.space].skeleton].require("partial_channels", "method pc-darts")
         if cfg.network.partial_channels < 2 and not cfg.arch.edge_betas:
             raise ConfigError("method pc-darts needs network.partial_channels >= 2 and/or "
                               "arch.edge_betas: true (PC-DARTS uses partial_channels: 4 and edge_betas: "

@@ -76,6 +76,7 @@ class Search:
         # data and supernet come from the space's skeleton (image skeletons: the DARTS split of the
         # training set into a weight half and an alpha half); a caller may hand the data in
         self.skeleton = SKELETONS[self.space.skeleton]
+        self.model_options = self.skeleton.parse_options(cfg.model)  # the config's model: section
         d = cfg.data
         self.data = data if data is not None else self.skeleton.search_data(cfg, self.device)
         self.dataset = self.data.dataset
@@ -287,21 +288,27 @@ class Search:
         mix = self.mix("weights", batch)
         if not single:
             mix = mix.detached()
-        logits = self.forward(x, mix)
-        loss = self.criterion(logits, y)
+        loss, sums = self.skeleton.weight_loss(self, x, y, mix)
         self.w_optimizer.zero_grad(set_to_none=True)
         if single:
             self.a_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
-        self.w_optimizer.step()
+        scale = self.skeleton.weight_lr_scale(self, batch)
+        if scale != 1.0:  # e.g. DARTS RNN: lr * seq_len / bptt for a variable-length window
+            lrs = [g["lr"] for g in self.w_optimizer.param_groups]
+            for g in self.w_optimizer.param_groups:
+                g["lr"] = g["lr"] * scale
+            self.w_optimizer.step()
+            for g, lr in zip(self.w_optimizer.param_groups, lrs):
+                g["lr"] = lr
+        else:
+            self.w_optimizer.step()
         if single:
             self.a_optimizer.step()
         with torch.no_grad():
-            self._accum += torch.stack([loss.detach() * y.shape[0],
-                                        (logits.argmax(1) == y).sum().to(loss.dtype),
-                                        torch.tensor(float(y.shape[0]), device=loss.device)])
+            self._accum += sums
         return loss
 
     # ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError
 from ..genotype import DEFAULT_SKELETON
@@ -81,8 +82,16 @@ class CellGraph:
     input_names: tuple[str, ...] = ()
 
 
+class SkeletonOptions(BaseModel):
+    """The config's ``model:`` section, validated by the space's skeleton (none for darts/nb201)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Skeleton:
     """Base class; subclasses set ``name`` and override what differs. See the module docstring."""
+
+    Options: ClassVar[type[BaseModel]] = SkeletonOptions
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -93,6 +102,23 @@ class Skeleton:
     # discretisation keeps every edge (one op each, `none` a choice: NB201) rather than the
     # ``inputs_per_node`` strongest edges per node (DARTS)
     keeps_every_edge: ClassVar[bool] = False
+
+    def parse_options(self, raw: dict) -> BaseModel:
+        """The config's ``model:`` section as this skeleton's ``Options`` (one-line errors)."""
+        from ..config import format_validation_error
+
+        try:
+            return self.Options.model_validate(raw or {})
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, self.Options, f"model ({self.name} skeleton)",
+                                                      noun="option")) from None
+
+    def check_data(self, cfg: Any) -> None:
+        """Config check of what the search consumes; image skeletons: a registered dataset."""
+        from ..registry import DATASETS
+
+        if cfg.data.dataset not in DATASETS:
+            raise ConfigError(f"data.dataset: {DATASETS.unknown_message(cfg.data.dataset)}")
 
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -158,6 +184,20 @@ class Skeleton:
     def loss(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix,
              params: dict | None = None) -> torch.Tensor:
         return search.criterion(self.logits(search, x, mix, params), y)
+
+    def weight_loss(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight step's loss (to backpropagate; a skeleton may add regularisers such as an
+        RNN's activation penalties) and its (loss sum, correct, count) for the epoch record."""
+        logits = search.forward(x, mix)
+        loss = search.criterion(logits, y)
+        with torch.no_grad():
+            sums = torch.stack([loss.detach() * y.shape[0], (logits.argmax(1) == y).sum().to(loss.dtype),
+                                torch.tensor(float(y.shape[0]), device=loss.device)])
+        return loss, sums
+
+    def weight_lr_scale(self, search: Any, batch: Any) -> float:
+        """Factor on the weight learning rate for this step (1: none)."""
+        return 1.0
 
     def eval_sums(self, search: Any, x: torch.Tensor, y: torch.Tensor, mix: Mix) -> torch.Tensor:
         """(loss sum, correct, count) of one evaluation batch, as one tensor (no host sync)."""

@@ -1,0 +1,84 @@
+"""The Skeleton plug-in: dispatch, capabilities, and no skeleton/space-name branches elsewhere."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import stablenas as sn
+from stablenas.errors import ConfigError
+from stablenas.genotype import Genotype
+from stablenas.registry import SKELETONS, SPACES
+from stablenas.skeletons import skeleton_of
+from stablenas.skeletons.darts import DartsSkeleton
+from stablenas.spaces.registry import SearchSpace
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "stablenas"
+SKELETON_CODE = {"skeletons", "rnn"}  # the skeletons' own packages (rnn: the recurrent skeleton)
+NB = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|"
+
+
+def test_no_skeleton_or_space_name_branches_outside_skeletons():
+    names = set(SKELETONS.list()) | set(SPACES.list())
+    hits = []
+    for f in sorted(SRC.rglob("*.py")):
+        rel = f.relative_to(SRC)
+        if rel.parts[0] in SKELETON_CODE:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(s, ast.Attribute) and s.attr in ("skeleton", "is_nb201") for s in sides) or \
+                        any(isinstance(s, ast.Constant) and s.value in names for s in sides):
+                    hits.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, (ast.If, ast.IfExp)) and "is_nb201" in ast.unparse(node.test):
+                hits.append(f"{rel}:{node.lineno}: {ast.unparse(node.test)}")
+    assert hits == []
+
+
+def test_dispatch_by_space_genotype_and_dict():
+    assert skeleton_of("s3").name == "darts" and skeleton_of(sn.get_space("nb201")).name == "nb201"
+    g = Genotype.from_dict({"space": "nb201", "arch": NB})
+    assert skeleton_of(g).name == "nb201" and g.cell_types() == ["cell"] and str(g) == NB
+    assert skeleton_of({"arch": NB}).name == "nb201"  # no space: the skeleton that claims the keys
+    d = sn.derive("s3", {ct: torch.rand(14, 3) for ct in ("normal", "reduce")})
+    assert skeleton_of(d).name == "darts" and Genotype.from_dict(d.to_dict()) == d
+    # the skeleton's counts, graph and evaluation networks
+    assert sn.get_space("nb201").num_architectures() == 5 ** 6
+    graph = g.skeleton.cell_graph(g, "cell")
+    assert graph.n_inputs == 1 and graph.outputs == (3,) and not graph.concat
+    assert graph.nodes[1] == ((0, "skip_connect"), (1, "none"))
+    assert g.skeleton.resolve_eval_network("cifar") == "nb201"  # an NB201 cell only fits its network
+    with pytest.raises(ConfigError, match="network 'nb201' does not fit a darts-skeleton genotype"):
+        d.skeleton.resolve_eval_network("nb201")
+
+
+class _NoPartialChannels(DartsSkeleton):
+    name = "test-nopc"
+    capabilities = frozenset({"reduction_cells"})
+
+
+@pytest.fixture
+def nopc_space():
+    SKELETONS.register(_NoPartialChannels())
+    sn.register_space(SearchSpace("test-nopc-s", "test-nopc", 2, 1,
+                                  {ct: (("skip_connect", "sep_conv_3x3"),) * 2 for ct in ("normal", "reduce")}))
+    yield "test-nopc-s"
+    SPACES.unregister("test-nopc-s")
+    SKELETONS.unregister("test-nopc")
+
+
+def test_a_skeleton_without_a_capability_refuses_it_in_one_line(nopc_space):
+    assert sn.config_from_dict({"space": nopc_space}).space == nopc_space
+    with pytest.raises(ConfigError, match=r"network.partial_channels > 1 needs partial channels, which the "
+                                          r"test-nopc skeleton does not have"):
+        sn.config_from_dict({"space": nopc_space, "network": {"partial_channels": 2}})
+    with pytest.raises(ConfigError, match="method pc-darts needs partial channels"):
+        sn.config_from_dict({"space": nopc_space, "methods": [{"name": "pc-darts"}]})
+
+
+def test_skeleton_options_section():
+    with pytest.raises(ConfigError, match=r"model \(darts skeleton\): unknown option 'emsize'; valid options: "
+                                          r"\(none\)"):
+        sn.config_from_dict({"model": {"emsize": 300}})
