@@ -120,10 +120,10 @@ class Search:
         self.global_step = 0
         self.metrics: list[dict] = []
         self.stop_reason: str | None = None
-        self.notes: set[str] = set()
+        self.notes: set[str] = set()  # keys of messages said once (e.g. a missing benchmark table)
         # the data stream of the current phase, "train" | "val" | "eval" (stateful skeletons key
         # their carried state by it; see skeletons.base)
-        self.stream = "train"  # keys of messages said once (e.g. a missing benchmark table)
+        self.stream = "train"
         self.final_genotype: Genotype | None = None  # pinned by set_outcome (RS-ws, DARTS-ES)
         self._accum = torch.zeros(3, device=self.device)  # loss sum, correct, count (no host syncs)
         self.epoch_start_time = 0.0
