@@ -65,8 +65,6 @@ def search(
     from .search.loop import Search
 
     try:
-        if resume and config and not Path(config).exists() and (out / "config.yaml").exists():
-            config = str(out / "config.yaml")
         cfg = load_config(config, set_)
         result = Search(cfg, out, resume=resume, progress=progress).run()
     except _user_errors() as e:
@@ -127,8 +125,13 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     typer.echo(f"epochs: {len(run.metrics)}/{total}  status: {run.status}")
     if run.metrics:
         m = run.metrics[-1]
-        typer.echo(f"last epoch: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
-                   f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}")
+
+        def f(k: str) -> str:
+            v = m.get(k)
+            return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+
+        typer.echo(f"last epoch: train loss {f('train_loss')} acc {f('train_acc')}  "
+                   f"val loss {f('val_loss')} acc {f('val_acc')}")
     if run.genotype is not None:
         typer.echo(f"genotype: {run.genotype.to_json()}")
 

@@ -153,6 +153,8 @@ class SearchConfig(_Section):
                 raise ValueError(f"methods: {METHODS.unknown_message(m.name)}")
             cls = METHODS[m.name]
             cls.validate(self, cls.parse_options(m.model_extra or {}))  # declared requirements
+        _check_device(self.device)
+        _check_data_sizes(self)
         if self.search.discretizer not in DISCRETIZERS:
             raise ValueError(f"search.discretizer: {DISCRETIZERS.unknown_message(self.search.discretizer)}")
         return self
@@ -167,6 +169,49 @@ class SearchConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_device(name: str) -> None:
+    """``device``: auto, cpu, cuda, cuda:N or mps, and present on this machine."""
+    import re
+
+    if name == "auto":
+        return
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise ValueError(f"device: unknown {name!r}; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested but CUDA is not available here; use cpu or auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise ValueError(f"device: {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps":
+        import torch
+
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device: 'mps' requested but MPS is not available here; use cpu or auto")
+
+
+def _check_data_sizes(cfg: SearchConfig) -> None:
+    """data.subset / data.batch_size against the dataset's training-set size, when it is known
+    without loading (the built-in datasets; user files are checked after loading, still before
+    anything is written)."""
+    from .data.datasets import TRAIN_SIZES
+
+    d = cfg.data
+    n = TRAIN_SIZES.get(d.dataset)
+    if n is None:
+        return
+    if d.subset is not None and d.subset > n:
+        raise ValueError(f"data.subset: {d.subset} exceeds the {n} training images of {d.dataset}; lower it "
+                         "or set data.subset: null (all of them)")
+    total = d.subset if d.subset is not None else n
+    n_train = int(d.train_portion * total)
+    if d.batch_size > n_train:
+        raise ValueError(f"data.batch_size: {d.batch_size} exceeds the {n_train} images of the weight split "
+                         f"({d.dataset}, {total} images x data.train_portion {d.train_portion}); lower it")
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +275,12 @@ def apply_overrides(raw: dict, overrides: list[str] | None, example: str = "opti
         except yaml.YAMLError:
             parsed = value
         node = raw
-        for p in parts[:-1]:
-            if p.isdigit() and isinstance(node, list):
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    where = ".".join(parts[:i]) or "the config"
+                    raise ConfigError(f"--set {item!r}: {where} is a list of {len(node)} entries; use an index "
+                                      f"0..{len(node) - 1}" if node else f"--set {item!r}: {where} is empty")
                 node = node[int(p)]
                 continue
             nxt = node.get(p)
@@ -240,7 +289,11 @@ def apply_overrides(raw: dict, overrides: list[str] | None, example: str = "opti
                 node[p] = nxt
             node = nxt
         last = parts[-1]
-        if isinstance(node, list) and last.isdigit():
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                where = ".".join(parts[:-1])
+                raise ConfigError(f"--set {item!r}: {where} is a list of {len(node)} entries; use an index "
+                                  f"0..{len(node) - 1}" if node else f"--set {item!r}: {where} is empty")
             node[int(last)] = parsed
         else:
             node[last] = parsed
@@ -268,6 +321,9 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, *,
 
 def resolve_preset(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
+    if p.is_dir():
+        raise ConfigError(f"config {str(name_or_path)!r} is a directory, not a YAML file (to resume a run "
+                          f"give its config: {p / 'config.yaml'})")
     if p.exists():
         return p
     cand = PRESET_DIR / f"{name_or_path}.yaml"
@@ -285,9 +341,16 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """A YAML file path or a preset name (``darts``, ``sdarts-adv``, ...), plus ``--set`` overrides."""
     path = resolve_preset(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ConfigError(f"{path}: cannot read the config ({why})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is None:  # an empty file must not silently run the defaults (a 50-epoch CIFAR search)
+        raise ConfigError(f"{path}: the config file is empty; start from a preset (`stablenas presets`)")
     try:
         return config_from_dict(raw, overrides, base=path.parent)
     except ConfigError as e:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ..errors import RunDirError
 from ..genotype import Genotype
 from ..plugins import load_plugins
+from ..rundir import read_jsonl
 
 
 @dataclass
@@ -21,10 +22,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        total = self.config.get("optim", {}).get("epochs")
-        if self.genotype is not None and (self.path / "genotype.json").exists():
-            return "complete"
-        return f"incomplete ({len(self.metrics)}/{total} epochs; resume with --resume)"
+        """running (pid N) / interrupted / complete / failed / diverged (see stablenas.rundir)."""
+        from ..rundir import RunDir
+
+        rd = RunDir(self.path, kind="search", config_name="config.yaml")
+        return str(rd.status(finished=lambda: (self.path / "genotype.json").exists()))
 
 
 def load_run_plugins(path: str | Path) -> list[str]:
@@ -39,20 +41,19 @@ def load_run_plugins(path: str | Path) -> list[str]:
 def load_run(path: str | Path) -> Run:
     path = Path(path)
     cfg_file = path / "config.yaml"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{path} is not a run directory (no config.yaml)")
-    config = yaml.safe_load(cfg_file.read_text()) or {}
-    if isinstance(config, dict):
-        load_plugins(config.get("plugins") or [])  # the run's user methods/spaces/ops, recorded resolved
-    metrics = []
-    mfile = path / "metrics.jsonl"
-    if mfile.exists():
-        for line in mfile.read_text().splitlines():
-            if line.strip():
-                try:
-                    metrics.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a kill; the checkpoint rewrites it on resume
+    if not path.is_dir():
+        raise RunDirError(f"{path} is not a run directory (not a directory)")
+    if not cfg_file.is_file():
+        raise RunDirError(f"{path} is not a run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{cfg_file}: not valid YAML ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{cfg_file}: not a search config (top level is {type(config).__name__})")
+    load_plugins(config.get("plugins") or [])  # the run's user methods/spaces/ops, recorded resolved
+    # a torn last line from a kill stops the read; the checkpoint rewrites the file on resume
+    metrics = read_jsonl(path / "metrics.jsonl")
     genotype = None
     if (path / "genotype.json").exists():
         genotype = Genotype.load(path / "genotype.json")

@@ -12,6 +12,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DatasetNotFoundError
+from ..errors import DataError, DatasetNotFoundError
 from ..registry import DATASETS
 
 __all__ = [
@@ -44,6 +45,9 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _ROOT_HINT = f"pass --data-root DIR (or set {DATA_ROOT_ENV})"
+# training-split sizes of the built-in datasets, known without loading them (config checks)
+TRAIN_SIZES: dict[str, int] = {"fashion-mnist": 60000, "mnist": 60000, "digits": 1437, "cifar10": 50000,
+                               "cifar100": 50000, "svhn": 73257}
 
 
 @dataclass
@@ -117,8 +121,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({' '.join(str(e).split()) or type(e).__name__}; corrupt or "
+                        "truncated download?)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     if raw[2] != 0x08:
@@ -157,10 +165,19 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+class UnsafePickleError(DataError, pickle.UnpicklingError):
+    """A dataset pickle that is corrupt or asks for anything but numpy arrays (refused unread)."""
+
+
 def _load_pickle(path: Path, encoding: str) -> Any:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f, encoding=encoding).load()
+    try:
+        with opener(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding=encoding).load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, zlib.error, IndexError, TypeError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UnsafePickleError(f"{path}: not a readable dataset pickle ({why}; corrupt or truncated?)") from None
+    return obj
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -388,7 +405,17 @@ def _canonical_name(name: str) -> str:
 
 @lru_cache(maxsize=16)
 def _load_split(name: str, split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    x, y, num_classes = DATASETS[name](split, Path(root) if root is not None else None)
+    try:
+        x, y, num_classes = DATASETS[name](split, Path(root) if root is not None else None)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, TypeError,
+            AttributeError, zlib.error) as e:  # corrupt, truncated or foreign files
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, KeyError):
+            msg = f"missing entry {e}"
+        where = root if root is not None else "the default location"
+        raise DataError(f"{name}/{split}: cannot read the dataset files ({where}): {msg[:300]}") from None
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"{name}/{split}: labels outside [0, {num_classes})")
     return _to_tensor(x), _to_tensor(y), num_classes

@@ -228,7 +228,10 @@ def _task(args: tuple[int, int, dict, str]) -> dict:
 
         torch.set_num_threads(cfg.threads)
     g = enumerate_s5()[index]
-    result = train_genotype(g, cfg, run_dir, resume=True, progress=False, log=lambda s: None)
+    from ..rundir import RunDir
+
+    resume = RunDir(run_dir, kind="train", config_name="train.json").is_run()
+    result = train_genotype(g, cfg, run_dir, resume=resume, progress=False, log=lambda s: None)
     return {"index": index, "seed": seed, "result": result}
 
 
@@ -284,7 +287,8 @@ def generate_table(
     cfg = train_config(None, protocol)  # validate once, up front
     dataset = cfg.dataset
     work = Path(work_dir)
-    out = Path(out_path) if out_path is not None else table_path(dataset)
+    # never write into the installed package: the default table goes into the work directory
+    out = Path(out_path) if out_path is not None else work / f"s5_{dataset}.json"
     archs = enumerate_s5()
     bad = [i for i in repeat_archs if not 0 <= i < len(archs)]
     if bad:
@@ -295,18 +299,20 @@ def generate_table(
     tasks = [(i, s) for i in repeat_archs for s in all_seeds]
     tasks += [(i, s) for i in range(len(archs)) for s in seeds]
     tasks = list(dict.fromkeys(tasks))
-    work.mkdir(parents=True, exist_ok=True)
     plan = {"protocol": cfg.model_dump(mode="json"), "tasks": tasks}
     plan_file = work / "plan.json"
-    if plan_file.exists():
-        old = json.loads(plan_file.read_text())
-        from .train import config_diff
-
-        if config_diff(old["protocol"], plan["protocol"]):
-            raise ValueError(f"{work} was started with a different protocol; use another --work directory")
+    from ..rundir import check_plan, write_plan
     from ..utils import atomic_write_text
+    from .train import config_diff
 
-    atomic_write_text(plan_file, json.dumps(plan, indent=1) + "\n")
+    check_plan(plan_file, plan, lambda old, new: config_diff(old.get("protocol", {}), new["protocol"]),
+               what="s5-table work directory", noun="a different protocol")
+    if out.exists() and out.is_dir():
+        from ..errors import RunDirError
+
+        raise RunDirError(f"--out {out} is a directory; give a file path for the table")
+    work.mkdir(parents=True, exist_ok=True)
+    write_plan(plan_file, plan)
 
     def run_dir(i: int, s: int) -> str:
         return str(work / f"arch{i:02d}-seed{s}")
@@ -333,26 +339,9 @@ def generate_table(
             f"{r['result']['test_acc']:.4f} ({r['result']['seconds']:.0f} s; {el / 60:.1f} min elapsed)"
         )
 
-    if jobs <= 1:
-        for t in todo:
-            note(_task(t))
-    elif todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
+    from ..rundir import run_pool
 
-        for attempt in range(1, 6):  # a killed worker breaks the pool: start a new one, resume
-            todo = [t for t in todo if (t[0], t[1]) not in results]
-            try:
-                with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-                    futures = [ex.submit(_task, t) for t in todo]
-                    for f in as_completed(futures):
-                        note(f.result())
-                break
-            except BrokenProcessPool:
-                if attempt == 5:
-                    raise
-                log(f"s5-table: a worker process died; restarting the pool (attempt {attempt + 1}/5)")
+    run_pool(_task, todo, jobs, note, key=lambda t: (t[0], t[1]), log=lambda m: log(f"s5-table: {m}"))
 
     entries = []
     for i, g in enumerate(archs):

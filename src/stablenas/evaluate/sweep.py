@@ -150,11 +150,14 @@ def _search_task(args: tuple[str, dict, str, int | None]) -> dict:
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_dir)
+    from ..rundir import RunDir
+
     if (out / "genotype.json").exists():
         run = load_run(out)
     else:
         cfg = config_from_dict(cfg_dict)
-        Search(cfg, out, resume=(out / "config.yaml").exists(), progress=False, log=lambda s: None).run()
+        resume = RunDir(out, kind="search", config_name="config.yaml").is_run()
+        Search(cfg, out, resume=resume, progress=False, log=lambda s: None).run()
         run = load_run(out)
     last = run.metrics[-1] if run.metrics else {}
     return {
@@ -177,8 +180,11 @@ def _train_task(args: tuple[str, dict, dict, str, int | None]) -> dict:
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig.model_validate(cfg_dict)
+    from ..rundir import RunDir
+
+    resume = RunDir(out_dir, kind="train", config_name="train.json").is_run()
     result = train_genotype(
-        Genotype.from_dict(genotype), cfg, out_dir, resume=True, progress=False, log=lambda s: None
+        Genotype.from_dict(genotype), cfg, out_dir, resume=resume, progress=False, log=lambda s: None
     )
     return {"name": name, "result": result}
 
@@ -190,27 +196,13 @@ def _run_all(
         return []
     out: list[dict] = []
     start = time.perf_counter()
-    if jobs <= 1:
-        for t in tasks:
-            r = fn(t)
-            out.append(r)
-            log(
-                f"{what} {len(out)}/{len(tasks)}: {r['name']} done "
-                f"({(time.perf_counter() - start) / 60:.1f} min)"
-            )
-        return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from ..rundir import run_pool
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futures = [ex.submit(fn, t) for t in tasks]
-        for f in as_completed(futures):
-            r = f.result()
-            out.append(r)
-            log(
-                f"{what} {len(out)}/{len(tasks)}: {r['name']} done "
-                f"({(time.perf_counter() - start) / 60:.1f} min)"
-            )
+    def done(r: dict) -> None:
+        out.append(r)
+        log(f"{what} {len(out)}/{len(tasks)}: {r['name']} done ({(time.perf_counter() - start) / 60:.1f} min)")
+
+    run_pool(fn, tasks, jobs, done, key=lambda t: t[0], log=log)
     return out
 
 
@@ -240,24 +232,18 @@ def run_sweep(
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    plan_file = out / "sweep.json"
-    if plan_file.exists():
-        old = json.loads(plan_file.read_text())
-        if old != json.loads(json.dumps(plan.to_dict())):
-            diff = sorted(k for k in set(old) | set(plan.to_dict()) if old.get(k) != plan.to_dict().get(k))
-            raise ConfigError(
-                f"{out} holds a sweep with different settings ({', '.join(diff)}); re-run it with "
-                "the same arguments to resume, or choose another --out"
-            )
+    from ..rundir import check_plan, write_plan
     from ..utils import atomic_write_text
 
-    atomic_write_text(plan_file, json.dumps(plan.to_dict(), indent=1) + "\n")
-
-    runs = search_runs(plan)
+    runs = search_runs(plan)  # validates every search config before anything is written
     short_cfg, final_cfg = _train_configs(plan, runs[0].config)
+    plan_file = out / "sweep.json"
+    check_plan(plan_file, plan.to_dict(),
+               lambda old, new: sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)), what="sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    write_plan(plan_file, plan.to_dict())
     log(
         f"sweep: {len(runs)} searches ({', '.join(r.name for r in runs)}); "
         f"selection by {short_cfg.epochs}-epoch "

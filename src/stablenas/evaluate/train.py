@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from ..config import apply_overrides, format_validation_error
-from ..errors import RunExistsError
+from ..errors import CheckpointError, DivergedError, InterruptedRun, RunExistsError, StablenasError
 from ..genotype import Genotype, GenotypeError
 from ..registry import DATASETS, EVAL_NETWORKS
+from ..rundir import RunDir
 from ..utils import (
-    atomic_torch_save,
     atomic_write_text,
     resolve_device,
     rng_state,
@@ -284,6 +284,8 @@ class _Trainer:
         from ..data import Augment, TensorLoader, load_dataset
 
         self.genotype, self.cfg, self.out_dir, self.log = genotype, cfg, out_dir, log
+        self.run_dir = _run_dir(out_dir) if out_dir is not None else None
+        self._signal: int | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -363,13 +365,31 @@ class _Trainer:
         self.epoch = 0
         self.metrics: list[dict] = []
         self.seconds = 0.0
-        if resume and out_dir is not None and (out_dir / CHECKPOINT).exists():
-            self._load(out_dir / CHECKPOINT)
+        if self.run_dir is not None:
+            rd = self.run_dir
+            stored = _stored(cfg, genotype)
+            applied = None
+            if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
+                applied = rd.load_checkpoint()
+                self._apply(applied)
+            rd.begin(resume, stored["config"], json.dumps(stored, indent=2) + "\n",
+                     extra={"genotype": stored["genotype"]})  # everything is built: take the directory
+            try:
+                if resume and rd.checkpoint.exists():
+                    ck = rd.load_checkpoint()
+                    if ck is not applied:
+                        self._apply(ck)
+                    rd.write_metrics(self.metrics)  # metrics.jsonl may hold an epoch past the checkpoint
+                    self.log(f"resumed from {rd.checkpoint} after epoch {self.epoch}")
+                elif resume:
+                    rd.write_metrics([])
+            except BaseException:
+                rd.end("failed", "could not resume")
+                raise
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "format": 1,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -381,23 +401,18 @@ class _Trainer:
             "genotype": self.genotype.to_dict(),
         }
 
-    def _load(self, path: Path) -> None:
-        from ..errors import ConfigError
-
+    def _apply(self, st: dict) -> None:
+        path = self.run_dir.checkpoint
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:  # a torn or foreign file
-            raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"])
-        self.epoch, self.metrics, self.seconds = st["epoch"], list(st["metrics"]), float(st["seconds"])
-        if self.out_dir is not None:  # metrics.jsonl may hold an epoch past the checkpoint
-            atomic_write_text(
-                self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics)
-            )
-        self.log(f"resumed from {path} after epoch {self.epoch}")
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            set_rng_state(st["rng"])
+            self.epoch, self.metrics, self.seconds = st["epoch"], list(st["metrics"]), float(st["seconds"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+            msg = " ".join(str(e).split())[:160] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this training run ({type(e).__name__}: {msg}); delete "
+                                  "it to restart") from None
 
     # -- loop -----------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -442,10 +457,22 @@ class _Trainer:
                 )
             if bar is not None:
                 bar.update(1)
+            if self._signal is not None:
+                break  # the epoch is abandoned: the checkpoint of the last finished one is kept
         if bar is not None:
             bar.close()
-        self.scheduler.step()
+        if self._signal is not None:
+            name = __import__("signal").Signals(self._signal).name
+            raise InterruptedRun(f"interrupted by {name} in epoch {self.epoch + 1}: the checkpoint after epoch "
+                                 f"{self.epoch} is kept; resume by running the same `stablenas train` command "
+                                 "with --resume", self._signal)
         loss_sum, correct, count = accum.tolist()
+        weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+        if not (_finite(loss_sum) and weights_ok):  # one sync per epoch; the checkpoint stays good
+            kept = (f"the checkpoint after epoch {self.epoch} is kept" if self.epoch else "no checkpoint written")
+            raise DivergedError(f"training diverged: non-finite loss or weights in epoch {self.epoch + 1}; {kept}; "
+                                "lower lr or set grad_clip")
+        self.scheduler.step()
         record = {
             "epoch": self.epoch + 1,
             "train_loss": loss_sum / max(count, 1),
@@ -503,6 +530,47 @@ class _Trainer:
         return out
 
     def run(self, stop_after: int | None = None) -> dict | None:
+        if self.run_dir is None:
+            return self._run(stop_after)
+        import contextlib
+        import signal
+        import threading
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        state, reason = "complete", None
+        with contextlib.ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    old = signal.signal(sig, handler)
+                    stack.callback(signal.signal, sig, old)
+            try:
+                result = self._run(stop_after)
+                if result is None:
+                    state, reason = "interrupted", f"stopped after epoch {self.epoch}; resume with --resume"
+            except InterruptedRun as e:
+                state, reason = "interrupted", str(e)
+                raise
+            except DivergedError as e:
+                state, reason = "diverged", str(e)
+                raise
+            except StablenasError as e:
+                state, reason = "failed", str(e)
+                raise
+            except KeyboardInterrupt:
+                state, reason = "interrupted", "KeyboardInterrupt; resume with --resume"
+                raise
+            except BaseException as e:
+                state, reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                raise
+            finally:
+                self.run_dir.end(state, reason)
+        return result
+
+    def _run(self, stop_after: int | None = None) -> dict | None:
         cfg = self.cfg
         done_now = 0
         while self.epoch < cfg.epochs:
@@ -511,10 +579,9 @@ class _Trainer:
             record = self.train_epoch()
             done_now += 1
             self.metrics.append(record)
-            if self.out_dir is not None:
-                with open(self.out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                atomic_torch_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            if self.run_dir is not None:
+                self.run_dir.append_metrics(record)
+                self.run_dir.save_checkpoint(self.state_dict())
             msg = (
                 f"epoch {record['epoch']}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
                 f"acc {record['train_acc']:.4f}  lr {record['lr']:.5f}  {record['seconds']:.1f}s"
@@ -569,34 +636,32 @@ def config_diff(saved: dict, now: dict) -> list[str]:
     )
 
 
-def _check_out_dir(out_dir: Path, cfg: TrainConfig, genotype: Genotype, resume: bool) -> dict | None:
-    """Create/validate the run directory; returns the finished result when resuming a done run."""
-    from ..errors import ConfigError
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
 
-    cfg_file = out_dir / CONFIG_FILE
-    if resume and cfg_file.exists():
-        saved = json.loads(cfg_file.read_text())
-        now = {"config": cfg.model_dump(mode="json"), "genotype": genotype.to_dict()}
-        diff = config_diff(saved["config"], now["config"])
-        if saved.get("genotype") != now["genotype"]:
-            diff.insert(0, "genotype")
-        if diff:
-            raise ConfigError(
-                f"--resume: {out_dir} was started with a different {', '.join(diff)}; resume "
-                "with the same genotype and settings or choose another --out"
-            )
-        if (out_dir / RESULT).exists():
-            return json.loads((out_dir / RESULT).read_text())
-        return None
-    if not resume and (cfg_file.exists() or (out_dir / CHECKPOINT).exists() or (out_dir / RESULT).exists()):
-        raise TrainExistsError(
-            f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        cfg_file,
-        json.dumps({"config": cfg.model_dump(mode="json"), "genotype": genotype.to_dict()}, indent=2) + "\n",
-    )
+
+def _stored(cfg: TrainConfig, genotype: Genotype) -> dict:
+    return {"config": cfg.model_dump(mode="json"), "genotype": genotype.to_dict()}
+
+
+def _train_differ(saved: dict, now: dict) -> list[str]:
+    diff = config_diff(saved.get("config") or {}, now["config"])
+    if saved.get("genotype") != now.get("genotype"):
+        diff.insert(0, "genotype")
+    return diff
+
+
+def _run_dir(out_dir: Path) -> RunDir:
+    return RunDir(out_dir, kind="train", config_name=CONFIG_FILE, differ=_train_differ)
+
+
+def _check_out_dir(out_dir: Path, cfg: TrainConfig, genotype: Genotype, resume: bool) -> dict | None:
+    """Validate the run directory without writing; returns the finished result when resuming a done run."""
+    rd = _run_dir(out_dir)
+    stored = _stored(cfg, genotype)
+    rd.check(resume, stored["config"], extra={"genotype": stored["genotype"]})
+    if resume and (out_dir / RESULT).exists():
+        return json.loads((out_dir / RESULT).read_text())
     return None
 
 

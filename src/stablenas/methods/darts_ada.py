@@ -10,8 +10,9 @@ reference code, whose last iteration ignores the criterion). Defaults are the pa
 (linear 0 -> R over the search, like ``regularization.drop_path_max``).
 
 Rolling back needs earlier states: at the start of every epoch (= the end of the previous one)
-the method keeps a CPU snapshot of everything the loop would checkpoint (weights, alpha, both
-optimisers, the scheduler, both data streams, RNG, metrics length, the other methods' states),
+the method keeps a CPU copy of the loop's own resume state (``Search.state_dict``: weights, alpha,
+both optimisers, the scheduler, both data streams, RNG, the other methods' states; the metrics
+only by count) and restores it with ``Search.load_state_dict``, exactly as a resume does,
 pruned to the ``(window//2 + k) * every + 1`` most recent: the furthest a trigger can reach
 back. The rollback itself happens at the start of the epoch after the trigger (the loop finishes
 its epoch-end bookkeeping first), truncates ``search.metrics`` and rewrites ``metrics.jsonl``.
@@ -27,13 +28,11 @@ state and calls them again for the restored epoch (later methods would be left w
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from ..utils import atomic_write_text, rng_state, set_rng_state
 from .base import Method, register_method
 from .darts_es import DartsES, EarlyStopOptions
 
@@ -117,46 +116,15 @@ class DartsADA(DartsES):
         return [m for m in search.methods if m is not self]
 
     def snapshot(self, search: Search) -> dict:
-        return _cpu_copy({
-            "epoch": search.epoch,
-            "global_step": search.global_step,
-            "n_metrics": len(search.metrics),
-            "net": search.net.state_dict(),
-            "arch": search.arch.state_dict(),
-            "w_optimizer": search.w_optimizer.state_dict(),
-            "a_optimizer": search.a_optimizer.state_dict(),
-            "scheduler": search.scheduler.state_dict(),
-            "train_loader": search.train_loader.state_dict(),
-            "val_stream": search.val_stream.state_dict(),
-            "rng": rng_state(),
-            "epoch_seconds": search.epoch_seconds,
-            "final_genotype": search.final_genotype,
-            "methods": [m.state_dict() for m in self._others(search)],
-        })
+        """The loop's own resume state (``Search.state_dict``), minus this method and the metrics
+        records, copied to CPU."""
+        return _cpu_copy(search.state_dict(exclude=self, snapshot=True))
 
     def restore(self, search: Search, snap: dict) -> None:
-        search.net.load_state_dict(snap["net"])
-        search.arch.load_state_dict(snap["arch"])
-        search.w_optimizer.load_state_dict(snap["w_optimizer"])
-        search.a_optimizer.load_state_dict(snap["a_optimizer"])
-        search.scheduler.load_state_dict(snap["scheduler"])
-        search.train_loader.load_state_dict(snap["train_loader"])
-        search.val_stream.load_state_dict(snap["val_stream"])
-        set_rng_state(snap["rng"])
-        search.global_step = snap["global_step"]
-        search.metrics = search.metrics[: snap["n_metrics"]]
-        search.epoch_seconds = snap["epoch_seconds"]
-        search.final_genotype = snap["final_genotype"]
+        """``Search.load_state_dict``, the same restore as a resume; then metrics.jsonl is rewritten."""
+        search.load_state_dict(snap, exclude=self)
         search.stop_reason = None
-        search.epoch = snap["epoch"]
-        search.step_in_epoch = 0
-        cfg = search.cfg
-        search.net.drop_path_prob = cfg.regularization.drop_path_max * search.epoch / cfg.optim.epochs
-        for m, st in zip(self._others(search), snap["methods"]):
-            m.load_state_dict(st)
-        if search.out_dir is not None:
-            atomic_write_text(search.out_dir / "metrics.jsonl",
-                              "".join(json.dumps(r) + "\n" for r in search.metrics))
+        search.write_metrics()
 
     def horizon(self) -> int:
         """How many epochs back a trigger can reach (snapshots older than this are dropped)."""

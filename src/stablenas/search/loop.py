@@ -6,13 +6,26 @@ weights on a training batch with the op weights the methods hand over (perturbed
 sampled). ``single`` updates both from one loss on one batch. Everything a resume needs is in
 the checkpoint, written atomically at every epoch end (and optionally every N steps), so a run
 killed at any point continues to the same final alpha as one that was never interrupted.
+
+The run directory (lock, config check, safe checkpoints, metrics, status) is
+:class:`stablenas.rundir.RunDir`.  Two guards sit on the loop:
+
+- *Divergence*: each step folds "loss and gradient norm are finite" into a device tensor (no host
+  sync); it is read every ``GUARD_EVERY`` steps and, together with a finiteness check of alpha and
+  the weights, before every checkpoint and epoch record.  A non-finite value stops the run with
+  :class:`~stablenas.errors.DivergedError` naming the step; the checkpoint on disk is the last one
+  that passed the check, and no genotype is derived from the bad alpha.
+- *Signals*: SIGINT/SIGTERM set a flag that the loop reads after every step; it then saves a
+  checkpoint at that step and raises :class:`~stablenas.errors.InterruptedRun` (exit 130/143).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,18 +37,21 @@ from torch.func import functional_call
 
 from ..config import SearchConfig
 from ..data import TensorLoader
-from ..errors import ConfigError, RunExistsError
+from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
 from ..genotype import Genotype
 from ..methods import Method, Mix
 from ..registry import LOOKUPS, METHODS, SKELETONS
+from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint
 from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
 from ..supernet.network import double_backward_mode
-from ..utils import atomic_torch_save, atomic_write_text, resolve_device, rng_state, seed_everything, set_rng_state
+from ..utils import resolve_device, rng_state, seed_everything, set_rng_state
 from .discretize import DISCRETIZERS
 
-CHECKPOINT = "checkpoint.pt"
+# config keys that may change between a run and its resume without changing the result
+RUNTIME_KEYS = ("device", "threads", "description")
+GUARD_EVERY = 50  # steps between reads of the on-device finiteness flag
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -62,7 +78,10 @@ class Search:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self._check_out_dir(resume)
+        self.run_dir = (RunDir(self.out_dir, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS)
+                        if self.out_dir is not None else None)
+        if self.run_dir is not None:  # read-only: refuse before anything is built or written
+            self.run_dir.check(resume, config.to_dict())
 
         cfg = config
         if cfg.threads:
@@ -126,6 +145,10 @@ class Search:
         self.stream = "train"
         self.final_genotype: Genotype | None = None  # pinned by set_outcome (RS-ws, DARTS-ES)
         self._accum = torch.zeros(3, device=self.device)  # loss sum, correct, count (no host syncs)
+        # global step of the first non-finite loss / gradient norm, -1 while all were finite
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._last_good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint
+        self._signal: int | None = None
         self.epoch_start_time = 0.0
         self.epoch_seconds = 0.0  # training time of the current epoch so far (survives a resume)
         self._fixed_loaders: dict[tuple[int, int], TensorLoader] = {}  # see fixed_val_batches
@@ -138,34 +161,34 @@ class Search:
         # alpha steps happen when a rule or a method needs validation batches
         self.uses_val_stream = cfg.search.update in ("first", "second") or any(
             type(m).arch_step is not Method.arch_step for m in self.methods)
-        if resume and self.out_dir is not None and (self.out_dir / CHECKPOINT).exists():
-            self.load_checkpoint(self.out_dir / CHECKPOINT)
+        if self.run_dir is not None:
+            rd = self.run_dir
+            applied = None
+            if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
+                applied = rd.load_checkpoint()
+                self._apply_checkpoint(applied, rd.checkpoint)
+            rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
+            try:
+                if resume and rd.checkpoint.exists():
+                    ck = rd.load_checkpoint()
+                    if ck is not applied:  # another process advanced the run before we took the lock
+                        self._apply_checkpoint(ck, rd.checkpoint)
+                    self.write_metrics()  # metrics.jsonl may hold epochs past the checkpoint
+                    self.log(f"resumed from {rd.checkpoint} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+                elif resume:  # killed before the first checkpoint: start over, drop a partial record
+                    rd.write_metrics([])
+                    self.log(f"{self.out_dir}: no checkpoint yet; starting from the beginning")
+            except BaseException:
+                rd.end("failed", "could not resume")
+                raise
 
     # ---------------------------------------------------------------------------------------
     # run directory
 
-    def _check_out_dir(self, resume: bool) -> None:
-        if self.out_dir is None:
-            return
-        ck = self.out_dir / CHECKPOINT
-        cfg_file = self.out_dir / "config.yaml"
-        if resume:
-            if cfg_file.exists():
-                import yaml
-
-                saved = yaml.safe_load(cfg_file.read_text())
-                now = self.cfg.to_dict()
-                diff = sorted(_diff_keys(saved, now))
-                if diff:
-                    raise ConfigError(f"--resume: the config differs from the one {self.out_dir} was started "
-                                      f"with at {', '.join(diff)}; resume with the same config "
-                                      f"(e.g. `stablenas search {cfg_file} --out {self.out_dir} --resume`)")
-            return
-        if ck.exists() or (self.out_dir / "metrics.jsonl").exists():
-            raise RunExistsError(f"{self.out_dir} already holds a run; pass --resume to continue it "
-                                 "or choose another --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_file, self.cfg.to_yaml())
+    def close(self) -> None:
+        """Release the run directory without running (a ``Search`` built only to inspect)."""
+        if self.run_dir is not None and self.run_dir.lock.held:
+            self.run_dir.end("interrupted", "built but not run; resume with --resume")
 
     # ---------------------------------------------------------------------------------------
     # forward helpers
@@ -293,8 +316,10 @@ class Search:
         if single:
             self.a_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        finite = torch.isfinite(loss.detach())
         if self.cfg.optim.grad_clip:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+            finite = finite & torch.isfinite(norm)
         scale = self.skeleton.weight_lr_scale(self, batch)
         if scale != 1.0:  # e.g. DARTS RNN: lr * seq_len / bptt for a variable-length window
             lrs = [g["lr"] for g in self.w_optimizer.param_groups]
@@ -309,7 +334,44 @@ class Search:
             self.a_optimizer.step()
         with torch.no_grad():
             self._accum += sums
+            # remember the first bad step on the device; read at guard points only
+            self._bad_step = torch.where(finite | (self._bad_step >= 0), self._bad_step,
+                                         torch.full_like(self._bad_step, self.global_step))
         return loss
+
+    # ---------------------------------------------------------------------------------------
+    # the divergence guard
+
+    def check_finite(self, full: bool = True) -> None:
+        """Raise :class:`DivergedError` if a loss or gradient norm since the last good state was
+        non-finite, or (``full``) alpha or a weight is. One host sync."""
+        flags = [self._bad_step < 0]
+        if full:
+            flags += [torch.isfinite(p).all() for p in self.arch.parameters()]
+            flags += [torch.isfinite(p).all() for p in self.net.parameters()]
+        if bool(torch.stack(flags).all()):
+            return
+        bad = int(self._bad_step)
+        if bad >= 0:
+            epoch, step = divmod(bad, max(self.steps_per_epoch, 1))
+            what = f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} (global step {bad + 1})"
+        else:
+            names = [n for n, p in self.arch.named_parameters() if not torch.isfinite(p).all()]
+            kind = f"alpha ({', '.join(names)})" if names else "weights"
+            what = f"non-finite {kind} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        raise DivergedError(self._diverged_message(what))
+
+    def _diverged_message(self, what: str) -> str:
+        if self._last_good is not None and self.run_dir is not None:
+            e, st = self._last_good
+            kept = (f"kept the last good checkpoint ({self.run_dir.checkpoint}, epoch {e + 1} step {st})"
+                    if st else f"kept the last good checkpoint ({self.run_dir.checkpoint}, end of epoch {e})")
+        elif self.run_dir is not None:
+            kept = "no checkpoint had been written"
+        else:
+            kept = "nothing saved (no run directory)"
+        return (f"search diverged: {what}; {kept}; no genotype written. Lower optim.lr / optim.arch_lr or "
+                "set optim.grad_clip")
 
     # ---------------------------------------------------------------------------------------
     # epochs
@@ -355,8 +417,14 @@ class Search:
             self.global_step += 1
             if bar is not None:
                 bar.update(1)
+            if self._signal is not None:
+                if bar is not None:
+                    bar.close()
+                self._interrupt()
             if every and self.step_in_epoch % every == 0 and self.step_in_epoch < self.steps_per_epoch:
                 self.save_checkpoint()
+            elif self.global_step % GUARD_EVERY == 0:
+                self.check_finite(full=False)
         if bar is not None:
             bar.close()
         self.epoch_seconds += time.perf_counter() - start
@@ -419,8 +487,12 @@ class Search:
 
     def _end_epoch(self) -> dict:
         epoch = self.epoch
+        self.check_finite()  # before anything is derived from alpha or written
         loss_sum, correct, count = self._accum.tolist()
         val_loss, val_acc = self.evaluate()
+        if not math.isfinite(val_loss):
+            raise DivergedError(self._diverged_message(f"non-finite validation loss at the end of epoch "
+                                                       f"{epoch + 1}"))
         record = {
             "epoch": epoch + 1,
             **self.skeleton.epoch_metrics("train", loss_sum / max(count, 1), correct / max(count, 1)),
@@ -443,9 +515,8 @@ class Search:
         self.scheduler.step()
         self.epoch = epoch + 1
         self.step_in_epoch = 0
-        if self.out_dir is not None:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.run_dir is not None:
+            self.run_dir.append_metrics(record)
             self.save_checkpoint()
         self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs}  train loss {record['train_loss']:.4f} "
                  f"acc {record['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
@@ -468,26 +539,90 @@ class Search:
             self.final_genotype = genotype
 
     def run(self) -> SearchResult:
+        """Run to the end (or a method's stop). With a run directory: SIGINT/SIGTERM save a checkpoint
+        and raise :class:`InterruptedRun`; the status file records how the run ended."""
+        if self.run_dir is None:
+            return self._run()
+        try:
+            with self._signal_handlers():
+                result = self._run()
+        except InterruptedRun as e:
+            self.run_dir.end("interrupted", str(e))
+            raise
+        except DivergedError as e:
+            self.run_dir.end("diverged", str(e))
+            raise
+        except StablenasError as e:
+            self.run_dir.end("failed", str(e))
+            raise
+        except KeyboardInterrupt:
+            self.run_dir.end("interrupted", "KeyboardInterrupt; resume with --resume from the last checkpoint")
+            raise
+        except BaseException as e:
+            self.run_dir.end("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            raise
+        self.run_dir.end("complete")
+        return result
+
+    def _run(self) -> SearchResult:
         epochs = self.cfg.optim.epochs
         while self.epoch < epochs and self.stop_reason is None:
+            if self._signal is not None:
+                self._interrupt()
             if self.step_in_epoch == 0:
                 self.start_epoch(self.epoch)
             self.train_epoch()
             self._end_epoch()
+        self.check_finite()
         genotype = self.final_genotype or self.genotype()
         if self.stop_reason:
             self.log(f"stopped early: {self.stop_reason}")
-        if self.out_dir is not None:
-            genotype.save(self.out_dir / "genotype.json")
+        if self.run_dir is not None:
+            genotype.save(self.run_dir.path / "genotype.json")
             self.save_checkpoint()
         return SearchResult(genotype, self.metrics, self.out_dir, self.cfg, self)
 
     # ---------------------------------------------------------------------------------------
+    # signals
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT/SIGTERM -> a flag the loop reads after each step (a second one stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._signal is not None:  # second signal: stop now (the last checkpoint is kept)
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def _interrupt(self) -> None:
+        signum = self._signal or signal.SIGINT
+        self.check_finite()  # never checkpoint a bad state
+        self.save_checkpoint()
+        name = signal.Signals(signum).name
+        where = (f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch
+                 else f"the end of epoch {self.epoch}")
+        cfg_file = self.run_dir.config_file if self.run_dir is not None else "CONFIG"
+        raise InterruptedRun(f"interrupted by {name} at {where}: checkpoint saved; resume with "
+                             f"`stablenas search {cfg_file} --out {self.out_dir} --resume`", signum)
+
+    # ---------------------------------------------------------------------------------------
     # checkpoints
 
-    def state_dict(self) -> dict:
-        return {
-            "format": 1,
+    def state_dict(self, *, exclude: Method | None = None, snapshot: bool = False) -> dict:
+        """Everything a resume needs: tensors, numbers, strings, lists and dicts only (the
+        checkpoint loads with ``weights_only=True``). ``exclude``: a method whose own state is left
+        out; ``snapshot``: an in-memory copy for a rollback (no metrics records, no config)."""
+        st = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -496,78 +631,99 @@ class Search:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "methods": [m.state_dict() for m in self.methods],
+            "methods": [None if m is exclude else m.state_dict() for m in self.methods],
             "train_loader": self.train_loader.state_dict(),
             "val_stream": self.val_stream.state_dict(),
             "rng": rng_state(),
             "accum": self._accum.cpu(),
-            "metrics": self.metrics,
             "stop_reason": self.stop_reason,
             "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
             "extra_state": {"epoch_seconds": self.epoch_seconds},  # key kept: older checkpoints load
-            "config": self.cfg.to_dict(),
         }
+        if snapshot:
+            st["n_metrics"] = len(self.metrics)
+        else:
+            st["metrics"] = self.metrics
+            st["config"] = self.cfg.to_dict()
+        return st
 
-    def save_checkpoint(self, path: Path | None = None) -> None:
-        path = path or (self.out_dir / CHECKPOINT if self.out_dir else None)
-        if path is None:
-            return
-        atomic_torch_save(self.state_dict(), path)
-
-    def load_checkpoint(self, path: Path) -> None:
-        try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:  # a torn or foreign file
-            raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+    def load_state_dict(self, st: dict, *, exclude: Method | None = None) -> None:
+        """Restore :meth:`state_dict` (a checkpoint, or a rollback snapshot)."""
         self.net.load_state_dict(st["net"])
         self.arch.load_state_dict(st["arch"])
         self.w_optimizer.load_state_dict(st["w_optimizer"])
         self.a_optimizer.load_state_dict(st["a_optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         for m, s in zip(self.methods, st["methods"]):
-            m.load_state_dict(s)
+            if m is not exclude:
+                m.load_state_dict(s)
         self.train_loader.load_state_dict(st["train_loader"])
         self.val_stream.load_state_dict(st["val_stream"])
         set_rng_state(st["rng"])
-        self._accum = st["accum"].to(self.device)
+        self._accum = st["accum"].to(self.device).clone()
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.epoch, self.step_in_epoch, self.global_step = st["epoch"], st["step_in_epoch"], st["global_step"]
-        self.metrics = list(st["metrics"])
+        if "n_metrics" in st:
+            self.metrics = self.metrics[: st["n_metrics"]]
+        else:
+            self.metrics = list(st["metrics"])
         self.stop_reason = st["stop_reason"]
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
         self.epoch_seconds = float(st.get("extra_state", {}).get("epoch_seconds", 0.0))
         self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
         if self.step_in_epoch > 0:
-            # mid-epoch checkpoint: per-epoch method schedules must be in force again
+            # mid-epoch state: per-epoch method schedules must be in force again
             for m in self.methods:
-                m.on_epoch_start(self, self.epoch)
-        if self.out_dir is not None:
-            # metrics.jsonl may hold epochs past the checkpoint (killed after the write): trim
-            atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics))
-        self.log(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+                if m is not exclude:
+                    m.on_epoch_start(self, self.epoch)
+
+    def write_metrics(self) -> None:
+        """Rewrite metrics.jsonl from ``self.metrics`` (after a resume or a rollback)."""
+        if self.run_dir is not None:
+            self.run_dir.write_metrics(self.metrics)
+
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        """Atomic; refuses (DivergedError) to overwrite the last good checkpoint with a bad state."""
+        if self.run_dir is None and path is None:
+            return
+        self.check_finite()
+        if path is not None:
+            from ..utils import atomic_torch_save
+
+            atomic_torch_save({"format": 2, "kind": "search", **self.state_dict()}, path)
+            return
+        self.run_dir.save_checkpoint(self.state_dict())
+        self._last_good = (self.epoch, self.step_in_epoch)
+
+    def _apply_checkpoint(self, st: dict, path: Path) -> None:
+        try:
+            self.load_state_dict(st)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+            from ..errors import CheckpointError
+
+            msg = " ".join(str(e).split())[:160] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this search ({type(e).__name__}: {msg}); delete it "
+                                  "to restart") from None
+        self._last_good = (self.epoch, self.step_in_epoch)
+
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        """Load a search checkpoint (read with weights_only=True) into this search, e.g. for
+        analysis; resuming a run directory goes through ``Search(..., resume=True)``."""
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("load_checkpoint: no path and no run directory")
+            path = self.run_dir.checkpoint
+        self._apply_checkpoint(load_checkpoint(path, kind="search"), Path(path))
 
 
 def _diff_keys(a, b, prefix: str = "") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: set[str] = set()
-        for k in set(a) | set(b):
-            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return {prefix}
-        out = set()
-        for i, (x, y) in enumerate(zip(a, b)):
-            out |= _diff_keys(x, y, f"{prefix}.{i}")
-        return out
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return set() if math.isclose(float(a), float(b)) else {prefix}
-        except (TypeError, ValueError):
-            return {prefix}
-    return set() if a == b else {prefix}
+    return set(diff_keys(a, b, prefix))
 
 
 def run_search(config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
                progress: bool | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
     """Python entry point: build and run a search from a validated config."""
     return Search(config, out_dir, resume=resume, progress=progress, log=log).run()
+
+
+__all__ = ["CHECKPOINT", "GUARD_EVERY", "RUNTIME_KEYS", "RunExistsError", "Search", "SearchResult", "run_search"]

@@ -26,6 +26,60 @@ if TYPE_CHECKING:
 _KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 
+def _check_genotype_dict(d: Mapping) -> None:
+    """Types that the structural checks take for granted, each failure one line naming the key: a
+    registered space; cell lists of ``[op, int input]`` pairs (not null, no ``"x"`` index);
+    concat lists of ints."""
+    from ..registry import SPACES
+
+    space = d.get("space", "darts")
+    if not isinstance(space, str) or space not in SPACES:
+        raise GenotypeError(f"genotype space: unknown {space!r}; available: {', '.join(SPACES)}")
+    if "arch" in d:
+        return
+    for ct in ("normal", "reduce"):
+        if ct not in d:
+            continue  # reported with the other missing keys
+        pairs = d[ct]
+        if not isinstance(pairs, list):
+            raise GenotypeError(f"genotype {ct}: expected a list of [op, input] pairs, got "
+                                f"{'null' if pairs is None else type(pairs).__name__}")
+        for k, item in enumerate(pairs):
+            if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                raise GenotypeError(f"genotype {ct}[{k}]: each entry must be [op, input], got {item!r}")
+            op, inp = item
+            if isinstance(inp, bool) or not isinstance(inp, int):
+                raise GenotypeError(f"genotype {ct}[{k}]: input {inp!r} is not an integer node index")
+        key = f"{ct}_concat"
+        if key in d and (not isinstance(d[key], list)
+                         or any(isinstance(i, bool) or not isinstance(i, int) for i in d[key])):
+            raise GenotypeError(f"genotype {key}: expected a list of integer node indices, got {d[key]!r}")
+
+
+def _check_genotype_space(g: Genotype) -> None:
+    """After the structural checks: non-empty concat lists inside the cell, every op in the space."""
+    from ..registry import SPACES
+
+    sp = SPACES[g.space]
+    for ct in ("normal", "reduce"):
+        pairs, concat = g.cell(ct), g.concat(ct)
+        key = f"{ct}_concat"
+        if not concat:
+            raise GenotypeError(f"genotype {key}: empty; list the nodes whose outputs form the cell, e.g. [2, 3]")
+        n_nodes = 2 + len(pairs) // 2
+        out = [i for i in concat if not 2 <= i < n_nodes]
+        if out:
+            raise GenotypeError(f"genotype {key}: node {out[0]} outside the cell's intermediate nodes "
+                                f"2..{n_nodes - 1}")
+        if ct in sp.edge_ops:
+            allowed = {op for edge in sp.edge_ops[ct] for op in edge}
+            for k, (op, _) in enumerate(pairs):
+                if op not in allowed:
+                    raise GenotypeError(f"genotype {ct}[{k}]: op {op!r} is not in space {g.space!r} "
+                                        f"(its ops: {', '.join(sorted(allowed))})")
+
+
+
 @register_skeleton
 class DartsSkeleton(Skeleton):
     name = "darts"
@@ -76,6 +130,7 @@ class DartsSkeleton(Skeleton):
         return any(k in d for k in _KEYS)
 
     def genotype_from_dict(self, d: Mapping) -> Genotype:
+        _check_genotype_dict(d)
         missing = [k for k in _KEYS if k not in d]
         if missing:
             raise GenotypeError(f"genotype is missing {missing}; expected keys: space, {', '.join(_KEYS)} "
@@ -99,6 +154,7 @@ class DartsSkeleton(Skeleton):
                      normal_concat=tuple(int(i) for i in d["normal_concat"]), reduce=pairs("reduce"),
                      reduce_concat=tuple(int(i) for i in d["reduce_concat"]))
         self.validate_genotype(g)
+        _check_genotype_space(g)
         return g
 
     def validate_genotype(self, genotype: Genotype) -> None:

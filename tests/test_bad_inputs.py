@@ -1,0 +1,648 @@
+"""Bad-input battery (issue 11): every class of bad input ends in ONE ``error: ...`` line on stderr,
+no traceback, the documented exit code (2 for user errors, 3 diverged, 130/143 signals), the key or
+path named, and every file that existed before byte-identical afterwards.
+
+The CLI runs in-process (``stablenas.cli.main(argv)``, SystemExit caught); only the lock case needs
+a second process (the holder).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stablenas.cli import main
+
+TINY = ["--set", "data.dataset=digits", "--set", "data.subset=null", "--set", "space=s3",
+        "--set", "network.layers=2", "--set", "network.channels=8", "--set", "network.stem_multiplier=2",
+        "--set", "optim.epochs=1", "--set", "data.batch_size=32", "--set", "search.steps_per_epoch=2",
+        "--set", "search.val_batches=1", "--set", "network.channels_last=false", "--set", "threads=1",
+        "--no-progress"]
+TRAIN_TINY = ["--dataset", "digits", "--epochs", "1", "--channels", "8", "--layers", "2", "--batch", "32",
+              "--set", "steps_per_epoch=1", "--set", "auxiliary=false", "--set", "evaluate_test=false",
+              "--no-progress"]
+S5_GENOTYPE = {"space": "s5", "normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2],
+               "reduce": [["max_pool_3x3", 0], ["sep_conv_3x3", 1]], "reduce_concat": [2]}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root`` -> sha256 (or 'dir')."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def assert_one_error(code: int, err: str, expect_code: int, *names: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert "Traceback" not in err, err
+    assert len(errors) == 1, err
+    assert code == expect_code, (code, err)
+    for n in names:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """A finished tiny search (copied by the tests that need one)."""
+    d = tmp_path_factory.mktemp("done") / "run"
+    try:
+        main(["search", "darts", *TINY, "--out", str(d)])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    assert (d / "genotype.json").exists()
+    return d
+
+
+@pytest.fixture
+def run_copy(done_run, tmp_path) -> Path:
+    d = tmp_path / "run"
+    shutil.copytree(done_run, d)
+    return d
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def _cfg_file(tmp_path: Path, text: str | bytes) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+CONFIG_CASES = [
+    # (id, config text or preset, extra --set, names expected in the message)
+    ("empty-yaml", "", [], ["empty"]),
+    ("comment-only-yaml", "# nothing here\n", [], ["empty"]),
+    ("invalid-yaml", "optim: {epochs: [1,\n", [], ["not valid YAML"]),
+    ("top-level-list", "- 1\n- 2\n", [], ["mapping"]),
+    ("non-utf8", b"name: \xff\xfe\n", [], ["cannot read"]),
+    ("unknown-key", "darts", ["optim.epocs=3"], ["optim.epocs", "valid keys"]),
+    ("unknown-section", "darts", ["optimiser.lr=1"], ["optimiser"]),
+    ("wrong-type-int", "darts", ["optim.epochs=abc"], ["optim.epochs"]),
+    ("wrong-type-bool", "darts", ["data.flip=maybe"], ["data.flip"]),
+    ("out-of-range-lr", "darts", ["optim.lr=-1"], ["optim.lr"]),
+    ("zero-epochs", "darts", ["optim.epochs=0"], ["optim.epochs"]),
+    ("train-portion>1", "darts", ["data.train_portion=1.5"], ["data.train_portion"]),
+    ("zero-channels", "darts", ["network.channels=0"], ["network.channels"]),
+    ("unknown-dataset", "darts", ["data.dataset=imagenet9"], ["data.dataset"]),
+    ("unknown-space", "darts", ["space=s9"], ["space", "s9"]),
+    ("unknown-activation", "darts", ["arch.activation=relu6"], ["arch.activation"]),
+    ("unknown-discretizer", "darts", ["search.discretizer=foo"], ["search.discretizer"]),
+    ("unknown-update", "darts", ["search.update=third"], ["search.update"]),
+    ("device-tpu", "darts", ["device=tpu"], ["device", "tpu"]),
+    ("device-cuda-index", "darts", ["device=cuda:7"], ["device"]),
+    ("quickstart-on-digits", "quickstart", ["data.dataset=digits"], ["data.subset", "1437"]),
+    ("subset-too-large", "darts", ["data.dataset=digits", "data.subset=5000"], ["data.subset"]),
+    ("batch-larger-than-split", "darts", ["data.dataset=digits", "data.subset=null", "data.batch_size=4000"],
+     ["data.batch_size"]),
+    ("warmup>epochs", "darts", ["optim.epochs=2", "optim.warmup_epochs=3"], ["warmup_epochs"]),
+    ("partial-channels", "darts", ["network.channels=10", "network.partial_channels=4"], ["partial_channels"]),
+    ("unknown-method", "darts", ["methods=[{name: foo}]"], ["foo"]),
+    ("method-option", "sdarts-rs", ["methods.0.bogus=1"], ["bogus"]),
+    ("set-list-index", "sdarts-rs", ["methods.3.x=1"], ["methods.3.x", "0..0"]),
+    ("set-list-nonint", "sdarts-rs", ["methods.first.x=1"], ["methods"]),
+    ("set-no-equals", "darts", ["optim.epochs"], ["KEY=VALUE"]),
+    ("set-empty-segment", "darts", ["optim..epochs=1"], ["empty key"]),
+    ("single-darts-needs-single", "single-darts", ["search.update=first", "data.dataset=digits", "data.subset=null",
+                                                   "data.batch_size=32"], ["search.update"]),
+]
+
+
+@pytest.mark.parametrize("text,sets,names", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config(tmp_path, capsys, text, sets, names):
+    if text in ("darts", "quickstart", "sdarts-rs", "single-darts"):
+        cfg = text
+    else:
+        cfg = _cfg_file(tmp_path, text)
+    before = tree(tmp_path)
+    args = ["search", cfg]
+    for s in sets:
+        args += ["--set", s]
+    code, _, err = run_cli([*args, "--out", tmp_path / "out"], capsys)
+    assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tmp_path, capsys):
+    code, _, err = run_cli(["search", "darts", *TINY, "--set", "device=cuda", "--out", tmp_path / "o"], capsys)
+    assert_one_error(code, err, 2, "device", "CUDA")
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_path_is_a_directory(tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", tmp_path / "adir", "--out", tmp_path / "o"], capsys)
+    assert_one_error(code, err, 2, "adir", "directory")
+    assert tree(tmp_path) == before
+
+
+def test_missing_config(tmp_path, capsys):
+    code, _, err = run_cli(["search", tmp_path / "nope.yaml", "--out", tmp_path / "o"], capsys)
+    assert_one_error(code, err, 2, "nope.yaml", "presets")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------- run dirs
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("mine\n")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", f], capsys)
+    assert_one_error(code, err, 2, "afile", "is a file")
+    assert tree(tmp_path) == before
+
+
+def test_non_empty_foreign_dir_is_not_written(tmp_path, capsys):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "config.yaml").write_text("my: own\n")
+    (d / "genotype.json").write_text('{"mine": true}\n')
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", d], capsys)
+    assert_one_error(code, err, 2, str(d), "not empty")
+    assert tree(tmp_path) == before
+
+
+def test_existing_run_needs_resume(run_copy, tmp_path, capsys):
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy], capsys)
+    assert_one_error(code, err, 2, str(run_copy), "--resume")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "foreign"])
+def test_resume_without_a_run(tmp_path, capsys, state):
+    d = tmp_path / "d"
+    if state != "missing":
+        d.mkdir()
+    if state == "foreign":
+        (d / "notes.txt").write_text("x\n")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", d, "--resume"], capsys)
+    word = {"missing": "does not exist", "empty": "is empty", "foreign": "holds no stablenas run"}[state]
+    assert_one_error(code, err, 2, str(d), word)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("change,names", [
+    (["--set", "seed=9"], ["seed"]),
+    (["--set", "optim.lr=0.1"], ["optim.lr"]),
+    (["--set", "space=s2"], ["space"]),
+], ids=["seed", "lr", "space"])
+def test_resume_with_a_different_config(run_copy, tmp_path, capsys, change, names):
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, *change, "--out", run_copy, "--resume"], capsys)
+    assert_one_error(code, err, 2, "different config", *names)
+    assert tree(tmp_path) == before
+
+
+def test_resume_with_a_different_preset(run_copy, tmp_path, capsys):
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "sdarts-rs", *TINY, "--out", run_copy, "--resume"], capsys)
+    assert_one_error(code, err, 2, "different config", "methods")
+    assert tree(tmp_path) == before
+
+
+def test_resume_with_config_yaml_deleted_checks_the_checkpoint(run_copy, tmp_path, capsys):
+    (run_copy / "config.yaml").unlink()
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--set", "seed=9", "--out", run_copy, "--resume"], capsys)
+    assert_one_error(code, err, 2, "seed", "checkpoint.pt")
+    assert tree(tmp_path) == before
+
+
+def test_resume_a_training_dir_as_a_search(tmp_path, capsys):
+    d = tmp_path / "t"
+    code, _, err = run_cli(["train", _genotype_file(tmp_path, S5_GENOTYPE),
+                            *TRAIN_TINY, "--out", d], capsys)
+    assert code == 0, err
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", d, "--resume"], capsys)
+    assert_one_error(code, err, 2, "train")
+    assert tree(tmp_path) == before
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    code = ("import fcntl, os, sys, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.ftruncate(fd, 0); os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "new"])
+def test_second_writer_is_refused(run_copy, tmp_path, capsys, resume):
+    holder = _hold_lock(run_copy / "run.lock")
+    try:
+        before = tree(tmp_path)
+        code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy, *(["--resume"] if resume else [])],
+                               capsys)
+        assert_one_error(code, err, 2, f"process {holder.pid}")
+        assert tree(tmp_path) == before
+        code, out, err = run_cli(["show", run_copy], capsys)
+        assert code == 0 and f"running (pid {holder.pid})" in out
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+class _Evil:
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def _break_checkpoint(ck: Path, kind: str, tmp_path: Path) -> None:
+    if kind == "malicious":
+        torch.save({"format": 2, "kind": "search", "x": _Evil(str(tmp_path / "PWNED"))}, ck)
+    elif kind == "truncated":
+        data = ck.read_bytes()
+        ck.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        ck.write_bytes(b"\x00not a checkpoint" * 10)
+    elif kind == "empty":
+        ck.write_bytes(b"")
+    elif kind == "list":
+        torch.save([1, 2, 3], ck)
+    elif kind == "old-format":
+        st = torch.load(ck, weights_only=True)
+        st["format"] = 1
+        torch.save(st, ck)
+    elif kind == "foreign-kind":
+        st = torch.load(ck, weights_only=True)
+        st["kind"] = "train"
+        torch.save(st, ck)
+    elif kind == "missing-key":
+        st = torch.load(ck, weights_only=True)
+        del st["net"]
+        torch.save(st, ck)
+    elif kind == "wrong-shapes":
+        st = torch.load(ck, weights_only=True)
+        st["arch"] = {k: torch.zeros(1) for k in st["arch"]}
+        torch.save(st, ck)
+
+
+CK_CASES = {"malicious": "refused", "truncated": "not a readable checkpoint", "garbage": "not a readable",
+            "empty": "not a readable", "list": "not a stablenas checkpoint", "old-format": "format",
+            "foreign-kind": "train checkpoint", "missing-key": "does not fit", "wrong-shapes": "does not fit"}
+
+
+@pytest.mark.parametrize("kind", list(CK_CASES))
+def test_bad_checkpoint_on_resume(run_copy, tmp_path, capsys, kind):
+    ck = run_copy / "checkpoint.pt"
+    _break_checkpoint(ck, kind, tmp_path)
+    (run_copy / "genotype.json").unlink()  # an interrupted run
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy, "--resume"], capsys)
+    assert_one_error(code, err, 2, "checkpoint.pt", CK_CASES[kind])
+    assert tree(tmp_path) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_malicious_checkpoint_in_analyze(run_copy, tmp_path, capsys):
+    _break_checkpoint(run_copy / "checkpoint.pt", "malicious", tmp_path)
+    before = tree(tmp_path)
+    code, _, err = run_cli(["analyze", run_copy, "--no-landscape", "--no-grad-corr", "--set", "device=cpu"], capsys)
+    assert_one_error(code, err, 2, "checkpoint.pt", "refused")
+    assert tree(tmp_path) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_malicious_checkpoint_in_train_resume(tmp_path, capsys):
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    d = tmp_path / "t"
+    code, _, err = run_cli(["train", g, *TRAIN_TINY, "--epochs", "2", "--out", d], capsys)
+    assert code == 0, err
+    (d / "result.json").unlink()
+    torch.save({"format": 2, "kind": "train", "x": _Evil(str(tmp_path / "PWNED"))}, d / "checkpoint.pt")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["train", g, *TRAIN_TINY, "--epochs", "2", "--out", d, "--resume"], capsys)
+    assert_one_error(code, err, 2, "checkpoint.pt", "refused")
+    assert tree(tmp_path) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+# --------------------------------------------------------------------------------------------- data dirs
+
+
+def _idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def _fmnist(root: Path, n: int = 64, gz: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, m in (("train", n), ("t10k", 16)):
+        _idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (m, 28, 28)), gz)
+        _idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (m,)), gz)
+
+
+def _cifar(root: Path) -> Path:
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (8, 3072)).astype(np.uint8),
+                         b"labels": list(rng.integers(0, 10, 8))}, f)
+    return d / "data_batch_1"
+
+
+def _data_case(kind: str, root: Path, tmp_path: Path) -> tuple[str, list[str]]:
+    if kind == "fmnist-missing":
+        return "fashion-mnist", ["dataset not found"]
+    if kind.startswith("fmnist"):
+        gz = "gz" in kind
+        _fmnist(root, gz=gz)
+        f = root / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+        if kind == "fmnist-bad-magic":
+            f.write_bytes(b"\x01\x02" + f.read_bytes()[2:])
+            return "fashion-mnist", ["train-images-idx3-ubyte", "IDX"]
+        if kind == "fmnist-truncated":
+            f.write_bytes(f.read_bytes()[:-100])
+            return "fashion-mnist", ["train-images-idx3-ubyte", "truncated"]
+        if kind == "fmnist-gz-truncated":
+            f.write_bytes(f.read_bytes()[:-200])
+            return "fashion-mnist", ["train-images-idx3-ubyte.gz"]
+        if kind == "fmnist-gz-not-gzip":
+            f.write_bytes(b"this is not gzip data at all" * 4)
+            return "fashion-mnist", ["train-images-idx3-ubyte.gz"]
+        if kind == "fmnist-label-mismatch":
+            _idx(root / "train-labels-idx1-ubyte", np.zeros(10))
+            return "fashion-mnist", ["image/label pair"]
+        if kind == "fmnist-wrong-type":
+            raw = bytearray(f.read_bytes())
+            raw[2] = 0x0D
+            f.write_bytes(bytes(raw))
+            return "fashion-mnist", ["element type"]
+    batch = _cifar(root)
+    if kind == "cifar-garbage":
+        batch.write_bytes(b"\x80\x04garbage" * 50)
+        return "cifar10", ["data_batch_1"]
+    if kind == "cifar-truncated":
+        batch.write_bytes(batch.read_bytes()[:300])
+        return "cifar10", ["data_batch_1"]
+    if kind == "cifar-missing-key":
+        with open(batch, "wb") as f:
+            pickle.dump({b"labels": [0]}, f)
+        return "cifar10", ["data"]
+    if kind == "cifar-wrong-shape":
+        with open(batch, "wb") as f:
+            pickle.dump({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, f)
+        return "cifar10", ["data_batch_1", "3072"]
+    if kind == "cifar-evil-pickle":
+        with open(batch, "wb") as f:
+            pickle.dump({b"data": _Evil(str(tmp_path / "PWNED")), b"labels": [0]}, f)
+        return "cifar10", ["data_batch_1", "refusing"]
+    if kind == "cifar-missing-batch":
+        (batch.parent / "data_batch_3").unlink()
+        return "cifar10", ["data_batch_3"]
+    raise AssertionError(kind)
+
+
+DATA_CASES = ["fmnist-missing", "fmnist-bad-magic", "fmnist-truncated", "fmnist-gz-truncated", "fmnist-gz-not-gzip",
+              "fmnist-label-mismatch", "fmnist-wrong-type", "cifar-garbage", "cifar-truncated", "cifar-missing-key",
+              "cifar-wrong-shape", "cifar-evil-pickle", "cifar-missing-batch"]
+
+
+@pytest.mark.parametrize("kind", DATA_CASES)
+def test_bad_data_dir(tmp_path, capsys, kind):
+    from stablenas.data import clear_cache
+
+    clear_cache()
+    root = tmp_path / "data"
+    root.mkdir()
+    dataset, names = _data_case(kind, root, tmp_path)
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--set", f"data.dataset={dataset}", "--set",
+                            f"data.root={root}", "--set", "data.batch_size=4", "--out", tmp_path / "o"], capsys)
+    assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+# --------------------------------------------------------------------------------------------- genotypes
+
+
+def _genotype_file(tmp_path: Path, g) -> Path:
+    p = tmp_path / "g.json"
+    p.write_text(g if isinstance(g, str) else json.dumps(g))
+    return p
+
+
+def _g(**kw):
+    return {**S5_GENOTYPE, **kw}
+
+
+GENOTYPE_CASES = [
+    ("normal-null", _g(normal=None), ["normal", "null"]),
+    ("input-x", _g(normal=[["sep_conv_3x3", "x"], ["skip_connect", 1]]), ["normal[0]", "'x'"]),
+    ("input-float", _g(normal=[["sep_conv_3x3", 0.5], ["skip_connect", 1]]), ["normal[0]"]),
+    ("input-out-of-range", _g(normal=[["sep_conv_3x3", 0], ["skip_connect", 7]]), ["allowed inputs"]),
+    ("negative-input", _g(normal=[["sep_conv_3x3", -1], ["skip_connect", 1]]), ["allowed inputs"]),
+    ("unknown-space", _g(space="s42"), ["space", "s42"]),
+    ("op-outside-space", _g(normal=[["dil_conv_5x5", 0], ["skip_connect", 1]]), ["dil_conv_5x5", "s5"]),
+    ("unknown-op", _g(normal=[["conv9", 0], ["skip_connect", 1]]), ["conv9"]),
+    ("empty-concat", _g(normal_concat=[]), ["normal_concat", "empty"]),
+    ("concat-out-of-cell", _g(reduce_concat=[5]), ["reduce_concat"]),
+    ("concat-string", _g(normal_concat="2"), ["normal_concat"]),
+    ("missing-key", {"space": "s5", "normal": [["sep_conv_3x3", 0], ["skip_connect", 1]]}, ["missing"]),
+    ("unknown-key", _g(colour="red"), ["colour"]),
+    ("entry-not-pair", _g(normal=[["sep_conv_3x3"], ["skip_connect", 1]]), ["normal[0]"]),
+    ("odd-entries", _g(normal=[["sep_conv_3x3", 0]]), ["normal"]),
+    ("not-json", "{not json", ["not valid JSON"]),
+    ("json-list", "[1, 2]", ["JSON object"]),
+    ("nb201-malformed", {"space": "nb201", "arch": "|nor_conv_3x3~0|+|none~0|"}, ["malformed"]),
+    ("nb201-unknown-op", {"space": "nb201", "arch": "|conv9~0|+|none~0|none~1|+|none~0|none~1|none~2|"},
+     ["conv9"]),
+]
+
+
+@pytest.mark.parametrize("g,names", [c[1:] for c in GENOTYPE_CASES], ids=[c[0] for c in GENOTYPE_CASES])
+def test_bad_genotype(tmp_path, capsys, g, names):
+    path = _genotype_file(tmp_path, g)
+    before = tree(tmp_path)
+    code, _, err = run_cli(["info", path], capsys)
+    assert_one_error(code, err, 2, *names)
+    code, _, err = run_cli(["train", path, *TRAIN_TINY, "--out", tmp_path / "t"], capsys)
+    assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+
+
+def test_unknown_genotype_name(tmp_path, capsys):
+    code, _, err = run_cli(["info", "NO_SUCH_NET"], capsys)
+    assert_one_error(code, err, 2, "NO_SUCH_NET")
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def test_train_missing_dataset_leaves_nothing(tmp_path, capsys):
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    (tmp_path / "empty").mkdir()
+    before = tree(tmp_path)
+    args = ["train", g, "--dataset", "fashion-mnist", "--data-root", tmp_path / "empty", "--epochs", "1",
+            "--out", tmp_path / "t"]
+    for _ in range(2):  # a retry sees the same error, not "already holds a run"
+        code, _, err = run_cli(args, capsys)
+        assert_one_error(code, err, 2, "fashion-mnist", "not found")
+        assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--set", "lr=-1"], ["lr"]),
+    (["--set", "colour=red"], ["colour", "unknown key"]),
+    (["--preset", "bogus"], ["bogus"]),
+    (["--set", "device=tpu"], ["device"]),
+    (["--set", "subset=100000"], ["subset"]),
+], ids=["lr", "unknown-key", "preset", "device", "subset"])
+def test_bad_train_settings(tmp_path, capsys, args, names):
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    before = tree(tmp_path)
+    code, _, err = run_cli(["train", g, *TRAIN_TINY, *args, "--out", tmp_path / "t"], capsys)
+    assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+
+
+def test_train_out_is_a_file_and_resume_missing(tmp_path, capsys):
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    (tmp_path / "f").write_text("x")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["train", g, *TRAIN_TINY, "--out", tmp_path / "f"], capsys)
+    assert_one_error(code, err, 2, "is a file")
+    code, _, err = run_cli(["train", g, *TRAIN_TINY, "--out", tmp_path / "nope", "--resume"], capsys)
+    assert_one_error(code, err, 2, "does not exist")
+    assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------------------------- show, s5-table
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "bad-yaml", "yaml-list"])
+def test_bad_show(tmp_path, capsys, kind):
+    d = tmp_path / "r"
+    if kind == "file":
+        d.write_text("x")
+    elif kind != "missing":
+        d.mkdir()
+        (d / "config.yaml").write_text("a: [1,\n" if kind == "bad-yaml" else "- 1\n")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["show", d], capsys)
+    assert_one_error(code, err, 2, str(d))
+    assert tree(tmp_path) == before
+
+
+def test_show_statuses(run_copy, tmp_path, capsys):
+    code, out, _ = run_cli(["show", run_copy], capsys)
+    assert code == 0 and "status: complete" in out
+    (run_copy / "genotype.json").unlink()
+    (run_copy / "status.json").write_text(json.dumps({"kind": "search", "state": "running", "pid": 999999999}))
+    code, out, _ = run_cli(["show", run_copy], capsys)
+    assert code == 0 and "status: interrupted" in out and "999999999 died" in out
+
+
+def test_s5_table_work_is_a_file_and_never_writes_the_package(tmp_path, capsys):
+    import stablenas
+
+    pkg = Path(stablenas.__file__).parent / "resources"
+    pkg_before = tree(pkg)
+    (tmp_path / "w").write_text("x")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["s5-table", "--work", tmp_path / "w", "--set", "epochs=1"], capsys)
+    assert_one_error(code, err, 2, "is a file")
+    assert tree(tmp_path) == before
+    # the default table path is inside --work, not the installed package
+    from stablenas.evaluate import s5
+
+    assert "table_path(dataset)" not in Path(s5.__file__).read_text().split("def generate_table")[1]
+    assert tree(pkg) == pkg_before
+
+
+# --------------------------------------------------------------------------------------------- signals, NaN
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_and_says_how_to_resume(tmp_path, capsys, monkeypatch, sig, code):
+    from stablenas.search.loop import Search
+
+    orig = Search.weight_step
+
+    def step(self, batch):
+        if self.global_step == 1:
+            signal.raise_signal(sig)
+        return orig(self, batch)
+
+    monkeypatch.setattr(Search, "weight_step", step)
+    d = tmp_path / "o"
+    got, _, err = run_cli(["search", "darts", *TINY, "--set", "search.steps_per_epoch=4", "--out", d], capsys)
+    line = assert_one_error(got, err, code, signal.Signals(sig).name, "--resume", str(d))
+    assert "epoch 1, step 2" in line
+    ck = torch.load(d / "checkpoint.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"]) == (0, 2)
+    assert not (d / "genotype.json").exists()
+    assert json.loads((d / "status.json").read_text())["state"] == "interrupted"
+    assert not (d / "run.lock").exists()
+
+
+@pytest.mark.parametrize("sets", [["optim.lr=1e12", "optim.grad_clip=null"],
+                                  ["optim.arch_optimizer=sgd", "optim.arch_lr=1e30"]], ids=["lr", "arch_lr"])
+def test_diverged_search_exits_3_without_genotype(tmp_path, capsys, sets):
+    d = tmp_path / "o"
+    extra = [a for s in sets for a in ("--set", s)]
+    code, out, err = run_cli(["search", "darts", *TINY, *extra, "--set", "search.steps_per_epoch=3",
+                              "--set", "optim.epochs=2", "--out", d], capsys)
+    assert_one_error(code, err, 3, "diverged", "non-finite")
+    assert not (d / "genotype.json").exists()
+    if (d / "metrics.jsonl").exists():
+        for line in (d / "metrics.jsonl").read_text().splitlines():
+            json.loads(line)  # valid JSON (no bare NaN)
+    assert json.loads((d / "status.json").read_text())["state"] == "diverged"
+    code, out, _ = run_cli(["show", d], capsys)
+    assert code == 0 and "status: diverged" in out
