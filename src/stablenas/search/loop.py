@@ -168,6 +168,8 @@ class Search:
                 applied = rd.load_checkpoint()
                 self._apply_checkpoint(applied, rd.checkpoint)
             rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
+            if rd.lock.took_over:
+                self.log(f"{self.out_dir}: took over the lock of process {rd.lock.took_over}, which is gone")
             try:
                 if resume and rd.checkpoint.exists():
                     ck = rd.load_checkpoint()
