@@ -171,6 +171,11 @@ class SearchConfig(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# training-split sizes of the built-in datasets (stablenas.data.datasets), known without loading them
+TRAIN_SIZES: dict[str, int] = {"fashion-mnist": 60000, "mnist": 60000, "digits": 1437, "cifar10": 50000,
+                               "cifar100": 50000, "svhn": 73257}
+
+
 def _check_device(name: str) -> None:
     """``device``: auto, cpu, cuda, cuda:N or mps, and present on this machine."""
     import re
@@ -198,8 +203,6 @@ def _check_data_sizes(cfg: SearchConfig) -> None:
     """data.subset / data.batch_size against the dataset's training-set size, when it is known
     without loading (the built-in datasets; user files are checked after loading, still before
     anything is written)."""
-    from .data.datasets import TRAIN_SIZES
-
     d = cfg.data
     n = TRAIN_SIZES.get(d.dataset)
     if n is None:

@@ -45,9 +45,6 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _ROOT_HINT = f"pass --data-root DIR (or set {DATA_ROOT_ENV})"
-# training-split sizes of the built-in datasets, known without loading them (config checks)
-TRAIN_SIZES: dict[str, int] = {"fashion-mnist": 60000, "mnist": 60000, "digits": 1437, "cifar10": 50000,
-                               "cifar100": 50000, "svhn": 73257}
 
 
 @dataclass
