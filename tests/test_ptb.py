@@ -261,7 +261,7 @@ def test_discretisation_on_hand_set_weights():
         if other != e:
             w[other, 0] = 0.9
     g = derive_recurrent(space, {CELL: w})
-    assert g.recurrent == tuple(want) and g.concat == tuple(range(1, 9))
+    assert g.recurrent == tuple(want) and g.concat() == tuple(range(1, 9))
     assert g.share("identity") == 2 / 8
     # ties go to the earlier predecessor and the earlier op
     tie = derive_recurrent(space, {CELL: torch.full((36, 5), 0.2)})
@@ -274,7 +274,7 @@ def test_discretisation_on_hand_set_weights():
 
 def test_recurrent_genotype_round_trip_and_errors(tmp_path):
     g = DARTS_V2_RNN
-    assert g.recurrent[5] == ("identity", 1) and g.concat == tuple(range(1, 9))
+    assert g.recurrent[5] == ("identity", 1) and g.concat() == tuple(range(1, 9))
     g.save(tmp_path / "genotype.json")
     assert RecurrentGenotype.load(tmp_path) == g
     assert json.loads(g.to_json())["recurrent"][0] == ["relu", 0]

@@ -10,31 +10,41 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import GenotypeError
+from ..genotype import Genotype
 from ..spaces.registry import SearchSpace
 from .space import CELL, RNN_OPS
 
 Pair = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class RecurrentGenotype:
-    space: str
-    recurrent: tuple[Pair, ...]
-    concat: tuple[int, ...] = ()
-    extra: dict = field(default_factory=dict, compare=False)
+@dataclass(frozen=True, init=False)
+class RecurrentGenotype(Genotype):
+    """A :class:`~stablenas.genotype.Genotype` of the recurrent skeleton (its CNN fields stay empty)."""
 
-    is_nb201 = False
+    recurrent: tuple[Pair, ...] = ()
+    recurrent_concat: tuple[int, ...] = ()
+
     is_recurrent = True
 
-    def __post_init__(self) -> None:
-        if not self.concat:
-            object.__setattr__(self, "concat", tuple(range(1, len(self.recurrent) + 1)))
+    def __init__(self, space: str, recurrent: tuple[Pair, ...], concat: tuple[int, ...] = (),
+                 extra: dict | None = None):
+        object.__setattr__(self, "space", space)
+        for name in ("normal", "normal_concat", "reduce", "reduce_concat"):
+            object.__setattr__(self, name, ())
+        object.__setattr__(self, "arch", None)
+        object.__setattr__(self, "extra", dict(extra or {}))
+        object.__setattr__(self, "recurrent", tuple((str(op), int(p)) for op, p in recurrent))
+        object.__setattr__(self, "recurrent_concat", tuple(concat) or tuple(range(1, len(self.recurrent) + 1)))
+
+    @property
+    def is_nb201(self) -> bool:
+        return False
 
     # -- views (the CNN Genotype's API, cell type "recurrent") ------------------------------------
     @property
@@ -45,6 +55,14 @@ class RecurrentGenotype:
         if cell_type != CELL:
             raise KeyError(cell_type)
         return self.recurrent
+
+    def concat(self, cell_type: str = CELL) -> tuple[int, ...]:
+        if cell_type != CELL:
+            raise KeyError(cell_type)
+        return self.recurrent_concat
+
+    def cell_types(self) -> list[str]:
+        return [CELL]
 
     def ops(self, cell_type: str | None = None) -> list[str]:
         return [op for op, _ in self.recurrent]
@@ -58,7 +76,7 @@ class RecurrentGenotype:
         names = ["x_t", "h_{t-1}"] + [str(i) for i in range(self.n_nodes + 1)] + ["h_t"]
         edges = [("x_t", "0", "highway"), ("h_{t-1}", "0", "highway")]
         edges += [(str(pred), str(i + 1), op) for i, (op, pred) in enumerate(self.recurrent)]
-        edges += [(str(j), "h_t", "") for j in self.concat]
+        edges += [(str(j), "h_t", "") for j in self.recurrent_concat]
         return names, edges, "h_t"
 
     def to_dot(self) -> str:
@@ -87,7 +105,7 @@ class RecurrentGenotype:
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"space": self.space, "recurrent": [[op, p] for op, p in self.recurrent],
-                "concat": list(self.concat)}
+                "concat": list(self.recurrent_concat)}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -146,13 +164,13 @@ class RecurrentGenotype:
                 raise GenotypeError(f"recurrent: node {k + 1} has op {op!r}; allowed: {', '.join(valid_ops)}")
             if not 0 <= pred <= k:
                 raise GenotypeError(f"recurrent: node {k + 1} reads node {pred}; allowed predecessors are 0..{k}")
-        for j in self.concat:
+        for j in self.recurrent_concat:
             if not 0 <= j <= self.n_nodes:
                 raise GenotypeError(f"concat: node {j} does not exist (nodes 0..{self.n_nodes})")
 
     def __str__(self) -> str:
         cell = " ".join(f"{op}<-{p}" for op, p in self.recurrent)
-        return f"recurrent: {cell} | mean of {list(self.concat)}"
+        return f"recurrent: {cell} | mean of {list(self.recurrent_concat)}"
 
 
 def derive_recurrent(space: SearchSpace, op_weights: Mapping[str, torch.Tensor]) -> RecurrentGenotype:

@@ -149,7 +149,7 @@ class DiscreteCell(_CellBase):
         self.genotype = genotype
         self.acts = [ACTIVATIONS[op] for op, _ in genotype.recurrent]
         self.preds = [p for _, p in genotype.recurrent]
-        self.concat = list(genotype.concat)
+        self.concat = list(genotype.concat())
 
     def step(self, x: torch.Tensor, h_prev: torch.Tensor, x_mask: torch.Tensor | None,
              h_mask: torch.Tensor | None) -> torch.Tensor:
