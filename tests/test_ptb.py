@@ -225,7 +225,7 @@ def test_language_model_shapes_tied_decoder_and_init():
     assert m.decoder.weight is m.encoder.weight
     with torch.no_grad():
         assert float(m.encoder.weight.abs().max()) <= 0.04 and float(m.cell.Ws.abs().max()) <= 0.04
-    assert float(m.decoder.bias.abs().max()) == 0.0
+        assert float(m.decoder.bias.abs().max()) == 0.0
     s = BPTTStream(torch.randint(0, 50, (400,)), 5, 7, seed=0, variable=False)
     x, y = next(s)
     w = {CELL: torch.softmax(torch.zeros(36, 5), -1)}
