@@ -297,6 +297,18 @@ class BPTTStream:
         while self.position < len(self.plan(self.epoch)):
             yield next(self)
 
+    @property
+    def num_samples(self) -> int:
+        """Tokens in the batchified split."""
+        return self.rows * self.batch_size
+
+    def batch(self, epoch: int, number: int) -> tuple[RNNInput, torch.Tensor]:
+        """Window ``number`` of loader-epoch ``epoch`` from a zero hidden state, without moving the
+        stream (fixed batches: curvature measurements)."""
+        start, length = self.plan(epoch)[number]
+        x = self.data[start:start + length]
+        return RNNInput(x), self.data[start + 1:start + 1 + length].reshape(-1)
+
     def seq_len_of_next(self) -> int:
         plan = self.plan(self.epoch)
         return plan[self.position][1] if self.position < len(plan) else self.bptt

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spaces.ops import OPS, register_op
-from ..spaces.registry import SPACES, SearchSpace, register_space
+from ..spaces.ops import register_op
+from ..spaces.registry import SearchSpace, register_space
 
 RNN_SKELETON = "rnn"
 CELL = "recurrent"  # the one cell type of a recurrent space
@@ -50,8 +50,7 @@ class _Elementwise(nn.Module):
 
 
 for _name in ("tanh", "relu", "sigmoid", "identity"):
-    if _name not in OPS:
-        register_op(_name, lambda C, stride, affine, _n=_name: _Elementwise(_n), parametric=False)
+    register_op(_name, lambda C, stride, affine, _n=_name: _Elementwise(_n), parametric=False)
 
 
 def recurrent_space(name: str, ops: tuple[str, ...], description: str, source: str,
@@ -65,10 +64,10 @@ def is_recurrent(space: SearchSpace) -> bool:
     return space.skeleton == RNN_SKELETON
 
 
-if "ptb" not in SPACES:
-    register_space(recurrent_space(
-        "ptb", RNN_OPS, "DARTS recurrent cell: 8 nodes, one (op, predecessor) each; none, tanh, relu, sigmoid, "
-        "identity", "Liu et al. 2019, Sec. 3 / App. A.1.2"))
-    register_space(recurrent_space(
-        "ptb-relu-id", ("relu", "identity"), "recurrent cell, reduced space of relu and identity",
-        "Zela et al. 2020, App. F"))
+# built-ins of the op and space registries (stablenas.registry names this module)
+register_space(recurrent_space(
+    "ptb", RNN_OPS, "DARTS recurrent cell: 8 nodes, one (op, predecessor) each; none, tanh, relu, sigmoid, "
+    "identity", "Liu et al. 2019, Sec. 3 / App. A.1.2"))
+register_space(recurrent_space(
+    "ptb-relu-id", ("relu", "identity"), "recurrent cell, reduced space of relu and identity",
+    "Zela et al. 2020, App. F"))

@@ -105,9 +105,6 @@ class Search:
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {self.data.n_train} training images "
                               "of the search split; lower it or raise data.subset")
-        self.steps_per_epoch = len(self.train_loader)
-        if cfg.search.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.search.steps_per_epoch)
 
         # model and alpha (alpha lives outside the network; see supernet.arch)
         cl = cfg.network.channels_last
@@ -215,6 +212,14 @@ class Search:
         """The training criterion on a batch; the skeleton decides (a recurrent one carries its
         hidden state per ``self.stream``)."""
         return self.skeleton.loss(self, x, y, mix, params)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Weight steps of the current epoch: the loader's batches of this epoch (a BPTT stream's
+        window count varies per epoch), capped by ``search.steps_per_epoch``."""
+        n = len(self.train_loader)
+        cap = self.cfg.search.steps_per_epoch
+        return min(n, cap) if cap else n
 
     @property
     def lr(self) -> float:
