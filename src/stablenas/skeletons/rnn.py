@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..genotype import Genotype
-    from ..methods.base import Mix
     from ..spaces.registry import SearchSpace
 
 
