@@ -151,7 +151,8 @@ def train(
                                                  "published name (see `stablenas info --list`)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="training run directory")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="default: the preset's (cifar10)")] = None,
-    preset: Annotated[str, typer.Option("--preset", help="darts | darts-small | nb201")] = "darts",
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="darts | darts-small | nb201; recurrent genotypes: ptb | ptb-cpu")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="initial channels C")] = None,
     layers: Annotated[int | None, typer.Option("--layers", help="cells (nb201: cells per stage)")] = None,
@@ -168,12 +169,21 @@ def train(
 ) -> None:
     """Train a genotype from scratch (DARTS recipe) and write result.json with test accuracy,
     parameters and multiply-adds; checkpointed every epoch (--resume continues)."""
-    from .evaluate.train import TrainExistsError, train_config, train_genotype
+    from .evaluate.train import TrainExistsError, resolve_genotype, train_config, train_genotype
 
     try:
-        cfg = train_config(preset, set_, dataset=dataset, epochs=epochs, channels=channels, layers=layers,
-                           batch_size=batch, lr=lr, seed=seed, data_root=data_root, network=network)
-        result = train_genotype(genotype, cfg, out, resume=resume, progress=progress)
+        g = resolve_genotype(genotype)
+        own = g.skeleton.train_command(
+            g, out, preset=preset, overrides=set_, resume=resume, progress=progress,
+            fields=dict(dataset=dataset, epochs=epochs, channels=channels, layers=layers, batch_size=batch, lr=lr,
+                        seed=seed, data_root=data_root, network=network))
+        if own is not None:
+            typer.echo(own[1])
+            typer.echo(f"result: {out / 'result.json'}")
+            return
+        cfg = train_config(preset or "darts", set_, dataset=dataset, epochs=epochs, channels=channels,
+                           layers=layers, batch_size=batch, lr=lr, seed=seed, data_root=data_root, network=network)
+        result = train_genotype(g, cfg, out, resume=resume, progress=progress)
     except (*_user_errors(), TrainExistsError, ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
     msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
@@ -216,6 +226,12 @@ def info(
         size = dims[0] if len(dims) == 1 else tuple(dims)
     try:
         g = resolve_genotype(genotype)
+        lines = g.skeleton.info_lines(g, genotype, dict(network=network, channels=channels, layers=layers,
+                                                        classes=classes, input_size=size))
+        if lines is not None:
+            for line in lines:
+                typer.echo(line)
+            return
         net = g.skeleton.resolve_eval_network(network)
         r = profile_info(g, net, C=channels, layers=layers, num_classes=classes, input_size=size)
     except (*_user_errors(), ValueError, KeyError) as e:

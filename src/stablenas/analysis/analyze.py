@@ -178,7 +178,7 @@ def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
     spec = (a.get("curvature") or {}).get("spectrum_top")
     if spec:
         figs["spectrum"] = plots.spectrum_plot(spec)
-    if a.get("gradient_correlation"):
+    if (a.get("gradient_correlation") or {}).get("bi"):
         figs["grad_corr"] = plots.grad_corr_plot(a["gradient_correlation"])
     return figs
 

@@ -275,6 +275,8 @@ def gradient_correlation(search: Search, *, batches: int = 1) -> dict:
     (validation, training) batch pairs. Bi-level pairs a validation batch with a training batch;
     single-level pairs the training batch with itself (both updates use the same batch). Also the
     bi-level value normalised to a cosine (it is 1 by construction for single-level)."""
+    if not hasattr(search.net, "cells"):  # e.g. the recurrent cell: no per-edge op modules to hook
+        return {"skipped": "the supernet has no per-edge op modules (gradient correlation is defined on them)"}
     n_cells = len([c for c in search.net.cells if hasattr(c, "edges")])
     cells = sorted({0, n_cells // 2, n_cells - 1})
     vals = validation_batches(search, batches)

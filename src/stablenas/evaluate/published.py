@@ -207,6 +207,12 @@ for _space, (_normal, _reduce) in _MSDARTS_S.items():
 del _space, _variant, _var, _normal, _reduce
 
 
+# ---- recurrent cells (Penn Treebank) -------------------------------------------------------------
+from ..rnn.genotype import PUBLISHED_RNN  # noqa: E402  (after the CNN entries: listing order)
+
+PUBLISHED.update(PUBLISHED_RNN)
+
+
 def list_published() -> list[str]:
     return list(PUBLISHED)
 

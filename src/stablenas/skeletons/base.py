@@ -295,6 +295,16 @@ class Skeleton:
         return out
 
     # -- evaluation networks (train / info) ------------------------------------------------------
+    def train_command(self, genotype: Genotype, out: Any, *, preset: str | None, overrides: list[str] | None,
+                      fields: dict[str, Any], resume: bool, progress: bool | None) -> tuple[dict, str] | None:
+        """``stablenas train`` with this skeleton's own protocol: (result, summary line), or None to
+        use the image-classification trainer (:mod:`stablenas.evaluate.train`)."""
+        return None
+
+    def info_lines(self, genotype: Genotype, name: str, fields: dict[str, Any]) -> list[str] | None:
+        """``stablenas info`` lines for a genotype of this skeleton, or None for the image networks."""
+        return None
+
     def resolve_eval_network(self, network: str | None) -> str:
         """The evaluation network to build for ``network`` (``None``/``"auto"``: the default)."""
         if network in (None, "auto"):

@@ -233,6 +233,39 @@ class RecurrentSkeleton(Skeleton):
             out.append((space.node_edges(i)[p], op))
         return out
 
+    # -- training and size (train / info) ------------------------------------------------------
+    def train_command(self, genotype: Genotype, out: Any, *, preset: str | None, overrides: list[str] | None,
+                      fields: dict[str, Any], resume: bool, progress: bool | None) -> tuple[dict, str]:
+        from ..rnn.train import rnn_train_config, train_recurrent
+
+        for key in ("dataset", "layers", "network"):
+            if fields.get(key) is not None:
+                raise ConfigError(f"--{key} does not apply to a recurrent genotype (Penn Treebank language model); "
+                                  "use --channels for the hidden units, --set for any other setting")
+        units = fields.get("channels")
+        cfg = rnn_train_config(preset or "ptb", overrides, epochs=fields.get("epochs"),
+                               batch_size=fields.get("batch_size"), lr=fields.get("lr"), seed=fields.get("seed"),
+                               data_root=fields.get("data_root"), emsize=units, nhid=units)
+        r = train_recurrent(self._rg(genotype), cfg, out, resume=resume, progress=progress)
+        parts = [f"valid ppl {r['valid_ppl']:.2f}"] + ([f"test ppl {r['test_ppl']:.2f}"] if "test_ppl" in r else [])
+        return r, f"{'  '.join(parts)}  params {r['params'] / 1e6:.3f}M  epochs {r['epochs']}"
+
+    def info_lines(self, genotype: Genotype, name: str, fields: dict[str, Any]) -> list[str]:
+        from ..data.ptb import PTB_VOCAB
+        from ..rnn.train import count_rnn_params
+
+        for key in ("network", "layers", "classes", "input_size"):
+            if fields.get(key) is not None:
+                raise ConfigError(f"--{key.replace('_', '-')} does not apply to a recurrent genotype; "
+                                  "--channels sets the hidden units (default 850)")
+        units = fields.get("channels") or 850
+        n = count_rnn_params(self._rg(genotype), units, PTB_VOCAB)
+        emb = PTB_VOCAB * units
+        return [f"{name}: recurrent language model, {units} units (emsize = nhid), {PTB_VOCAB:,}-word vocabulary, "
+                f"{self._rg(genotype).n_nodes} nodes",
+                f"parameters:    {n / 1e6:.1f}M ({n:,}; decoder tied to the embedding: {emb:,} embedding, "
+                f"{n - emb:,} cell + decoder bias)"]
+
     @staticmethod
     def _rg(genotype: Genotype) -> RecurrentGenotype:
         if not isinstance(genotype, RecurrentGenotype):
