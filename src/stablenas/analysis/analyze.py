@@ -130,7 +130,8 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
         out["cells"] = dg.cell_stats(returned)
     if grad_corr:
         log("gradient correlation ...")
-        out["gradient_correlation"] = dg.gradient_correlation(search, batches=1)
+        gc = dg.gradient_correlation(search, batches=1)
+        out["gradient_correlation_skipped" if "skipped" in gc else "gradient_correlation"] = gc.get("skipped", gc)
     out["lambda"] = lambda_info(run.metrics)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out = _clean(out)
@@ -178,7 +179,7 @@ def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
     spec = (a.get("curvature") or {}).get("spectrum_top")
     if spec:
         figs["spectrum"] = plots.spectrum_plot(spec)
-    if (a.get("gradient_correlation") or {}).get("bi"):
+    if a.get("gradient_correlation"):
         figs["grad_corr"] = plots.grad_corr_plot(a["gradient_correlation"])
     return figs
 
