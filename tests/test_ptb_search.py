@@ -77,10 +77,13 @@ def test_cnn_structure_methods_refuse_in_one_line(preset, what):
 
 
 def test_bad_model_option_is_one_line():
-    with pytest.raises(ConfigError, match=r"model\.nhidd: unknown key; valid keys here: emsize, nhid"):
+    with pytest.raises(ConfigError, match=r"model \(rnn skeleton\): unknown option 'nhidd'; valid options: emsize, nhid"):
         sn.load_config("ptb-cpu", ["model.nhidd=3"])
     with pytest.raises(ConfigError, match=r"emsize .* must equal"):
         sn.load_config("ptb-cpu", ["model.emsize=16"])
+    with pytest.raises(ConfigError, match=r"data.dataset: the rnn skeleton reads Penn Treebank") as e:
+        sn.load_config("ptb-cpu", ["data.dataset=cifar10"])
+    assert "\n" not in str(e.value)
 
 
 def test_weight_step_scales_lr_by_window_length_and_adds_tar():
