@@ -301,9 +301,8 @@ def test_published_ops_belong_to_their_space(name: str):
     g.validate()
     space = get_space(g.space)
     for ct in space.cell_types:
-        for k, (op, inp) in enumerate(g.cell(ct)):
-            edge = space.node_edges(k // 2)[inp]
-            assert op in space.edge_ops[ct][edge], (ct, k, op, inp)
+        for edge, op in g.skeleton.genotype_edges(space, g, ct):  # the skeleton maps (op, input) to edges
+            assert op in space.edge_ops[ct][edge], (ct, edge, op)
 
 
 def test_build_eval_network_dispatch():
