@@ -36,21 +36,24 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class _Elementwise(nn.Module):
-    """Registry entry of an activation op (``C``/``stride``/``affine`` do not apply to it)."""
+    """Registry entry of an activation op. The recurrent cell applies the activation itself; as a
+    module it keeps the op-registry contract (channels kept, stride 2 halves the map by subsampling,
+    like the zero op), so it is a valid op wherever ops are built."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, stride: int = 1):
         super().__init__()
-        self.name = name
+        self.name, self.stride = name, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ACTIVATIONS[self.name](x)
+        y = ACTIVATIONS[self.name](x)
+        return y if self.stride == 1 else y[..., :: self.stride, :: self.stride]
 
     def extra_repr(self) -> str:
-        return self.name
+        return f"{self.name}, stride={self.stride}"
 
 
 for _name in ("tanh", "relu", "sigmoid", "identity"):
-    register_op(_name, lambda C, stride, affine, _n=_name: _Elementwise(_n), parametric=False)
+    register_op(_name, lambda C, stride, affine, _n=_name: _Elementwise(_n, stride), parametric=False)
 
 
 def recurrent_space(name: str, ops: tuple[str, ...], description: str, source: str,
