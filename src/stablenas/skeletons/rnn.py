@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..genotype import Genotype
+    from ..methods.base import Mix
     from ..spaces.registry import SearchSpace
 
 
