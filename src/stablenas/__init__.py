@@ -19,11 +19,12 @@ from .supernet.network import build_supernet
 __version__ = "0.1.0"
 
 
-def run_search(config, out_dir=None, *, resume: bool = False, progress=None, log=None):
-    """Build and run a search from a ``SearchConfig``; returns a ``SearchResult``."""
+def run_search(config, out_dir=None, *, resume: bool = False, progress=None, log=None, loggers=None):
+    """Build and run a search from a ``SearchConfig``; returns a ``SearchResult``. ``loggers``:
+    live logging (``"auto"``, ``"tensorboard"``, ``"wandb"``, ``"mlflow"``; see stablenas.loggers)."""
     from .search.loop import run_search as _run
 
-    return _run(config, out_dir, resume=resume, progress=progress, log=log)
+    return _run(config, out_dir, resume=resume, progress=progress, log=log, loggers=loggers)
 
 
 def load_run(path):

@@ -13,6 +13,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="stablenas: stable differentiable architecture search (DARTS and friends).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"stablenas {__version__}")
+        raise typer.Exit()
+
+
 def _fail(msg: str, code: int = 2) -> None:
     """The one way a command ends on a user error: ``error: <one line>`` on stderr, exit ``code``."""
     typer.echo(f"error: {_one_line(msg)}", err=True)
@@ -40,6 +48,8 @@ def _global(
     plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", help="a Python file or module that registers methods, ops, spaces, skeletons or datasets "
                          "(repeatable); runs record it, so analyze/report/train/--resume find it again")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
 ) -> None:
     """stablenas: stable differentiable architecture search (DARTS and friends)."""
     from .plugins import add_session_plugins, load_entry_points
@@ -51,22 +61,59 @@ def _global(
         _fail(str(e), _code(e))
 
 
+# options every command that runs shares (one definition, so they read the same everywhere)
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="the one seed (default: the config's)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch intra-op threads")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="resolve the config, time a few steps, print the "
+                                                           "estimated wall time and peak memory; write nothing")]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="print the resolved config (YAML) and exit")]
+LogOpt = Annotated[str, typer.Option("--log", help="live logging: auto (TensorBoard when installed) | none | "
+                                                   "comma-separated tensorboard, wandb, mlflow")]
+
+
+def _runtime_sets(seed: int | None, device: str | None, threads: int | None) -> list[str]:
+    """--seed/--device/--threads as the config overrides they stand for."""
+    out = []
+    for key, v in (("seed", seed), ("device", device), ("threads", threads)):
+        if v is not None:
+            out.append(f"{key}={v}")
+    return out
+
+
 @app.command()
 def search(
     config: Annotated[str, typer.Argument(help="YAML config file or preset name (see `stablenas presets`)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="run directory")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set optim.epochs=10")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="progress bar (default: when a terminal)")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    log: LogOpt = "auto",
+    dry_run: DryRunOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
-    """Run an architecture search and write config.yaml, metrics.jsonl, genotype.json, checkpoint.pt."""
+    """Run an architecture search and write config.yaml, metrics.jsonl, genotype.json, checkpoint.pt
+    (and live TensorBoard scalars in tensorboard/ when tensorboard is installed)."""
     from .config import load_config
     from .search.loop import Search
 
+    if out is None and not (dry_run or print_config):
+        _fail("--out DIR is required (the run directory); --dry-run and --print-config need none")
     try:
-        cfg = load_config(config, set_)
-        result = Search(cfg, out, resume=resume, progress=progress).run()
+        cfg = load_config(config, [*(set_ or []), *_runtime_sets(seed, device, threads)])
+        if print_config:
+            typer.echo(cfg.to_yaml(), nl=False)
+            return
+        if dry_run:
+            from .estimate import estimate_search, format_estimate
+
+            typer.echo(format_estimate(estimate_search(cfg)))
+            return
+        result = Search(cfg, out, resume=resume, progress=progress, loggers=log).run()
     except _user_errors() as e:
         _fail(str(e), _code(e))
     typer.echo(f"genotype: {result.genotype.to_json()}")
@@ -149,8 +196,9 @@ def _count(n: float) -> str:
 def train(
     genotype: Annotated[str, typer.Argument(help="genotype.json, a run directory, an NB201 arch string or a "
                                                  "published name (see `stablenas info --list`)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="training run directory")],
-    dataset: Annotated[str | None, typer.Option("--dataset", help="default: the preset's (cifar10)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="training run directory")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="default: the search run's dataset for a run "
+                                                                  "directory, else the preset's (cifar10)")] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="darts | darts-small | nb201; recurrent genotypes: ptb | ptb-cpu")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
@@ -158,7 +206,9 @@ def train(
     layers: Annotated[int | None, typer.Option("--layers", help="cells (nb201: cells per stage)")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="batch size")] = None,
     lr: Annotated[float | None, typer.Option("--lr")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="dataset directory")] = None,
     network: Annotated[str | None, typer.Option("--network", help="auto | cifar | imagenet | nb201")] = None,
     set_: Annotated[list[str] | None, typer.Option(
@@ -166,14 +216,25 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="progress bar (default: when a terminal)")] = None,
+    log: LogOpt = "auto",
+    dry_run: DryRunOpt = False,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Train a genotype from scratch (DARTS recipe) and write result.json with test accuracy,
     parameters and multiply-adds; checkpointed every epoch (--resume continues)."""
-    from .evaluate.train import TrainExistsError, resolve_genotype, train_config, train_genotype
+    from .evaluate.train import (
+        TrainExistsError,
+        inherited_fields,
+        resolve_genotype,
+        train_config,
+        train_genotype,
+    )
 
+    if out is None and not (dry_run or print_config):
+        _fail("--out DIR is required (the training run directory); --dry-run and --print-config need none")
     try:
         g = resolve_genotype(genotype)
-        own = g.skeleton.train_command(
+        own = None if (dry_run or print_config) else g.skeleton.train_command(
             g, out, preset=preset, overrides=set_, resume=resume, progress=progress,
             fields=dict(dataset=dataset, epochs=epochs, channels=channels, layers=layers, batch_size=batch, lr=lr,
                         seed=seed, data_root=data_root, network=network))
@@ -181,9 +242,21 @@ def train(
             typer.echo(own[1])
             typer.echo(f"result: {out / 'result.json'}")
             return
-        cfg = train_config(preset or "darts", set_, dataset=dataset, epochs=epochs, channels=channels,
-                           layers=layers, batch_size=batch, lr=lr, seed=seed, data_root=data_root, network=network)
-        result = train_genotype(g, cfg, out, resume=resume, progress=progress)
+        inherited = inherited_fields(genotype)
+        cfg = train_config(preset or "darts", set_, inherit=inherited, dataset=dataset, epochs=epochs,
+                           channels=channels, layers=layers, batch_size=batch, lr=lr, seed=seed, data_root=data_root,
+                           network=network, device=device, threads=threads)
+        if print_config:
+            import yaml
+
+            typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+            return
+        if dry_run:
+            from .estimate import estimate_train, format_estimate
+
+            typer.echo(format_estimate(estimate_train(genotype, cfg)))
+            return
+        result = train_genotype(g, cfg, out, resume=resume, progress=progress, loggers=log)
     except (*_user_errors(), TrainExistsError, ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
     msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
@@ -207,7 +280,7 @@ def info(
     """Parameters (auxiliary head excluded, as the papers count) and multiply-adds of a genotype."""
     from .evaluate.profile import info as profile_info
     from .evaluate.published import PUBLISHED
-    from .evaluate.train import resolve_genotype
+    from .evaluate.train import DATASET_SHAPES, resolve_genotype, run_data
 
     if list_ or genotype is None:
         if not list_:
@@ -232,6 +305,11 @@ def info(
             for line in lines:
                 typer.echo(line)
             return
+        data = run_data(genotype)  # a run directory: count for the run's images and classes
+        if data.get("dataset") in DATASET_SHAPES:
+            shape_, n_classes = DATASET_SHAPES[data["dataset"]]
+            size = size if size is not None else shape_
+            classes = classes if classes is not None else n_classes
         net = g.skeleton.resolve_eval_network(network)
         r = profile_info(g, net, C=channels, layers=layers, num_classes=classes, input_size=size)
     except (*_user_errors(), ValueError, KeyError) as e:

@@ -91,13 +91,23 @@ class Genotype:
             raise GenotypeError(f"genotype is not valid JSON: {e}") from None
 
     @classmethod
+    def from_text(cls, text: str, space: str = "darts") -> Genotype:
+        """JSON, or the DARTS repositories' Python form ``Genotype(normal=[('sep_conv_3x3', 0), ...],
+        normal_concat=range(2, 6), reduce=[...], reduce_concat=[2, 3, 4, 5])`` (optionally as
+        ``NAME = Genotype(...)``), read with :mod:`ast` -- never evaluated."""
+        t = text.strip()
+        if t.startswith("{"):
+            return cls.from_json(t)
+        return cls.from_dict(parse_darts_python(t, space))
+
+    @classmethod
     def load(cls, path: str | Path) -> Genotype:
         path = Path(path)
         if path.is_dir():
             path = path / "genotype.json"
         if not path.exists():
             raise GenotypeError(f"no genotype at {path}")
-        return cls.from_json(path.read_text())
+        return cls.from_text(path.read_text())
 
     def validate(self) -> None:
         """The skeleton's structural checks (DARTS: every node takes inputs from earlier nodes)."""
@@ -117,6 +127,60 @@ def genotype_skeleton(obj: Genotype | Mapping):
         if sk.owns(obj) if isinstance(obj, Genotype) else sk.claims(obj):
             return sk
     return SKELETONS[DEFAULT_SKELETON]
+
+
+# --------------------------------------------------------------------------------------------
+# the DARTS repositories' Python form
+
+
+def looks_like_darts_python(text: str) -> bool:
+    return "Genotype(" in text and "normal" in text
+
+
+def parse_darts_python(text: str, space: str = "darts") -> dict:
+    """``Genotype(normal=[(op, i), ...], normal_concat=..., reduce=..., reduce_concat=...)`` as a
+    genotype dict. Only literals, ``range(a, b)`` and ``list(range(a, b))`` are accepted: the text
+    is parsed with :mod:`ast`, nothing in it runs."""
+    import ast
+
+    t = text.strip()
+    try:
+        tree = ast.parse(t, mode="exec")
+    except SyntaxError as e:
+        raise GenotypeError(f"genotype text is neither JSON nor DARTS's Genotype(...) form: {e.msg} "
+                            f"(line {e.lineno})") from None
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Genotype"]
+    if len(calls) != 1:
+        raise GenotypeError("expected exactly one Genotype(normal=[...], normal_concat=..., reduce=[...], "
+                            f"reduce_concat=...) in the genotype text, found {len(calls)}")
+    call = calls[0]
+    names = ("normal", "normal_concat", "reduce", "reduce_concat")
+    args = dict(zip(names, call.args))
+    for kw in call.keywords:
+        if kw.arg not in names:
+            raise GenotypeError(f"Genotype(...): unknown argument {kw.arg!r}; expected {', '.join(names)}")
+        args[kw.arg] = kw.value
+    missing = [n for n in names if n not in args]
+    if missing:
+        raise GenotypeError(f"Genotype(...): missing {', '.join(missing)}")
+
+    def value(node: ast.AST, key: str):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("range", "list") and not node.keywords:
+            if node.func.id == "list" and len(node.args) == 1:
+                return value(node.args[0], key)
+            if node.func.id == "range" and 1 <= len(node.args) <= 3:
+                return list(range(*[int(value(a, key)) for a in node.args]))
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise GenotypeError(f"Genotype(...): {key} must be a literal or range(a, b), got "
+                                f"{ast.unparse(node)!r}") from None
+
+    out = {"space": space}
+    for n in names:
+        v = value(args[n], n)
+        out[n] = [list(p) if isinstance(p, tuple) else p for p in v]
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -162,11 +162,28 @@ def _format_error(err: ValidationError) -> str:
     return format_validation_error(err, TrainConfig, "invalid training config")
 
 
+def raw_explicit(preset, overrides, fields: dict) -> set[str]:
+    """Keys the preset, the overrides or the keyword fields set explicitly."""
+    keys = {k for k, v in fields.items() if v is not None}
+    if isinstance(preset, dict):
+        keys |= set(preset)
+    elif preset in TRAIN_PRESETS:
+        keys |= set(TRAIN_PRESETS[preset])
+    if isinstance(overrides, dict):
+        keys |= set(overrides)
+    else:
+        keys |= {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
+    return keys
+
+
 def train_config(
-    preset: str | dict | None = "darts", overrides: list[str] | dict | None = None, **fields: Any
+    preset: str | dict | None = "darts", overrides: list[str] | dict | None = None, *,
+    inherit: dict | None = None, **fields: Any
 ) -> TrainConfig:
     """Build a validated :class:`TrainConfig` from a preset name (or dict), ``key=value`` strings
-    (values parsed as YAML, like ``stablenas search --set``) and keyword fields, in that order."""
+    (values parsed as YAML, like ``stablenas search --set``) and keyword fields, in that order;
+    ``inherit`` (e.g. a search run's dataset, :func:`inherited_fields`) fills only keys none of
+    them set."""
 
     from ..errors import ConfigError
 
@@ -183,10 +200,48 @@ def train_config(
     else:
         raw = apply_overrides(raw, overrides, example="epochs=10")
     raw.update({k: v for k, v in fields.items() if v is not None})
+    for k, v in (inherit or {}).items():  # lowest priority: only where the preset and overrides say nothing
+        if v is not None and k not in raw_explicit(preset, overrides, fields):
+            raw[k] = v
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+# image shape and classes per dataset, so ``info RUN_DIR`` counts for the run's input without loading it
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10),
+    "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "svhn": ((3, 32, 32), 10),
+}
+
+
+def run_data(spec: str | Path | Genotype | dict) -> dict[str, Any]:
+    """What a search or training run directory says about its data: ``dataset`` and ``data_root``
+    (empty for anything that is not a run directory), so ``train RUN`` and ``info RUN`` follow
+    the run instead of defaulting to CIFAR-10."""
+    if isinstance(spec, (Genotype, dict)):
+        return {}
+    path = Path(str(spec))
+    try:
+        if not path.is_dir():
+            return {}
+    except OSError:  # a name too long for the file system is not a directory
+        return {}
+    if (path / "config.yaml").exists():
+        import yaml
+
+        data = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("data") or {}
+        return {k2: data[k] for k, k2 in (("dataset", "dataset"), ("root", "data_root")) if data.get(k)}
+    if (path / CONFIG_FILE).exists():
+        cfg = json.loads((path / CONFIG_FILE).read_text()).get("config") or {}
+        return {k: cfg[k] for k in ("dataset", "data_root") if cfg.get(k)}
+    return {}
+
+
+def inherited_fields(spec: str | Path | Genotype | dict) -> dict[str, Any]:
+    """Training-config fields a run directory hands on (its dataset, hence its input shape)."""
+    return run_data(spec)
 
 
 def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
@@ -198,8 +253,16 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
     text = str(spec)
     if text.startswith("|"):
         return Genotype.from_dict({"space": "nb201", "arch": text})  # an NB201 arch string (validated)
+    from ..genotype import looks_like_darts_python
+
+    if text.lstrip().startswith("{") or looks_like_darts_python(text):  # JSON or DARTS's Python form, inline
+        return Genotype.from_text(text)
     path = Path(text)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError:  # e.g. a name too long for the file system: not a file
+        is_dir = exists = False
+    if is_dir:
         if (path / "config.yaml").exists():  # a search run: its plug-ins (user spaces/ops) first
             from ..analysis.run import load_run_plugins
 
@@ -215,7 +278,7 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
             if run.genotype is not None:
                 return run.genotype
         raise GenotypeError(f"{path} holds no genotype.json (nor a finished epoch to take one from)")
-    if path.suffix == ".json" or path.exists():
+    if path.suffix in (".json", ".py", ".txt") or exists:
         return Genotype.load(path)
     from .published import PUBLISHED, get_published
 
@@ -280,12 +343,17 @@ class _Trainer:
         resume: bool,
         progress: bool | None,
         log: Callable[[str], None],
+        loggers: str | list[str] | None = None,
     ):
         from ..data import Augment, TensorLoader, load_dataset
+        from ..loggers import LoggerSet, make_loggers
 
         self.genotype, self.cfg, self.out_dir, self.log = genotype, cfg, out_dir, log
         self.run_dir = _run_dir(out_dir) if out_dir is not None else None
         self._signal: int | None = None
+        self.loggers = LoggerSet(make_loggers(loggers, out_dir, f"train-{cfg.dataset}"), warn=log)
+        self._step_losses: list[torch.Tensor] = []
+        self._timing: dict = {}
         self.progress = sys.stderr.isatty() if progress is None else progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -447,6 +515,9 @@ class _Trainer:
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
+            if self.loggers:
+                self._step_losses.append(loss.detach())
+            self._time_first_steps(step)
             with torch.no_grad():
                 accum += torch.stack(
                     [
@@ -518,6 +589,38 @@ class _Trainer:
             m.momentum = mom
         self.model.train(was_training)
         self.model.drop_path_prob = drop
+
+    def _time_first_steps(self, step: int) -> None:
+        """One estimate line after the first steps of a (resumed) run, as the search loop does."""
+        from ..search.loop import ESTIMATE_STEPS, _sync, format_seconds
+
+        t = self._timing
+        if t.get("done"):
+            return
+        n = t["steps"] = t.get("steps", 0) + 1
+        if n == 1:
+            _sync(self.device)
+            t["t1"] = time.perf_counter()
+        elif n == 1 + ESTIMATE_STEPS:
+            _sync(self.device)
+            per_step = (time.perf_counter() - t["t1"]) / ESTIMATE_STEPS
+            left = (self.cfg.epochs - self.epoch) * self.steps - step - 1
+            t["done"] = True
+            self.log(f"estimate: {per_step:.2f} s/step x {left} steps left = {format_seconds(per_step * left)} "
+                     "(+ evaluation)")
+
+    def _log_epoch(self, record: dict) -> None:
+        """Per-step training losses of the epoch (one host sync) and the epoch's scalars."""
+        from ..loggers import epoch_scalars
+
+        if self._step_losses:
+            values = torch.stack(self._step_losses).tolist()
+            first = (self.epoch - 1) * self.steps + 1
+            for i, v in enumerate(values):
+                self.loggers.log_scalars({"step/train_loss": v}, first + i)
+            self._step_losses = []
+        self.loggers.log_scalars(epoch_scalars(record, prefix="train"), record["epoch"])
+        self.loggers.flush()
 
     def _eval_all(self) -> dict[str, float]:
         out = {}
@@ -591,6 +694,8 @@ class _Trainer:
                     f"{k} {record[k]:.4f}" for k in ("valid_acc", "test_acc") if k in record
                 )
             self.log(msg)
+            if self.loggers:
+                self._log_epoch(record)
         start = time.perf_counter()
         if cfg.precise_bn:
             self._precise_bn()
@@ -618,6 +723,13 @@ class _Trainer:
             "host": platform.node(),
             "config": cfg.model_dump(mode="json"),
         }
+        if self.loggers:
+            from ..loggers import epoch_scalars
+
+            self.loggers.log_scalars(epoch_scalars({k: result[k] for k in ("test_acc", "valid_acc", "test_loss",
+                                                                           "valid_loss") if k in result},
+                                                   prefix="final"), self.epoch)
+            self.loggers.close()
         if self.out_dir is not None:
             atomic_write_text(self.out_dir / RESULT, json.dumps(result, indent=2) + "\n")
         summary = "  ".join(f"{k} {final[k]:.4f}" for k in ("valid_acc", "test_acc") if k in final)
@@ -674,6 +786,7 @@ def train_genotype(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     stop_after: int | None = None,
+    loggers: str | list[str] | None = None,
 ) -> dict | None:
     """Train ``genotype`` from scratch and return the result dict (test accuracy, params, MACs...).
 
@@ -681,7 +794,8 @@ def train_genotype(
     ``out_dir`` the run is checkpointed after every epoch and ``result.json`` written at the end;
     ``resume=True`` continues a run there (or just returns its result if it finished).
     ``stop_after`` ends this call after that many epochs and returns ``None`` (time-sliced
-    runs; also how the tests simulate a kill).
+    runs; also how the tests simulate a kill). ``loggers``: live logging backends
+    (``"auto"``: TensorBoard into OUT/tensorboard when installed; see :mod:`stablenas.loggers`).
     """
     genotype = resolve_genotype(genotype)
     cfg = config or TrainConfig()
@@ -692,5 +806,5 @@ def train_genotype(
         if done is not None:
             log(f"{out}: already finished")
             return done
-    trainer = _Trainer(genotype, cfg, out, resume=resume, progress=progress, log=log)
+    trainer = _Trainer(genotype, cfg, out, resume=resume, progress=progress, log=log, loggers=loggers)
     return trainer.run(stop_after=stop_after)

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,8 @@ from .discretize import DISCRETIZERS
 # config keys that may change between a run and its resume without changing the result
 RUNTIME_KEYS = ("device", "threads", "description")
 GUARD_EVERY = 50  # steps between reads of the on-device finiteness flag
+LOG_EVERY = 20  # steps per block of per-step scalars sent to the loggers
+ESTIMATE_STEPS = 3  # steps timed (after the first) for the estimate line at the start of a run
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -73,7 +75,8 @@ class Search:
 
     def __init__(self, config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
                  progress: bool | None = None, log: Callable[[str], None] | None = None,
-                 data: SearchData | None = None):
+                 data: SearchData | None = None,
+                 loggers: str | Sequence[str] | None = None):
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -180,6 +183,15 @@ class Search:
             except BaseException:
                 rd.end("failed", "could not resume")
                 raise
+        # live logging (stablenas.loggers): per-step losses are kept on the device and written in
+        # blocks of LOG_EVERY steps, so the hot loop never waits for a host sync
+        from ..loggers import LoggerSet, make_loggers
+
+        self.loggers = LoggerSet(make_loggers(loggers, self.out_dir, cfg.name), warn=self.log)
+        if self.loggers:
+            self.loggers.log_config(cfg.to_dict())
+        self._step_losses: list[torch.Tensor] = []
+        self._timing: dict = {}
 
     # ---------------------------------------------------------------------------------------
     # run directory
@@ -419,9 +431,14 @@ class Search:
                        desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", dynamic_ncols=True)
         every = self.cfg.search.checkpoint_every
         while self.step_in_epoch < self.steps_per_epoch:
-            self.step(next(it))
+            loss = self.step(next(it))
             self.step_in_epoch += 1
             self.global_step += 1
+            if self.loggers:
+                self._step_losses.append(loss.detach())
+                if len(self._step_losses) >= LOG_EVERY:
+                    self._flush_step_losses()
+            self._time_first_steps()
             if bar is not None:
                 bar.update(1)
             if self._signal is not None:
@@ -435,6 +452,35 @@ class Search:
         if bar is not None:
             bar.close()
         self.epoch_seconds += time.perf_counter() - start
+
+    def _flush_step_losses(self) -> None:
+        if not self._step_losses:
+            return
+        values = torch.stack(self._step_losses).tolist()  # one host sync per block
+        first = self.global_step - len(values) + 1
+        for i, v in enumerate(values):
+            self.loggers.log_scalars({"step/train_loss": v}, first + i)
+        self._step_losses = []
+
+    def _time_first_steps(self) -> None:
+        """One line after the first steps of every (resumed) run: the measured time per step and
+        the estimated time of the rest (epoch-end evaluation and method work come on top; the
+        epoch lines then carry an ETA from the measured epochs)."""
+        t = self._timing
+        if t.get("done"):
+            return
+        n = t.setdefault("steps", 0) + 1
+        t["steps"] = n
+        if n == 1:  # the first step allocates: time from the end of it
+            _sync(self.device)
+            t["t1"] = time.perf_counter()
+        elif n == 1 + ESTIMATE_STEPS:
+            _sync(self.device)
+            per_step = (time.perf_counter() - t["t1"]) / ESTIMATE_STEPS
+            left = (self.cfg.optim.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
+            t["done"] = True
+            self.log(f"estimate: {per_step:.2f} s/step x {left} steps left = {format_seconds(per_step * left)} "
+                     "(+ epoch-end evaluation)")
 
     @torch.no_grad()
     def evaluate(self, loader: TensorLoader | None = None, max_batches: int | None = None,
@@ -493,8 +539,10 @@ class Search:
         return self._end_epoch()
 
     def _end_epoch(self) -> dict:
+        t_end = time.perf_counter()
         epoch = self.epoch
         self.check_finite()  # before anything is derived from alpha or written
+        self._timing["train_seconds"] = self._timing.get("train_seconds", 0.0) + self.epoch_seconds
         loss_sum, correct, count = self._accum.tolist()
         val_loss, val_acc = self.evaluate()
         if not math.isfinite(val_loss):
@@ -525,9 +573,22 @@ class Search:
         if self.run_dir is not None:
             self.run_dir.append_metrics(record)
             self.save_checkpoint()
-        self.log(f"epoch {epoch + 1}/{self.cfg.optim.epochs}  train loss {record['train_loss']:.4f} "
-                 f"acc {record['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-                 f"lr {record['lr']:.5f}  {record['seconds']:.1f}s")
+        if self.loggers:
+            self._log_epoch(record)
+        self._timing["epoch_seconds"] = self._timing.get("epoch_seconds", 0.0) + time.perf_counter() - t_end
+        line = (f"epoch {epoch + 1}/{self.cfg.optim.epochs}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+                f"lr {record['lr']:.5f}")
+        if isinstance(record.get("lambda_max"), (int, float)):
+            line += f"  lambda_max {record['lambda_max']:.4g}"
+        line += f"  {record['seconds']:.1f}s"
+        self._timing["epochs"] = self._timing.get("epochs", 0) + 1
+        left = self.cfg.optim.epochs - self.epoch
+        if left > 0 and self.stop_reason is None:
+            per_epoch = (self._timing["epoch_seconds"] + self._timing.get("train_seconds", 0.0)) \
+                / self._timing["epochs"]
+            line += f"  eta {format_seconds(per_epoch * left)}"
+        self.log(line)
         return record
 
     def set_outcome(self, *, genotype: Genotype | None = None, stop: str | None = None) -> None:
@@ -538,6 +599,18 @@ class Search:
             self.stop_reason = stop
         if genotype is not None:
             self.final_genotype = genotype
+
+    def _log_epoch(self, record: dict) -> None:
+        """Epoch scalars, op weights per edge (i->j) and the derived cells' parameter-free share."""
+        from ..loggers import epoch_scalars, op_weight_scalars, param_free_scalars
+
+        self._flush_step_losses()
+        step = record["epoch"]
+        scalars = epoch_scalars(record)
+        scalars.update(op_weight_scalars(record["op_weights"], self.space.edge_ops, self.space.edges))
+        scalars.update(param_free_scalars(Genotype.from_dict(record["genotype"])))
+        self.loggers.log_scalars(scalars, step)
+        self.loggers.flush()
 
     def request_stop(self, reason: str, genotype: Genotype | None = None) -> None:
         """Methods (e.g. DARTS-ES) end the search after this epoch, optionally pinning the result."""
@@ -587,6 +660,7 @@ class Search:
         if self.run_dir is not None:
             genotype.save(self.run_dir.path / "genotype.json")
             self.save_checkpoint()
+        self.loggers.close()
         return SearchResult(genotype, self.metrics, self.out_dir, self.cfg, self)
 
     # ---------------------------------------------------------------------------------------
@@ -723,14 +797,32 @@ class Search:
         self._apply_checkpoint(load_checkpoint(path, kind="search"), Path(path))
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_seconds(s: float) -> str:
+    """12s, 3.4 min, 2.1 h, 3.2 days."""
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
 def _diff_keys(a, b, prefix: str = "") -> set[str]:
     return set(diff_keys(a, b, prefix))
 
 
 def run_search(config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
-               progress: bool | None = None, log: Callable[[str], None] | None = None) -> SearchResult:
-    """Python entry point: build and run a search from a validated config."""
-    return Search(config, out_dir, resume=resume, progress=progress, log=log).run()
+               progress: bool | None = None, log: Callable[[str], None] | None = None,
+               loggers: str | Sequence[str] | None = None) -> SearchResult:
+    """Python entry point: build and run a search from a validated config. ``loggers``: live
+    logging backends (``"auto"``: TensorBoard when installed; see :mod:`stablenas.loggers`)."""
+    return Search(config, out_dir, resume=resume, progress=progress, log=log, loggers=loggers).run()
 
 
 __all__ = ["CHECKPOINT", "GUARD_EVERY", "RUNTIME_KEYS", "RunExistsError", "Search", "SearchResult", "run_search"]
