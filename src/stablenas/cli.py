@@ -151,7 +151,8 @@ def methods() -> None:
 
     typer.echo(f"{'method':16s} {'preset':16s} description")
     for name, cls in METHODS.items():
-        typer.echo(f"{name:16s} {cls.preset or '-':16s} {cls.description}")
+        typer.echo(f"{name:16s} {cls.preset or '(no preset)':16s} {cls.description}"
+                   + ("" if cls.preset else f"; add it to a config: methods: [{{name: {name}}}]"))
 
 
 @app.command()

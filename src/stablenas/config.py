@@ -150,6 +150,10 @@ class SearchConfig(_Section):
             skeleton.require("edge_betas", "arch.edge_betas")
         for m in self.methods:
             if m.name not in METHODS:
+                if m.name.strip().lower() in ("darts", "darts-1st", "darts-2nd"):
+                    raise ValueError(f"methods: {m.name!r} is not a method: DARTS is the default update rule "
+                                     "(search.update: first or second) that every method hooks into; leave "
+                                     "methods empty for plain DARTS")
                 raise ValueError(f"methods: {METHODS.unknown_message(m.name)}")
             cls = METHODS[m.name]
             cls.validate(self, cls.parse_options(m.model_extra or {}))  # declared requirements
