@@ -96,7 +96,7 @@ class Genotype:
         normal_concat=range(2, 6), reduce=[...], reduce_concat=[2, 3, 4, 5])`` (optionally as
         ``NAME = Genotype(...)``), read with :mod:`ast` -- never evaluated."""
         t = text.strip()
-        if t.startswith("{"):
+        if t.startswith(("{", "[")) or not looks_like_darts_python(t):
             return cls.from_json(t)
         return cls.from_dict(parse_darts_python(t, space))
 

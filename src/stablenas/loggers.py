@@ -214,16 +214,12 @@ def op_weight_scalars(op_weights: Mapping[str, Sequence[Sequence[float]]],
 def param_free_scalars(genotype: Any) -> dict[str, float]:
     """Share of parameter-free ops (skip, pooling, none) of the derived cells -- the collapse
     signal; the same count as ``analysis.diagnostics.cell_stats``."""
-    from .genotype import parse_nb201
     from .spaces.ops import is_parameter_free
 
-    if getattr(genotype, "is_nb201", False):
-        cells = {"cell": [op for node in parse_nb201(genotype.arch) for op, _ in node]}
-    else:
-        try:
-            cells = {ct: [op for op, _ in genotype.cell(ct)] for ct in ("normal", "reduce")}
-        except (KeyError, AttributeError, TypeError, ValueError):  # a genotype of another shape
-            return {}
+    try:
+        cells = {ct: genotype.ops(ct) for ct in genotype.cell_types()}  # the skeleton knows its cells
+    except (KeyError, AttributeError, TypeError, ValueError):  # a genotype of another shape
+        return {}
     out = {f"param_free_share/{ct}": sum(map(is_parameter_free, ops)) / len(ops) for ct, ops in cells.items() if ops}
     every = [op for ops in cells.values() for op in ops]
     if every:

@@ -351,7 +351,7 @@ class _Trainer:
         self.genotype, self.cfg, self.out_dir, self.log = genotype, cfg, out_dir, log
         self.run_dir = _run_dir(out_dir) if out_dir is not None else None
         self._signal: int | None = None
-        self.loggers = LoggerSet(make_loggers(loggers, out_dir, f"train-{cfg.dataset}"), warn=log)
+        self.loggers = LoggerSet([], warn=log)  # opened once everything is built (a failed start writes nothing)
         self._step_losses: list[torch.Tensor] = []
         self._timing: dict = {}
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -419,6 +419,7 @@ class _Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_params(self.model)
         self.macs = count_macs(self.model, self.input_shape)
+        self.loggers = LoggerSet(make_loggers(loggers, out_dir, f"train-{cfg.dataset}"), warn=log)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
