@@ -15,8 +15,6 @@ import pickle
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,32 +254,16 @@ def test_resume_a_training_dir_as_a_search(tmp_path, capsys):
     assert tree(tmp_path) == before
 
 
-def _hold_lock(path: Path) -> subprocess.Popen:
-    code = ("import fcntl, os, sys, time\n"
-            f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.ftruncate(fd, 0); os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-            "print('held', flush=True)\n"
-            "time.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "held"
-    return p
-
-
 @pytest.mark.parametrize("resume", [True, False], ids=["resume", "new"])
-def test_second_writer_is_refused(run_copy, tmp_path, capsys, resume):
-    holder = _hold_lock(run_copy / "run.lock")
-    try:
-        before = tree(tmp_path)
-        code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy, *(["--resume"] if resume else [])],
-                               capsys)
-        assert_one_error(code, err, 2, f"process {holder.pid}")
-        assert tree(tmp_path) == before
-        code, out, err = run_cli(["show", run_copy], capsys)
-        assert code == 0 and f"running (pid {holder.pid})" in out
-    finally:
-        holder.kill()
-        holder.wait()
+def test_second_writer_is_refused(run_copy, tmp_path, capsys, resume, hold_lock):
+    holder = hold_lock(run_copy / "run.lock")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy, *(["--resume"] if resume else [])],
+                           capsys)
+    assert_one_error(code, err, 2, f"process {holder.pid}")
+    assert tree(tmp_path) == before
+    code, out, err = run_cli(["show", run_copy], capsys)
+    assert code == 0 and f"running (pid {holder.pid})" in out
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import signal
 
 import pytest
 import torch
 
 from stablenas.data.ptb import Corpus
-from stablenas.errors import RunExistsError
+from stablenas.errors import CheckpointError, ConfigError, InterruptedRun, RunExistsError, RunLockedError
 from stablenas.rnn.genotype import DARTS_V2_RNN
 from stablenas.rnn.train import RNNTrainer, count_rnn_params, rnn_train_config, train_recurrent
 
@@ -63,7 +64,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("where", ["epoch", "window"])
+@pytest.mark.parametrize("where", ["epoch", "window", "sigterm"])
 def test_resume_is_bit_identical(tmp_path, where):
     torch.set_num_threads(1)
     corpus = _corpus(lines=100)
@@ -79,6 +80,20 @@ def test_resume_is_bit_identical(tmp_path, where):
             raise _Crash
 
     t = RNNTrainer(DARTS_V2_RNN, cfg, tmp_path / "run", corpus=corpus, log=log)
+    if where == "sigterm":  # the handler's flag, set mid-epoch 2: checkpoint after that window, InterruptedRun
+        orig = t.train_step
+
+        def step(batch):
+            calls["n"] += 1
+            orig(batch)
+            if calls["n"] == len(t.stream) + 2:
+                t._signal = signal.SIGTERM
+
+        t.train_step = step
+        with pytest.raises(InterruptedRun) as e:
+            t.run()
+        assert e.value.exit_code == 143 and "interrupted by SIGTERM at epoch 2, window" in str(e.value)
+        assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "interrupted"
     if where == "window":
         orig = t.train_step
 
@@ -89,8 +104,9 @@ def test_resume_is_bit_identical(tmp_path, where):
             orig(batch)
 
         t.train_step = step
-    with pytest.raises(_Crash):
-        t.run()
+    if where != "sigterm":
+        with pytest.raises(_Crash):
+            t.run()
     t2 = RNNTrainer(DARTS_V2_RNN, cfg, tmp_path / "run", corpus=corpus, resume=True, log=lambda s: None)
     res = t2.run()
     for a, b in zip(ref.model.state_dict().values(), t2.model.state_dict().values()):
@@ -100,6 +116,43 @@ def test_resume_is_bit_identical(tmp_path, where):
     strip = lambda p: [{k: v for k, v in json.loads(s).items() if k not in drop}  # noqa: E731
                        for s in (p / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "run") == strip(tmp_path / "ref")
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "complete"
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_run_directory_is_checked_locked_and_untouched_by_bad_starts(tmp_path, hold_lock):
+    """The recurrent trainer goes through rundir.RunDir: a pickled-code checkpoint, a resume with other
+    settings and a second writer are one error each and leave every file byte-identical."""
+    torch.set_num_threads(1)
+    corpus = _corpus(lines=60)
+    run = tmp_path / "run"
+    train_recurrent(DARTS_V2_RNN, _cfg(epochs=1), run, corpus=corpus, log=lambda s: None)
+    (run / "result.json").unlink()  # as if it had stopped before the end: resumable
+    before = _tree(run)
+    with pytest.raises(ConfigError, match="different config .*lr"):
+        RNNTrainer(DARTS_V2_RNN, _cfg(epochs=1, lr=5.0), run, corpus=corpus, resume=True, log=lambda s: None)
+    assert _tree(run) == before
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": 2, "kind": "train", "evil": Evil()}, run / "checkpoint.pt")
+    before = _tree(run)
+    with pytest.raises(CheckpointError, match="refused"):
+        RNNTrainer(DARTS_V2_RNN, _cfg(epochs=1), run, corpus=corpus, resume=True, log=lambda s: None)
+    assert _tree(run) == before
+    new = tmp_path / "new"  # a live writer in another process holds the lock: refused, nothing written
+    new.mkdir()
+    (new / "train.json").write_text("{}")
+    holder = hold_lock(new / "run.lock")
+    before = _tree(new)
+    with pytest.raises(RunLockedError, match=f"process {holder.pid}"):
+        RNNTrainer(DARTS_V2_RNN, _cfg(epochs=1), new, corpus=corpus, resume=True, log=lambda s: None)
+    assert _tree(new) == before
 
 
 def test_darts_v2_size_at_850_units():

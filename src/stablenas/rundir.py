@@ -26,19 +26,29 @@ Plan files and process pools of multi-run commands (``sweep``, ``s5-table``) liv
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError, RunDirError, RunExistsError, RunLockedError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DivergedError,
+    InterruptedRun,
+    RunDirError,
+    RunExistsError,
+    RunLockedError,
+    StablenasError,
+)
 from .utils import atomic_torch_save, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
@@ -465,6 +475,31 @@ class RunDir:
                 self.set_status(state, reason)
             finally:
                 self.lock.release()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Run the body and record how it ended in ``status.json`` (complete, interrupted, diverged,
+        failed with its reason), then release the lock: :meth:`end` on every path out."""
+        state, reason = "complete", None
+        try:
+            yield
+        except InterruptedRun as e:
+            state, reason = "interrupted", str(e)
+            raise
+        except DivergedError as e:
+            state, reason = "diverged", str(e)
+            raise
+        except StablenasError as e:
+            state, reason = "failed", str(e)
+            raise
+        except KeyboardInterrupt:
+            state, reason = "interrupted", "KeyboardInterrupt; resume with --resume"
+            raise
+        except BaseException as e:
+            state, reason = "failed", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            raise
+        finally:
+            self.end(state, reason)
 
     def set_status(self, state: str, reason: str | None = None) -> None:
         rec = {"kind": self.kind, "state": state, "pid": os.getpid(), "reason": reason,

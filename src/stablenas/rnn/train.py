@@ -10,18 +10,22 @@ t0 = 0, lambda = 0) once the validation loss fails to beat the best of all but t
 The best model by validation perplexity is tested (test batch 1, as the reference). Epochs: 1600
 (robust-darts App. F trains its PTB cells for 1600 epochs).
 
-Run directory: ``train.json`` (config and genotype), ``metrics.jsonl`` (one record per epoch),
-``checkpoint.pt`` (atomically, after every epoch and every ``checkpoint_every`` windows; loads with
-``weights_only=True``), ``result.json`` at the end. Every random number is either drawn from the
-global torch RNG (dropout masks; its state is in the checkpoint) or derived from ``(seed, epoch)``
-(window lengths), so a resumed run ends bit-identical to an uninterrupted one on CPU.
+Run directory (through :mod:`stablenas.rundir`, like every run: checked before anything is written,
+one locked writer, ``status.json``): ``train.json`` (config and genotype), ``metrics.jsonl`` (one record
+per epoch), ``checkpoint.pt`` (atomically, after every epoch, every ``checkpoint_every`` windows and
+on SIGINT/SIGTERM; loads with ``weights_only=True``), ``result.json`` at the end. Every random
+number is either drawn from the global torch RNG (dropout masks; its state is in the checkpoint) or
+derived from ``(seed, epoch)`` (window lengths), so a resumed run ends bit-identical to an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +36,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.ptb import BPTTStream, Corpus, load_ptb, perplexity
-from ..errors import CheckpointError, ConfigError, RunExistsError
-from ..utils import atomic_torch_save, atomic_write_text, resolve_device
+from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun
+from ..rundir import RunDir
+from ..utils import atomic_write_text, resolve_device
 from .genotype import RecurrentGenotype
 from .model import RNNLanguageModel
 
@@ -91,8 +96,6 @@ RNN_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 def rnn_train_config(preset: str | dict | None = "ptb", overrides: list[str] | dict | None = None,
                      **fields: Any) -> RNNTrainConfig:
-    import yaml
-
     if preset is None:
         raw: dict[str, Any] = {}
     elif isinstance(preset, dict):
@@ -101,29 +104,18 @@ def rnn_train_config(preset: str | dict | None = "ptb", overrides: list[str] | d
         raw = dict(RNN_TRAIN_PRESETS[preset])
     else:
         raise ConfigError(f"unknown recurrent training preset {preset!r}; available: {', '.join(RNN_TRAIN_PRESETS)}")
+    from ..config import apply_overrides, format_validation_error
+
     if isinstance(overrides, dict):
         raw.update(overrides)
     else:
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=10")
-            key, value = item.split("=", 1)
-            try:
-                raw[key.strip()] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raw[key.strip()] = value
+        raw = apply_overrides(raw, overrides, example="epochs=10")  # the one --set parser
     raw.update({k: v for k, v in fields.items() if v is not None})
     try:
         return RNNTrainConfig.model_validate(raw)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                parts.append(f"{loc}: unknown key; valid keys: {', '.join(RNNTrainConfig.model_fields)}")
-            else:
-                parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid recurrent training config: " + "; ".join(parts)) from None
+        raise ConfigError(format_validation_error(e, RNNTrainConfig, prefix="invalid recurrent training config")
+                          ) from None
 
 
 def build_eval_model(genotype: RecurrentGenotype, cfg: RNNTrainConfig, ntoken: int) -> RNNLanguageModel:
@@ -168,7 +160,11 @@ class RNNTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        self._check_out(resume)
+        self.run_dir = (RunDir(self.out, kind="train", config_name=CONFIG_FILE, runtime_keys=_RUNTIME_KEYS)
+                        if self.out is not None else None)
+        if self.run_dir is not None:  # refuse a bad start before reading data or writing anything
+            self.run_dir.check(resume, self.cfg.model_dump(mode="json"), extra={"genotype": genotype.to_dict()})
+        self._signal: int | None = None
         torch.manual_seed(cfg.seed)
         self.corpus = corpus or load_ptb(cfg.data_root, cfg.verify)
         c = self.corpus
@@ -186,8 +182,8 @@ class RNNTrainer:
         self.metrics: list[dict] = []
         self._accum = torch.zeros(2, dtype=torch.float64, device=self.device)
         self._seconds = 0.0
-        if resume and self.out is not None and (self.out / CHECKPOINT).exists():
-            self.load_checkpoint()
+        if self.run_dir is not None:
+            self._begin(resume)
 
     # -- set-up ------------------------------------------------------------------------------
     def _sgd(self) -> torch.optim.Optimizer:
@@ -204,26 +200,22 @@ class RNNTrainer:
     def _config_record(self) -> dict:
         return {"config": self.cfg.model_dump(mode="json"), "genotype": self.genotype.to_dict()}
 
-    def _check_out(self, resume: bool) -> None:
-        if self.out is None:
-            return
-        f = self.out / CONFIG_FILE
-        if resume and f.exists():
-            saved = json.loads(f.read_text())
-            now = self._config_record()
-            diff = sorted(k for k in set(saved["config"]) | set(now["config"])
-                          if k not in _RUNTIME_KEYS and saved["config"].get(k) != now["config"].get(k))
-            if saved["genotype"] != now["genotype"]:
-                diff.append("genotype")
-            if diff:
-                raise ConfigError(f"--resume: {self.out} was started with a different {', '.join(diff)}; "
-                                  "resume with the same genotype and settings")
-            return
-        if not resume and ((self.out / CHECKPOINT).exists() or (self.out / "metrics.jsonl").exists()):
-            raise RunExistsError(f"{self.out} already holds a training run; pass --resume to continue it "
-                                 "or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(f, json.dumps(self._config_record(), indent=2) + "\n")
+    def _begin(self, resume: bool) -> None:
+        """Restore the checkpoint into memory (a bad one fails before any write), then take the
+        directory: lock, config file, status."""
+        rd = self.run_dir
+        record = self._config_record()
+        if resume and rd.checkpoint.exists():
+            self._apply(rd.load_checkpoint())
+        rd.begin(resume, record["config"], json.dumps(record, indent=2) + "\n", extra={"genotype": record["genotype"]})
+        try:
+            if resume:
+                rd.write_metrics(self.metrics)  # metrics.jsonl may hold an epoch past the checkpoint
+                if rd.checkpoint.exists():
+                    self.log(f"resumed from {rd.checkpoint} at epoch {self.epoch + 1}, window {self.stream.position}")
+        except BaseException:
+            rd.end("failed", "could not resume")
+            raise
 
     # -- steps -------------------------------------------------------------------------------
     def train_step(self, batch) -> None:
@@ -298,9 +290,8 @@ class RNNTrainer:
         self._accum.zero_()
         self._seconds = 0.0
         self.stream.set_epoch(self.epoch)
-        if self.out is not None:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.run_dir is not None:
+            self.run_dir.append_metrics(record)
             self.save_checkpoint()
         self.log(f"epoch {record['epoch']}/{cfg.epochs}  train ppl {record['train_ppl']:.2f}  "
                  f"valid ppl {record['valid_ppl']:.2f}{'  (averaged)' if record['averaged'] else ''}  "
@@ -308,12 +299,41 @@ class RNNTrainer:
         return record
 
     def run(self) -> dict:
+        """Train to the end; SIGINT/SIGTERM save a checkpoint after the current window and stop
+        (exit 130/143 from the CLI); the run's ``status.json`` records how it ended."""
+        if self.run_dir is None:
+            return self._run()
+        with self._signal_handlers(), self.run_dir.recording():
+            return self._run()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._signal is not None:  # a second signal stops at once (the last checkpoint is kept)
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def _run(self) -> dict:
         cfg = self.cfg
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             n = len(self.stream)
             while self.stream.position < n:
                 self.train_step(next(self.stream))
+                if self._signal is not None:
+                    self._seconds += time.perf_counter() - start
+                    self._interrupt()
                 if (cfg.checkpoint_every and self.stream.position % cfg.checkpoint_every == 0
                         and self.stream.position < n):
                     self._seconds += time.perf_counter() - start
@@ -322,12 +342,17 @@ class RNNTrainer:
             self._seconds += time.perf_counter() - start
             loss_sum = float(self._accum[0])
             if not math.isfinite(loss_sum):
-                from ..errors import DivergedError
-
                 raise DivergedError(f"training loss became non-finite in epoch {self.epoch + 1}; "
                                     "lower lr or raise clip")
             self.end_epoch()
         return self.finish()
+
+    def _interrupt(self) -> None:
+        signum = self._signal or signal.SIGINT
+        self.save_checkpoint()
+        raise InterruptedRun(f"interrupted by {signal.Signals(signum).name} at epoch {self.epoch + 1}, window "
+                             f"{self.stream.position}: checkpoint saved; resume with the same command and --resume",
+                             signum)
 
     def finish(self) -> dict:
         cfg = self.cfg
@@ -347,37 +372,34 @@ class RNNTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"format": 1, "epoch": self.epoch, "model": self.model.state_dict(),
+        return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "averaged": self.averaged,
                 "stream": self.stream.state_dict(), "history": list(self.history), "best_loss": self.best_loss,
-                "best_state": self.best_state, "metrics_len": len(self.metrics), "accum": self._accum.cpu(),
-                "seconds": self._seconds, "rng": torch.get_rng_state()}
+                "best_state": self.best_state, "metrics": list(self.metrics), "accum": self._accum.cpu(),
+                "seconds": self._seconds, "rng": torch.get_rng_state(), **self._config_record()}
 
     def save_checkpoint(self) -> None:
-        if self.out is not None:
-            atomic_torch_save(self.state_dict(), self.out / CHECKPOINT)
+        if self.run_dir is not None:
+            self.run_dir.save_checkpoint(self.state_dict())
 
-    def load_checkpoint(self) -> None:
-        path = self.out / CHECKPOINT
+    def _apply(self, st: dict) -> None:
+        path = self.run_dir.checkpoint
         try:
-            st = torch.load(path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(st["model"])
             self.optimizer = self._asgd() if st["averaged"] else self._sgd()
             self.optimizer.load_state_dict(st["optimizer"])
-        except Exception as e:  # torn, foreign or from another model size
-            raise CheckpointError(f"cannot resume from {path}: {str(e).splitlines()[0]}") from None
-        self.epoch = int(st["epoch"])
-        self.stream.load_state_dict(st["stream"])
-        self.history = [float(v) for v in st["history"]]
-        self.best_loss = float(st["best_loss"])
-        self.best_state = st["best_state"]
-        self._accum = st["accum"].to(self.device)
-        self._seconds = float(st["seconds"])
-        torch.set_rng_state(st["rng"])
-        lines = (self.out / "metrics.jsonl").read_text().splitlines() if (self.out / "metrics.jsonl").exists() else []
-        self.metrics = [json.loads(s) for s in lines[: int(st["metrics_len"])]]
-        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.metrics))
-        self.log(f"resumed from {path} at epoch {self.epoch + 1}, window {self.stream.position}")
+            self.epoch = int(st["epoch"])
+            self.stream.load_state_dict(st["stream"])
+            self.history = [float(v) for v in st["history"]]
+            self.best_loss = float(st["best_loss"])
+            self.best_state = st["best_state"]
+            self.metrics = [dict(r) for r in st["metrics"]]
+            self._accum = st["accum"].to(self.device)
+            self._seconds = float(st["seconds"])
+            torch.set_rng_state(st["rng"])
+        except Exception as e:  # noqa: BLE001 - a checkpoint of another model size or a foreign one
+            raise CheckpointError(f"cannot resume from {path}: {type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:200]}") from None
 
 
 def train_recurrent(genotype: RecurrentGenotype, cfg: RNNTrainConfig | None = None, out_dir: str | Path | None = None,
