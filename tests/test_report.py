@@ -99,3 +99,64 @@ def test_comparison_page_and_cli(run_dir, tmp_path):
     assert bad.exit_code == 2 and "not a run directory" in bad.output
     bad = runner.invoke(app, ["analyze", str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "not a run directory" in bad.output
+
+
+def test_report_numbers_nodes_alike_and_plots_the_analysis_lambda(run_dir, tmp_path, monkeypatch):
+    from stablenas.analysis import analyze, plots
+
+    g = sn.load_run(run_dir).genotype
+    text = g.skeleton.genotype_text(g)
+    dot = cells.to_dot(g, "normal")
+    # s5: one intermediate node, numbered 2 in the text, the JSON (concat) and the drawing
+    assert "normal  node 2:" in text and list(g.normal_concat) == [2]
+    assert '"2" [fillcolor' in dot and '"0" [fillcolor' not in dot and "(0)" in dot and "(1)" in dot
+    # a run that tracked no lambda_max but was analysed: the curvature figure gets analyze's value
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    rows = [json.loads(x) for x in (bare / "metrics.jsonl").read_text().splitlines()]
+    (bare / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "lambda_max"})
+                                                + "\n" for r in rows))
+    seen = {}
+    orig = plots.lambda_plot
+
+    def spy(series, *args, analysis=None, **kw):
+        seen.update(series=list(series), analysis=analysis)
+        return orig(series, *args, analysis=analysis, **kw)
+
+    monkeypatch.setattr(plots, "lambda_plot", spy)
+    a = json.loads((bare / "analysis.json").read_text())
+    a.pop("lambda")  # recomputed from the bare metrics
+    analyze.figures(sn.load_run(bare), a)
+    assert seen["series"] == []
+    assert seen["analysis"] == {"epoch": 2, "lambda_max": a["curvature"]["lambda_max"],
+                                "exact": a["curvature"]["lambda_max_exact"]}
+    assert orig([], analysis=seen["analysis"]).startswith(b"\x89PNG")
+
+
+def test_comparison_default_place_keeps_other_files_and_shows_only_differing_keys(run_dir, tmp_path):
+    import yaml
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(run_dir, a)
+    shutil.copytree(run_dir, b)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["seed"], cfg["optim"]["weight_decay"] = 123, 0.0081
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(a), str(b)])
+    assert res.exit_code == 0, res.output
+    page = a / "comparison-a-vs-b.html"
+    assert f"comparison: {page}" in res.output
+    text = page.read_text()
+    diff = text[text.index('id="configs"'):]
+    assert diff.count("<tr><th><code>") == 2 and "optim.weight_decay" in diff and "<code>123</code>" in diff
+    assert "optim.lr" not in diff
+    assert runner.invoke(app, ["report", str(a), str(b)]).exit_code == 0  # the same comparison: updated
+    # another comparison, or any other file, at --out is refused and left byte-identical
+    for target in (page, tmp_path / "notes.html"):
+        if not target.exists():
+            target.write_text("my notes")
+        before = target.read_bytes()
+        res = runner.invoke(app, ["report", str(b), str(a), "--out", str(target)])
+        assert res.exit_code == 2 and "pass another --out" in res.output, res.output
+        assert target.read_bytes() == before

@@ -510,19 +510,23 @@ def analyze(
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="one or more run directories")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="comparison page for several runs "
-                                                                 "(default: comparison.html next to the "
-                                                                 "first run)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="comparison page for several runs (default: "
+                                                                 "FIRST_RUN/comparison-A-vs-B.html); a file "
+                                                                 "holding anything else is never replaced")] = None,
 ) -> None:
     """Self-contained HTML report per run (RUN_DIR/report.html, images inlined) and, for several
-    runs, a comparison page. Uses analysis.json when `stablenas analyze` has been run."""
-    from .analysis.report import write_comparison, write_report
+    runs, a comparison page (the config keys that differ, curves, cells). Uses analysis.json when
+    `stablenas analyze` has been run."""
+    from .analysis.report import check_comparison_target, write_comparison, write_report
 
+    if out is not None and len(run_dirs) < 2:
+        _fail("--out names the comparison page: give two or more run directories")
     try:
+        if len(run_dirs) > 1:  # refuse a taken --out before writing anything
+            target = check_comparison_target(run_dirs, out)
         for d in run_dirs:
             typer.echo(f"report: {write_report(d)}")
         if len(run_dirs) > 1:
-            target = out or (Path(run_dirs[0]).resolve().parent / "comparison.html")
             typer.echo(f"comparison: {write_comparison(run_dirs, target)}")
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))

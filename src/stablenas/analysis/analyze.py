@@ -145,6 +145,15 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     return out
 
 
+def end_curvature(analysis: dict | None) -> dict | None:
+    """lambda_max that ``analyze`` computed at the end of the search (epoch = epochs done), or None."""
+    c = (analysis or {}).get("curvature") or {}
+    if not isinstance(c.get("lambda_max"), (int, float)):
+        return None
+    return {"epoch": int(analysis.get("epochs_done") or 0), "lambda_max": c["lambda_max"],
+            "exact": c.get("lambda_max_exact")}
+
+
 def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
     """Every figure of a run as PNG bytes, keyed by name (shared by ``analyze`` and the report)."""
     from ..spaces.registry import get_space
@@ -158,11 +167,12 @@ def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
         space = get_space(run.config.get("space", "darts"))
         for ct in space.cell_types:
             if all("op_weights" in r and ct in r["op_weights"] for r in m):
-                figs[f"op_weights_{ct}"] = plots.op_weights(m, space.edge_ops, ct)
+                figs[f"op_weights_{ct}"] = plots.op_weights(m, space.edge_ops, ct, edges=space.edges)
     lam = (analysis or {}).get("lambda") or lambda_info(m)
     figs["lambda"] = plots.lambda_plot(list(zip(lam["epochs"], lam["lambda_max"])),
                                        [tuple(p) for p in lam["local_average"]], lam.get("early_stop"),
-                                       lam.get("simulated_stop"), lam.get("ada_events", []), title)
+                                       lam.get("simulated_stop"), lam.get("ada_events", []), title,
+                                       analysis=end_curvature(analysis))
     if run.genotype is not None:
         for ct in cells.cell_types(run.genotype):
             figs[f"cell_{ct}"] = cells.draw_cell(run.genotype, ct)[0]

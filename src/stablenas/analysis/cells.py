@@ -27,7 +27,9 @@ def cell_edges(genotype: Genotype, cell_type: str) -> tuple[list[str], list[tupl
         edges = [(names[src], names[n_in + i], op) for i, node in enumerate(g.nodes) for src, op in node
                  if not OPS[op].is_zero]
         return names, edges, names[g.outputs[-1]]
-    names = list(g.input_names) + [str(i) for i in range(len(g.nodes))] + ["c_{k}"]  # TeX-like ids
+    # nodes numbered as in the genotype (inputs 0..n_in-1, then n_in, n_in+1, ...): the text view,
+    # the JSON and the op-weight panels (``i->j``) use the same numbers
+    names = list(g.input_names) + [str(n_in + i) for i in range(len(g.nodes))] + ["c_{k}"]  # TeX-like ids
     edges = [(names[src], names[n_in + i], op) for i, node in enumerate(g.nodes) for src, op in node]
     edges += [(names[j], "c_{k}", "") for j in g.outputs]
     return names, edges, "c_{k}"
@@ -35,13 +37,16 @@ def cell_edges(genotype: Genotype, cell_type: str) -> tuple[list[str], list[tupl
 
 def to_dot(genotype: Genotype, cell_type: str) -> str:
     names, edges, out = cell_edges(genotype, cell_type)
+    index = {n: i for i, n in enumerate(names)}
     lines = ["digraph cell {", '  rankdir=LR; bgcolor="white";',
-             '  node [style="filled,rounded", shape=box, fontname="Helvetica", fontsize=14, penwidth=1.5];',
-             '  edge [fontname="Helvetica", fontsize=11];']
+             '  node [style="filled,rounded", shape=box, fontname="Helvetica", fontsize=16, penwidth=1.5];',
+             '  edge [fontname="Helvetica", fontsize=13];']
     for n in names:
         if n.startswith("c_") or n == "in":
             color = "#a1d99b" if n == out else "#fdd0a2"
             label = f"<c<sub>{n[3:-1]}</sub>>" if n.startswith("c_") else '"input"'
+            if n != out:  # a cell input: its node number too (the genotype's 0, 1)
+                label = f"<c<sub>{n[3:-1]}</sub> ({index[n]})>" if n.startswith("c_") else '"input (0)"'
             lines.append(f'  "{n}" [fillcolor="{color}", label={label}];')
         else:
             lines.append(f'  "{n}" [fillcolor="#c6dbef", shape=circle, fixedsize=true, width=0.5];')
@@ -56,13 +61,16 @@ def to_dot(genotype: Genotype, cell_type: str) -> str:
     return "\n".join(lines)
 
 
+DOT_DPI = 80  # every cell at one resolution: the report shows them at one scale
+
+
 def draw_dot(genotype: Genotype, cell_type: str, timeout: float = 30.0) -> bytes | None:
     """PNG via Graphviz, or None when ``dot`` is missing or fails."""
     dot = shutil.which("dot")
     if dot is None:
         return None
     try:
-        res = subprocess.run([dot, "-Tpng", "-Gdpi=80"], input=to_dot(genotype, cell_type).encode(),
+        res = subprocess.run([dot, "-Tpng", f"-Gdpi={DOT_DPI}"], input=to_dot(genotype, cell_type).encode(),
                              capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -105,9 +113,12 @@ def draw_matplotlib(genotype: Genotype, cell_type: str) -> bytes:
     if handles:
         ax.legend(handles, list(used), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(used)),
                   fontsize=8, frameon=False)
+    index = {n: i for i, n in enumerate(names)}
     for n, (x, y) in pos.items():
-        fc = "#a1d99b" if n == out else ("#fdd0a2" if n.startswith("c_") or n == "in" else "#c6dbef")
-        ax.text(x, y, f"${n}$" if n.startswith("c_") else n, ha="center", va="center", fontsize=11,
+        is_input = n != out and (n.startswith("c_") or n == "in")
+        fc = "#a1d99b" if n == out else ("#fdd0a2" if is_input else "#c6dbef")
+        label = f"${n}$" if n.startswith("c_") else n
+        ax.text(x, y, f"{label} ({index[n]})" if is_input else label, ha="center", va="center", fontsize=11,
                 bbox=dict(boxstyle="round,pad=0.4", fc=fc, ec="#636363"))
     ax.set_xlim(-1, width - 0.5)
     ys = [p[1] for p in pos.values()]

@@ -55,8 +55,10 @@ def curves(metrics: Sequence[dict], title: str = "") -> bytes:
 
 def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[int, float]] = (),
                 stop: dict | None = None, simulated: dict | None = None, rollbacks: Sequence[dict] = (),
-                title: str = "") -> bytes:
-    """lambda_max per epoch (1-based epochs), its local average and the early-stopping marks."""
+                title: str = "", analysis: dict | None = None) -> bytes:
+    """lambda_max per epoch (1-based epochs), its local average and the early-stopping marks;
+    ``analysis`` ({"epoch", "lambda_max", "exact"?}) is the value ``stablenas analyze`` computed at
+    the end of the search, drawn as its own marker so a run without tracking still shows it."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if series:
         ax.plot([e for e, _ in series], [v for _, v in series], "o-", color="C0", label="lambda_max")
@@ -75,22 +77,38 @@ def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[i
     for i, ev in enumerate(rollbacks):
         ax.axvline(ev["stop_epoch"], color="C2", ls="--", lw=1.2,
                    label="DARTS-ADA rollback" if i == 0 else None)
+    has_end = analysis is not None and _finite(analysis.get("lambda_max"))
+    if has_end:
+        e = analysis["epoch"]
+        ax.plot([e], [analysis["lambda_max"]], "D", color="C3", ms=9,
+                label=f"end of search (analyze, Lanczos): {analysis['lambda_max']:.4g}")
+        if _finite(analysis.get("exact")):
+            ax.plot([e], [analysis["exact"]], "x", color="k", ms=11, mew=2,
+                    label=f"end of search (exact Hessian): {analysis['exact']:.4g}")
+        if not series:
+            ax.set_xlim(e - 1, e + 1)
+            lo = min(v for v in (analysis["lambda_max"], analysis.get("exact")) if _finite(v))
+            ax.set_ylim(min(0.0, lo * 1.2), max(analysis["lambda_max"], analysis.get("exact") or 0) * 1.25 or 1.0)
     _epoch_axis(ax)
     ax.set_ylabel(r"$\lambda_{max}$ of $\nabla^2_\alpha L_{val}$")
     ax.grid(alpha=0.3)
-    if series or local_avg:
+    if series or local_avg or has_end:
         ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no lambda_max in the metrics\n(add method `hessian`)", ha="center", va="center",
-                transform=ax.transAxes)
+    if not series and has_end:
+        ax.text(0.02, 0.04, "not tracked during the search (add method `hessian` for a series)",
+                fontsize=8, color="#555", transform=ax.transAxes)
+    elif not series:
+        ax.text(0.5, 0.5, "no lambda_max in the metrics\n(add method `hessian`, or run `stablenas analyze`)",
+                ha="center", va="center", transform=ax.transAxes)
     if title:
         ax.set_title(title)
     return _png(fig)
 
 
 def op_weights(metrics: Sequence[dict], edge_ops: dict[str, Sequence[Sequence[str]]], cell_type: str,
-               title: str = "") -> bytes:
-    """One panel per edge: each candidate op's weight over the epochs."""
+               title: str = "", edges: Sequence[tuple[int, int]] | None = None) -> bytes:
+    """One panel per edge, titled ``i->j`` (source node i, target node j; 0, 1 are the cell inputs,
+    as in the genotype and the TensorBoard tags): each candidate op's weight over the epochs."""
     ep = [r["epoch"] for r in metrics]
     n_edges = len(edge_ops[cell_type])
     cols = min(5, n_edges)
@@ -107,10 +125,15 @@ def op_weights(metrics: Sequence[dict], edge_ops: dict[str, Sequence[Sequence[st
         for k, op in enumerate(ops):
             color = ops_seen.setdefault(op, len(ops_seen))
             ax.plot(ep, [r["op_weights"][cell_type][e][k] for r in metrics], color=f"C{color % 10}", lw=1.5)
-        ax.set_title(f"edge {e}", fontsize=8)
+        ax.set_title(f"edge {edges[e][0]}->{edges[e][1]}" if edges else f"edge {e}", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        if e + cols >= n_edges:  # the lowest panel of its column: epoch ticks and label
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("epoch", fontsize=8)
+        if e % cols == 0:
+            ax.set_ylabel("op weight", fontsize=8)
     handles = [plt.Line2D([], [], color=f"C{c % 10}", lw=2) for c in ops_seen.values()]
     fig.legend(handles, list(ops_seen), loc="lower center", ncol=min(len(ops_seen), 5), fontsize=8,
                bbox_to_anchor=(0.5, -0.04))
@@ -138,7 +161,8 @@ def landscape_plot(land: dict, title: str = "") -> bytes:
                 v = acc[iy][ix]
                 ax.text(xv, yv, f"{v:.3f}", ha="center", va="center", fontsize=7,
                         color="white" if v < (lo + hi) / 2 else "black")
-    ax.plot([0], [0], "r+", ms=16, mew=2)
+    # alpha itself: a ring around the centre cell, so its value stays readable
+    ax.plot([0], [0], "o", ms=30 if len(x) <= 9 else 14, mfc="none", mec="red", mew=2, label="alpha")
     ax.set_xlabel("gradient direction of L_val")
     ax.set_ylabel("random orthogonal direction")
     ax.set_title(title or "validation accuracy around alpha")
@@ -184,7 +208,9 @@ def grad_corr_plot(gc: dict, title: str = "") -> bytes:
         ax.set_xlabel("edge")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         small = [abs(v) for v in bi + single if _finite(v) and v != 0]
-        ax.set_yscale("symlog", linthresh=min(small) if small else 1e-6)
+        # the linear part ends at a whole decade, one decade wide: 0 and the first log tick stay apart
+        ax.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(min(small))) if small else 1e-6,
+                      linscale=1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("eq. 8 (mean over pairs)")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -194,16 +220,24 @@ def grad_corr_plot(gc: dict, title: str = "") -> bytes:
     return _png(fig)
 
 
-def overlay(runs: Sequence[tuple[str, Sequence[tuple[float, float]]]], ylabel: str, title: str = "") -> bytes:
-    """Several runs' series on one axis (comparison page)."""
+def overlay(runs: Sequence[tuple[str, Sequence[tuple[float, float]]]], ylabel: str, title: str = "",
+            points: Sequence[tuple[str, tuple[float, float]]] = ()) -> bytes:
+    """Several runs' series on one axis (comparison page); ``points``: one marker per run (the
+    value ``analyze`` computed at the end of the search), in the run's colour."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = {name: f"C{i % 10}" for i, (name, _) in enumerate(runs)}
     for name, pts in runs:
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=name, color=colors[name])
+    for name, (x, y) in points:
+        ax.plot([x], [y], "D", ms=8, color=colors.get(name, "k"), label=f"{name}: end (analyze)")
+    xs = [p[0] for _, pts in runs for p in pts] + [x for _, (x, _y) in points]
+    if xs and max(xs) - min(xs) < 1:  # one epoch only: whole-epoch ticks around it
+        ax.set_xlim(min(xs) - 1, max(xs) + 1)
     _epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if any(p for _, p in runs):
+    if any(p for _, p in runs) or points:
         ax.legend(fontsize=8)
     if title:
         ax.set_title(title)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .analyze import figures, lambda_info, load_analysis
+from .analyze import end_curvature, figures, lambda_info, load_analysis
 from .run import Run, load_run
 
 CSS = """
@@ -34,7 +34,9 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}
 .row figure{margin:0;flex:1 1 380px}
 figcaption{font-size:12px;color:#555}
 .note{font-size:12px;color:#666}
-pre{background:#f6f8fa;padding:8px;font-size:12px;white-space:pre-wrap;word-break:break-all}
+pre{background:#f6f8fa;padding:8px;font-size:12px;white-space:pre-wrap;word-break:normal;overflow-wrap:normal;
+overflow-x:auto}
+.cells figure{margin:0 0 10px} .cells img{max-width:none}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
@@ -43,9 +45,28 @@ SECTIONS = [("summary", "Summary"), ("cells", "Cells"), ("curves", "Training cur
             ("alpha-distance", "Alpha distance"), ("diagnostics", "Diagnostics"), ("genotype", "Genotype")]
 
 
-def _img(png: bytes, alt: str) -> str:
-    return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+def _img(png: bytes, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return (f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}">')
+
+
+CELL_WIDTH = 1080  # px the report's main column has for a cell drawing
+
+
+def _png_width(png: bytes) -> int:
+    """Pixel width from the PNG header (IHDR: bytes 16-20)."""
+    return int.from_bytes(png[16:20], "big")
+
+
+def _cells_html(pngs: Sequence[tuple[str, bytes]]) -> str:
+    """Every cell of a genotype one below the other at ONE scale (the widest fits the column), so
+    the normal and the reduction cell read alike; drawings are made at one resolution."""
+    if not pngs:
+        return ""
+    scale = min(1.0, CELL_WIDTH / max(_png_width(p) for _, p in pngs))
+    return "".join(f"<figure>{_img(p, ct, round(_png_width(p) * scale))}<figcaption>{html.escape(ct)} cell"
+                   f"</figcaption></figure>" for ct, p in pngs)
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -118,8 +139,7 @@ def run_report_html(run: Run, analysis: dict | None = None) -> str:
                  + ("" if a else "<p class='note'>No analysis.json: run <code>stablenas analyze "
                     f"{html.escape(str(run.path))}</code> for curvature, discretisation drop, landscape and "
                     "gradient correlation.</p>") + "</section>")
-    cells_html = "".join(f"<figure>{_img(figs[k], k)}<figcaption>{html.escape(k.split('_', 1)[1])} cell"
-                         f"</figcaption></figure>" for k in figs if k.startswith("cell_"))
+    cells_html = _cells_html([(k.split("_", 1)[1], figs[k]) for k in figs if k.startswith("cell_")])
     stats = (a or {}).get("cells")
     stats_html = ""
     if stats:
@@ -129,7 +149,7 @@ def run_report_html(run: Run, analysis: dict | None = None) -> str:
         rows.append(("both cells: parameter-free share", stats.get("all", {}).get("param_free_share")))
         stats_html = _table(rows) + ("<p class='note'>Width and depth as defined in SDARTS App. 7.4 "
                                      "(Shu et al. 2020); parameter-free: skip, pooling, none, noise.</p>")
-    parts.append(f'<section id="cells"><h2>Cells (returned genotype)</h2><div class="row">'
+    parts.append(f'<section id="cells"><h2>Cells (returned genotype)</h2><div class="cells">'
                  f'{cells_html or "<p>no genotype yet</p>"}</div>{stats_html}</section>')
     if "curves" in figs:
         parts.append(f'<section id="curves"><h2>Training curves</h2>{_img(figs["curves"], "curves")}'
@@ -228,7 +248,8 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
     names = [r.path.name for r in runs]
     if len(set(names)) < len(names):
         names = [str(r.path) for r in runs]
-    head = ["run", "space", "methods", "L2", "DropPath", "epochs", "final val acc", "last lambda_max",
+    head = ["run", "space", "methods", "L2", "DropPath", "epochs", "final val acc",
+            "lambda_max (last tracked / analyze)",
             "ES stop (actual / simulated)", "acc drop", "param-free share", "normal width / depth"]
     rows = []
     for name, run, a in zip(names, runs, analyses):
@@ -242,7 +263,7 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
         normal = cs.get("normal") or cs.get("cell") or {}
         vals = [name, cfg.get("space"), _methods(cfg), cfg.get("optim", {}).get("weight_decay"),
                 cfg.get("regularization", {}).get("drop_path_max"), len(run.metrics), last.get("val_acc"),
-                lams[-1] if lams else None,
+                f"{_fmt(lams[-1]) if lams else '-'} / {_fmt((end_curvature(a) or {}).get('lambda_max'))}",
                 f"{es['stop_epoch'] if es else '-'} / {sim['stop_epoch'] if sim else '-'}",
                 ((a or {}).get("discretization") or {}).get("acc_drop"),
                 (cs.get("all") or {}).get("param_free_share"),
@@ -256,28 +277,116 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
         ov.append(_img(plots.overlay(series, label), label))
     lam_series = [(n, [(r["epoch"], r["lambda_max"]) for r in run.metrics
                        if isinstance(r.get("lambda_max"), (int, float))]) for n, run in zip(names, runs)]
-    ov.append(_img(plots.overlay(lam_series, "lambda_max", "dominant eigenvalue per epoch"), "lambda_max"))
+    ends = [(n, end_curvature(a)) for n, a in zip(names, analyses)]
+    ends = [(n, (e["epoch"], e["lambda_max"])) for n, e in ends if e]
+    if any(p for _, p in lam_series) or ends:
+        ov.append(_img(plots.overlay(lam_series, "lambda_max", "dominant eigenvalue per epoch", points=ends),
+                       "lambda_max"))
+    else:
+        ov.append("<p class='note'>no lambda_max: no run tracked it (method <code>hessian</code>) or ran "
+                  "<code>stablenas analyze</code></p>")
     cell_parts = []
     for n, run in zip(names, runs):
         if run.genotype is None:
             continue
-        imgs = "".join(f"<figure>{_img(cells.draw_cell(run.genotype, ct)[0], ct)}<figcaption>{ct}"
-                       f"</figcaption></figure>" for ct in cells.cell_types(run.genotype))
-        cell_parts.append(f"<h3>{html.escape(n)}</h3><div class='row'>{imgs}</div>")
+        imgs = _cells_html([(ct, cells.draw_cell(run.genotype, ct)[0]) for ct in cells.cell_types(run.genotype)])
+        cell_parts.append(f"<h3>{html.escape(n)}</h3><div class='cells'>{imgs}</div>")
     body = (f'<section id="comparison"><h2>Runs</h2>{table}<p class="note">ES stop: the epoch whose '
             "architecture DARTS-ES returned, and where the rule would stop on the recorded lambda_max series."
             "</p></section>"
             f'<section id="overlays"><h2>Curves</h2>{"".join(ov)}</section>'
             f'<section id="cells"><h2>Cells</h2>{"".join(cell_parts) or "<p>no genotypes</p>"}</section>'
-            f'<section id="configs"><h2>Configs</h2>'
-            + "".join(f"<h3>{html.escape(n)}</h3><pre>{html.escape(json.dumps(r.config, indent=1))}</pre>"
-                      for n, r in zip(names, runs)) + "</section>")
-    nav = [("comparison", "Runs"), ("overlays", "Curves"), ("cells", "Cells"), ("configs", "Configs")]
-    return _page(f"stablenas comparison: {len(runs)} runs", html.escape(", ".join(str(r.path) for r in runs)),
+            f'<section id="configs"><h2>Config keys that differ</h2>{_config_diff(names, runs)}</section>')
+    nav = [("comparison", "Runs"), ("overlays", "Curves"), ("cells", "Cells"), ("configs", "Config diff")]
+    page = _page(f"stablenas comparison: {len(runs)} runs", html.escape(", ".join(str(r.path) for r in runs)),
                  nav, body)
+    return page.replace("<head>", f"<head>{_runs_meta(run_dirs)}", 1)
 
 
-def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    out = Path(out)
-    out.write_text(comparison_html(run_dirs))
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (lists kept whole, as --set writes them)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _config_diff(names: Sequence[str], runs: Sequence[Run]) -> str:
+    """Only the config keys whose values differ between the runs (dotted, as ``--set`` spells them)."""
+    flats = [_flat(r.config) for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    missing = object()
+    diff = [k for k in keys if len({json.dumps(f.get(k, missing) if k in f else "(absent)", sort_keys=True,
+                                               default=str) for f in flats}) > 1]
+    if not diff:
+        return f"<p>The {len(runs)} configs are identical ({len(keys)} keys).</p>"
+
+    def cell(f: dict, k: str) -> str:
+        if k not in f:
+            return "<td class='note'>(absent)</td>"
+        return f"<td><code>{html.escape(json.dumps(f[k], default=str))}</code></td>"
+
+    head = "<tr><th>key</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+    body = "".join(f"<tr><th><code>{html.escape(k)}</code></th>" + "".join(cell(f, k) for f in flats) + "</tr>"
+                   for k in diff)
+    return (f"<table>{head}{body}</table><p class='note'>{len(diff)} of {len(keys)} keys differ; the others "
+            "are equal in every run (each run's full config is its config.yaml).</p>")
+
+
+RUNS_META = "stablenas-comparison-of"
+
+
+def _runs_meta(run_dirs: Sequence[str | Path]) -> str:
+    return f'<meta name="{RUNS_META}" content="{html.escape(_runs_key(run_dirs))}">'
+
+
+def _runs_key(run_dirs: Sequence[str | Path]) -> str:
+    return "|".join(str(Path(d).resolve()) for d in run_dirs)
+
+
+def comparison_path(run_dirs: Sequence[str | Path]) -> Path:
+    """Default place of the comparison page: inside the first run, named after the runs
+    (``runs/es/comparison-es-vs-l2.html``), so comparing other runs never lands on the same file."""
+    import hashlib
+    import re
+
+    names = [re.sub(r"[^A-Za-z0-9._-]+", "_", Path(d).resolve().name) for d in run_dirs]
+    stem = "-vs-".join(names)
+    if len(stem) > 80:
+        stem = f"{names[0]}-vs-{len(names) - 1}-runs-{hashlib.sha1(_runs_key(run_dirs).encode()).hexdigest()[:8]}"
+    return Path(run_dirs[0]) / f"comparison-{stem}.html"
+
+
+def write_comparison(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Write the comparison page to ``out`` (default: :func:`comparison_path`). An existing file is
+    replaced only when it is this same comparison (same runs, same order) being brought up to
+    date; any other file there is refused (RunDirError) and left byte-identical."""
+    from ..utils import atomic_write_text
+
+    out = check_comparison_target(run_dirs, out)
+    page = comparison_html(run_dirs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    return out
+
+
+def check_comparison_target(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """The comparison page's path, or RunDirError when a file there holds something else."""
+    from ..errors import RunDirError
+
+    out = Path(out) if out is not None else comparison_path(run_dirs)
+    if out.is_dir():
+        raise RunDirError(f"{out} is a directory; --out names the comparison page (an .html file)")
+    if out.exists():
+        try:
+            old = out.read_text(errors="replace")[:4000]
+        except OSError as e:
+            raise RunDirError(f"{out}: cannot read the existing file ({e.strerror})") from None
+        if _runs_meta(run_dirs) not in old:
+            what = "a comparison of other runs" if RUNS_META in old else "a file that is not this comparison"
+            raise RunDirError(f"{out} exists and holds {what}; pass another --out or remove it")
     return out

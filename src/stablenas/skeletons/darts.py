@@ -236,7 +236,10 @@ class DartsSkeleton(Skeleton):
         return out
 
     def genotype_text(self, genotype: Genotype) -> str:
-        lines = []
+        n_nodes = len(self.cell_pairs(genotype, "normal")) // 2
+        inner = "2" if n_nodes == 1 else f"2-{1 + n_nodes}"
+        lines = [f"nodes: 0 = c_{{k-2}}, 1 = c_{{k-1}} (cell inputs), {inner} intermediate "
+                 "(numbered as in the cell diagrams and the JSON)"]
         for ct in ("normal", "reduce"):
             pairs = self.cell_pairs(genotype, ct)
             for k in range(0, len(pairs), 2):
