@@ -31,6 +31,8 @@ import errno
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -296,6 +298,40 @@ class Status:
 # the run directory
 
 
+@dataclass
+class Outcome:
+    """How a run ended, as :meth:`RunDir.recording` writes it to ``status.json``."""
+
+    state: str = "complete"
+    reason: str | None = None
+
+    def set(self, state: str, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+
+
+@contextlib.contextmanager
+def stop_signals(owner: Any, attr: str = "_signal") -> Iterator[None]:
+    """While the body runs, SIGINT/SIGTERM only set ``owner.<attr>`` to the signal number: the run
+    reads it after each step, saves a checkpoint there and raises :class:`InterruptedRun`. A second
+    signal raises ``KeyboardInterrupt`` at once (the last checkpoint is kept). Outside the main
+    thread (signals cannot be caught there) the body just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if getattr(owner, attr, None) is not None:
+            raise KeyboardInterrupt
+        setattr(owner, attr, signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 class RunDir:
     """One run directory of kind ``search`` or ``train`` (see the module docstring).
 
@@ -477,29 +513,30 @@ class RunDir:
                 self.lock.release()
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[None]:
+    def recording(self) -> Iterator[Outcome]:
         """Run the body and record how it ended in ``status.json`` (complete, interrupted, diverged,
-        failed with its reason), then release the lock: :meth:`end` on every path out."""
-        state, reason = "complete", None
+        failed with its reason), then release the lock: :meth:`end` on every path out. The body may
+        set the outcome of a normal exit itself (``outcome.set("interrupted", ...)``)."""
+        outcome = Outcome()
         try:
-            yield
+            yield outcome
         except InterruptedRun as e:
-            state, reason = "interrupted", str(e)
+            outcome.set("interrupted", str(e))
             raise
         except DivergedError as e:
-            state, reason = "diverged", str(e)
+            outcome.set("diverged", str(e))
             raise
         except StablenasError as e:
-            state, reason = "failed", str(e)
+            outcome.set("failed", str(e))
             raise
         except KeyboardInterrupt:
-            state, reason = "interrupted", "KeyboardInterrupt; resume with --resume"
+            outcome.set("interrupted", "KeyboardInterrupt; resume with --resume from the last checkpoint")
             raise
         except BaseException as e:
-            state, reason = "failed", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            outcome.set("failed", f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             raise
         finally:
-            self.end(state, reason)
+            self.end(outcome.state, outcome.reason)
 
     def set_status(self, state: str, reason: str | None = None) -> None:
         rec = {"kind": self.kind, "state": state, "pid": os.getpid(), "reason": reason,

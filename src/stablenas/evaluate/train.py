@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from ..config import apply_overrides, format_validation_error
-from ..errors import CheckpointError, DivergedError, InterruptedRun, RunExistsError, StablenasError
+from ..errors import CheckpointError, DivergedError, InterruptedRun, RunExistsError
 from ..genotype import Genotype, GenotypeError
 from ..registry import DATASETS, EVAL_NETWORKS
-from ..rundir import RunDir
+from ..rundir import RunDir, stop_signals
 from ..utils import (
     atomic_write_text,
     resolve_device,
@@ -636,42 +636,10 @@ class _Trainer:
     def run(self, stop_after: int | None = None) -> dict | None:
         if self.run_dir is None:
             return self._run(stop_after)
-        import contextlib
-        import signal
-        import threading
-
-        def handler(signum, frame):
-            if self._signal is not None:
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        state, reason = "complete", None
-        with contextlib.ExitStack() as stack:
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    old = signal.signal(sig, handler)
-                    stack.callback(signal.signal, sig, old)
-            try:
-                result = self._run(stop_after)
-                if result is None:
-                    state, reason = "interrupted", f"stopped after epoch {self.epoch}; resume with --resume"
-            except InterruptedRun as e:
-                state, reason = "interrupted", str(e)
-                raise
-            except DivergedError as e:
-                state, reason = "diverged", str(e)
-                raise
-            except StablenasError as e:
-                state, reason = "failed", str(e)
-                raise
-            except KeyboardInterrupt:
-                state, reason = "interrupted", "KeyboardInterrupt; resume with --resume"
-                raise
-            except BaseException as e:
-                state, reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                raise
-            finally:
-                self.run_dir.end(state, reason)
+        with stop_signals(self), self.run_dir.recording() as outcome:
+            result = self._run(stop_after)
+            if result is None:
+                outcome.set("interrupted", f"stopped after epoch {self.epoch}; resume with --resume")
         return result
 
     def _run(self, stop_after: int | None = None) -> dict | None:

@@ -20,12 +20,10 @@ derived from ``(seed, epoch)`` (window lengths), so a resumed run ends bit-ident
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.ptb import BPTTStream, Corpus, load_ptb, perplexity
 from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun
-from ..rundir import RunDir
+from ..rundir import RunDir, stop_signals
 from ..utils import atomic_write_text, resolve_device
 from .genotype import RecurrentGenotype
 from .model import RNNLanguageModel
@@ -303,26 +301,8 @@ class RNNTrainer:
         (exit 130/143 from the CLI); the run's ``status.json`` records how it ended."""
         if self.run_dir is None:
             return self._run()
-        with self._signal_handlers(), self.run_dir.recording():
+        with stop_signals(self), self.run_dir.recording():
             return self._run()
-
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._signal is not None:  # a second signal stops at once (the last checkpoint is kept)
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
 
     def _run(self) -> dict:
         cfg = self.cfg

@@ -21,11 +21,9 @@ The run directory (lock, config check, safe checkpoints, metrics, status) is
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,11 +35,11 @@ from torch.func import functional_call
 
 from ..config import SearchConfig
 from ..data import TensorLoader
-from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
+from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError
 from ..genotype import Genotype
 from ..methods import Method, Mix
 from ..registry import LOOKUPS, METHODS, SKELETONS
-from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint
+from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint, stop_signals
 from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
@@ -623,26 +621,8 @@ class Search:
         and raise :class:`InterruptedRun`; the status file records how the run ended."""
         if self.run_dir is None:
             return self._run()
-        try:
-            with self._signal_handlers():
-                result = self._run()
-        except InterruptedRun as e:
-            self.run_dir.end("interrupted", str(e))
-            raise
-        except DivergedError as e:
-            self.run_dir.end("diverged", str(e))
-            raise
-        except StablenasError as e:
-            self.run_dir.end("failed", str(e))
-            raise
-        except KeyboardInterrupt:
-            self.run_dir.end("interrupted", "KeyboardInterrupt; resume with --resume from the last checkpoint")
-            raise
-        except BaseException as e:
-            self.run_dir.end("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            raise
-        self.run_dir.end("complete")
-        return result
+        with stop_signals(self), self.run_dir.recording():
+            return self._run()
 
     def _run(self) -> SearchResult:
         epochs = self.cfg.optim.epochs
@@ -665,25 +645,6 @@ class Search:
 
     # ---------------------------------------------------------------------------------------
     # signals
-
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        """SIGINT/SIGTERM -> a flag the loop reads after each step (a second one stops at once)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._signal is not None:  # second signal: stop now (the last checkpoint is kept)
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
 
     def _interrupt(self) -> None:
         signum = self._signal or signal.SIGINT
