@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from . import distributed as dist
 from .supernet.network import double_backward_mode
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class HVP:
             g = sum(gb.detach() for gb in self._grads)
         else:
             g = sum(self._grad(b).detach() for b in self.obj.batches)
+        (g,) = dist.all_reduce_mean([g])  # data parallel: the job's objective (each rank its slices)
         return g + self.obj.alpha_l2 * self.alpha.detach()
 
     def _build(self) -> None:
@@ -189,6 +191,7 @@ class HVP:
                 g = self._grad(b)
                 (hv,) = torch.autograd.grad(g, self.alpha, grad_outputs=v)
                 out = out + hv
+        (out,) = dist.all_reduce_mean([out])  # one collective per product: the same Lanczos on every rank
         if self.obj.alpha_l2:
             out = out + self.obj.alpha_l2 * v
         return out.detach()
@@ -205,6 +208,7 @@ class HVP:
                     (hv,) = torch.autograd.grad(g, self.alpha, grad_outputs=V, retain_graph=True,
                                                 is_grads_batched=True)
                     out = out + hv
+                (out,) = dist.all_reduce_mean([out])
                 self.calls += V.shape[0]
                 if self.obj.alpha_l2:
                     out = out + self.obj.alpha_l2 * V

@@ -90,6 +90,24 @@ class TensorLoader:
         self.epoch = 0
         self.position = 0  # batches of `epoch` already handed out
         self._plan: tuple[int, torch.Tensor, list[int]] | None = None
+        self.shard: tuple[int, int] | None = None  # (rank, world): this rank's slice of every batch
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Hand this process only its slice of every batch (data parallelism, :mod:`stablenas.distributed`).
+
+        ``batch_size`` stays the *global* batch: the plan (permutation, batch seeds) is the same on
+        every rank, rank ``r`` of ``world`` takes the ``r``-th of ``world`` contiguous slices, so the
+        ranks' slices are disjoint and together are the one-process batch. A ``drop_last`` loader (the
+        search streams: every shard loss a mean over equally many samples, so the mean over ranks is
+        the global-batch mean) needs ``batch_size`` divisible by ``world``; others split as evenly as
+        possible (their users sum over samples). Augmentation draws from a per-rank generator derived
+        from the batch seed, so ranks never apply the same crops to their different images."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"shard: rank {rank} of {world}")
+        if world > 1 and self.drop_last and self.batch_size % world:
+            raise ValueError(f"batch size {self.batch_size} is not divisible by the {world} ranks (the batch "
+                             "size is the global batch, split across ranks)")
+        self.shard = (int(rank), int(world)) if world > 1 else None
 
     @property
     def num_samples(self) -> int:
@@ -145,11 +163,16 @@ class TensorLoader:
             raise IndexError(f"batch {number} outside [0, {len(self)})")
         perm, batch_seeds = self._plan_for(epoch)
         idx = perm[number * self.batch_size:(number + 1) * self.batch_size]
+        seed = batch_seeds[number]
+        if self.shard is not None:
+            rank, world = self.shard
+            idx = idx.tensor_split(world)[rank]
+            seed = _derive_seed(seed, rank, world)
         x, y = self.x[idx], self.y[idx]
         g = None
         if self.augment is not None:
             g = torch.Generator(device="cpu")
-            g.manual_seed(batch_seeds[number])
+            g.manual_seed(seed)
             x = self.augment.spatial(x, g)
         x = normalize(x, self.mean, self.std)
         if g is not None:
@@ -165,6 +188,8 @@ class TensorLoader:
         while self.position < len(self):
             out = self.batch(self.epoch, self.position)
             self.position += 1  # before yielding: a state_dict taken now resumes after this batch
+            if out[1].numel() == 0:  # a rank's empty slice of a short last batch
+                continue
             yield out
         self.set_epoch(self.epoch + 1)
 

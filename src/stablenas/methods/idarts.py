@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
+from .. import distributed as dist
 from ..data import TensorLoader
 from ..genotype import Genotype
 from ..registry import DISCRETIZERS, OPS, SKELETONS
@@ -247,6 +248,8 @@ def collect_grams(search: Search, opts: IDARTSOptions) -> dict[str, torch.Tensor
     idx = heldout_indices(search, opts)
     loader = TensorLoader(search.dataset, idx, opts.batch_size, shuffle=False, drop_last=False, augment=None,
                           device=search.device, seed=0, channels_last=search.cfg.network.channels_last)
+    d = dist.current()
+    loader.set_shard(d.rank, d.world)  # data parallel: each rank its slice, the Gram sums reduced below
     mix = Mix(search.arch.op_weights(), search.arch.edge_weights())
     collector = _GramCollector(search, mix)
     was = search.net.training
@@ -260,7 +263,9 @@ def collect_grams(search: Search, opts: IDARTSOptions) -> dict[str, torch.Tensor
     finally:
         collector.remove()
         search.net.train(was)
-    return collector.result()
+    grams = collector.result()
+    summed = dist.all_reduce_sum([g.to(search.device) for g in grams.values()])
+    return {ct: g.cpu() for ct, g in zip(grams, summed)}
 
 
 def decorrelation_genotype_from_grams(space, grams: dict[str, torch.Tensor], projection: str = "span",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
+from .. import distributed as dist
 from ._common import (
     BNMode,
     Projection,
@@ -127,6 +128,7 @@ class MSDARTS(RampedPerturbation):
             delta = uniform_like(stacked, self.epsilon, arch)
             samples = project(arch, {ct: stacked[ct] + delta[ct] for ct in a}, o.projection)
             losses = sample_losses(search, x, y, samples, mix, o.bn_mode, o.batched, self._memo)
+            (losses,) = dist.all_reduce_mean([losses])  # the job's sample losses: one shift on every rank
             a = mean_shift_step(a, samples, losses, o.bandwidth, o.weighting, o.kernel)
         return a
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
+from .. import distributed as dist
 from ..genotype import Genotype
 from ._common import discrete_mix, genotype_of, sample_architecture
 from .base import Batch, Method, MethodOptions, Mix, register_method
@@ -86,10 +87,11 @@ class RSWS(Method):
                     logits = search.forward(x, mix)
                     acc += torch.stack([(logits.argmax(1) == y).sum().float(),
                                         torch.tensor(float(y.shape[0]), device=search.device)])
-                out.append(acc[0] / acc[1].clamp_min(1.0))
+                out.append(acc)
         finally:
             search.net.train(was)
-        return torch.stack(out).cpu()
+        (acc,) = dist.all_reduce_sum([torch.stack(out)])  # each rank scored its slice of the batches
+        return (acc[:, 0] / acc[:, 1].clamp_min(1.0)).cpu()
 
     def select(self, search: Search) -> tuple[Genotype, float]:
         o = self.opts

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
+from .. import distributed as dist
 from ._common import BNMode, Projection, RampedPerturbation, RampOptions, perturbed_loss, project, uniform_like
 from .base import Batch, Mix, register_method
 
@@ -45,7 +46,7 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
         return perturbed_loss(search, x, y, Mix(w, edge, mix.hard), opts.bn_mode)
 
     with torch.no_grad():
-        loss_clean = loss_at(clean)
+        (loss_clean,) = dist.all_reduce_mean([loss_at(clean)])  # the job's loss (every rank decides alike)
     a = clean
     if opts.random_start:
         delta = uniform_like(clean, eps, arch)
@@ -54,14 +55,15 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
         a = {ct: w.detach().requires_grad_(True) for ct, w in a.items()}
         cts = list(a)
         # allow_unused: a cell type may have no cell in a shallow network (layers < 3: no reductions)
-        grads = torch.autograd.grad(loss_at(a), [a[ct] for ct in cts], allow_unused=True)
+        # averaged over ranks: the ascent direction of the global-batch loss
+        grads = dist.grad(loss_at(a), [a[ct] for ct in cts], allow_unused=True)
         with torch.no_grad():
             stepped = {ct: a[ct] if g is None else a[ct] + lr * g.sign() for ct, g in zip(cts, grads)}
             ball = {ct: clean[ct] + (stepped[ct] - clean[ct]).clamp(-eps, eps) for ct in cts}
             a = project(arch, ball, opts.projection)
     a = {ct: w.detach() for ct, w in a.items()}
     with torch.no_grad():
-        loss_adv = loss_at(a)
+        (loss_adv,) = dist.all_reduce_mean([loss_at(a)])
         if opts.keep_clean_if_weaker:
             keep = loss_adv < loss_clean
             a = {ct: torch.where(keep, clean[ct], a[ct]) for ct in a}

@@ -17,6 +17,12 @@ The run directory (lock, config check, safe checkpoints, metrics, status) is
   that passed the check, and no genotype is derived from the bad alpha.
 - *Signals*: SIGINT/SIGTERM set a flag that the loop reads after every step; it then saves a
   checkpoint at that step and raises :class:`~stablenas.errors.InterruptedRun` (exit 130/143).
+
+Under torchrun (:mod:`stablenas.distributed`) every rank runs this loop on its slice of each batch;
+the gradients are averaged where they are made (``distributed.grad``, one flat all_reduce after the
+weight step that also averages BN running statistics and carries the epoch sums and the signal
+flag), so all ranks stay in lockstep; rank 0 alone owns the run directory, and every epoch end
+checks (checksum all_gather) that the ranks still hold the same alpha and weights.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .. import distributed as dist
 from ..config import SearchConfig
 from ..data import TensorLoader
-from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError
+from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
 from ..genotype import Genotype
 from ..methods import Method, Mix
 from ..registry import LOOKUPS, METHODS, SKELETONS
@@ -79,15 +86,23 @@ class Search:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.run_dir = (RunDir(self.out_dir, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS)
-                        if self.out_dir is not None else None)
-        if self.run_dir is not None:  # read-only: refuse before anything is built or written
-            self.run_dir.check(resume, config.to_dict())
-
         cfg = config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        # under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK or cpu)
+        self.dist, self.device = dist.setup(cfg.device) if dist.launched() else (dist.current(),
+                                                                                 resolve_device(cfg.device))
+        if not self.dist.is_main:  # rank 0 speaks and writes for the job
+            self.log, self.progress = (lambda s: None), False
+        self.run_dir = (RunDir(self.out_dir, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS)
+                        if self.out_dir is not None and self.dist.is_main else None)
+        error = None
+        if self.run_dir is not None:  # read-only: refuse before anything is built or written
+            try:
+                self.run_dir.check(resume, config.to_dict())
+            except StablenasError as e:
+                error = e
+        dist.agree(error, "run directory check")
         seed_everything(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -106,6 +121,8 @@ class Search:
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size {d.batch_size} exceeds the {self.data.n_train} training images "
                               "of the search split; lower it or raise data.subset")
+        if self.dist.active:
+            self._shard_data()
 
         # model and alpha (alpha lives outside the network; see supernet.arch)
         cl = cfg.network.channels_last
@@ -159,37 +176,67 @@ class Search:
         # alpha steps happen when a rule or a method needs validation batches
         self.uses_val_stream = cfg.search.update in ("first", "second") or any(
             type(m).arch_step is not Method.arch_step for m in self.methods)
+        error = None
         if self.run_dir is not None:
-            rd = self.run_dir
-            applied = None
-            if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
-                applied = rd.load_checkpoint()
-                self._apply_checkpoint(applied, rd.checkpoint)
-            rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
-            if rd.lock.took_over:
-                self.log(f"{self.out_dir}: took over the lock of process {rd.lock.took_over}, which is gone")
             try:
-                if resume and rd.checkpoint.exists():
-                    ck = rd.load_checkpoint()
-                    if ck is not applied:  # another process advanced the run before we took the lock
-                        self._apply_checkpoint(ck, rd.checkpoint)
-                    self.write_metrics()  # metrics.jsonl may hold epochs past the checkpoint
-                    self.log(f"resumed from {rd.checkpoint} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
-                elif resume:  # killed before the first checkpoint: start over, drop a partial record
-                    rd.write_metrics([])
-                    self.log(f"{self.out_dir}: no checkpoint yet; starting from the beginning")
-            except BaseException:
-                rd.end("failed", "could not resume")
-                raise
+                self._take_run_dir(resume, config)
+            except StablenasError as e:
+                error = e
+        dist.agree(error, "resume")
+        if self.dist.active:
+            path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
+            if not self.dist.is_main and resume and path is not None and path.exists():
+                self._apply_checkpoint(load_checkpoint(path, kind="search"), path)  # what rank 0 resumed
+            # one start for every rank, whatever each built: rank 0's alpha and weights
+            dist.broadcast_([*self.arch.parameters(), *self.net.state_dict().values()])
         # live logging (stablenas.loggers): per-step losses are kept on the device and written in
         # blocks of LOG_EVERY steps, so the hot loop never waits for a host sync
         from ..loggers import LoggerSet, make_loggers
 
-        self.loggers = LoggerSet(make_loggers(loggers, self.out_dir, cfg.name), warn=self.log)
+        self.loggers = LoggerSet(make_loggers(loggers if self.dist.is_main else "none", self.out_dir, cfg.name),
+                                 warn=self.log)
         if self.loggers:
             self.loggers.log_config(cfg.to_dict())
         self._step_losses: list[torch.Tensor] = []
         self._timing: dict = {}
+        # data parallelism: the step's reduced "some rank got SIGINT/SIGTERM" flag
+        self._dist_signal = torch.zeros(1, device=self.device)
+
+    def _shard_data(self) -> None:
+        """Each rank takes its slice of every batch of every stream (the config's batch is global)."""
+        loaders = [self.train_loader, getattr(self.val_stream, "loader", self.val_stream), self.val_eval_loader]
+        for loader in loaders:
+            if not hasattr(loader, "set_shard"):
+                raise ConfigError(f"the {self.space.skeleton} skeleton's data streams cannot be split across "
+                                  "ranks; run this space in one process")
+            try:
+                loader.set_shard(self.dist.rank, self.dist.world)
+            except ValueError as e:
+                raise ConfigError(f"data.batch_size: {e}; choose a multiple of {self.dist.world}") from None
+
+    def _take_run_dir(self, resume: bool, config: SearchConfig) -> None:
+        """Rank 0 (or the only process): restore a checkpoint, take the directory, start the record."""
+        rd = self.run_dir
+        applied = None
+        if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
+            applied = rd.load_checkpoint()
+            self._apply_checkpoint(applied, rd.checkpoint)
+        rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
+        if rd.lock.took_over:
+            self.log(f"{self.out_dir}: took over the lock of process {rd.lock.took_over}, which is gone")
+        try:
+            if resume and rd.checkpoint.exists():
+                ck = rd.load_checkpoint()
+                if ck is not applied:  # another process advanced the run before we took the lock
+                    self._apply_checkpoint(ck, rd.checkpoint)
+                self.write_metrics()  # metrics.jsonl may hold epochs past the checkpoint
+                self.log(f"resumed from {rd.checkpoint} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+            elif resume:  # killed before the first checkpoint: start over, drop a partial record
+                rd.write_metrics([])
+                self.log(f"{self.out_dir}: no checkpoint yet; starting from the beginning")
+        except BaseException:
+            rd.end("failed", "could not resume")
+            raise
 
     # ---------------------------------------------------------------------------------------
     # run directory
@@ -268,7 +315,7 @@ class Search:
     def first_order_grad(self, val_batch: Batch) -> list[torch.Tensor]:
         xv, yv = val_batch
         loss = self.loss(xv, yv, self.mix("arch", val_batch))
-        return list(torch.autograd.grad(loss, list(self.arch.parameters()), allow_unused=True))
+        return list(dist.grad(loss, list(self.arch.parameters()), allow_unused=True))
 
     def second_order_grad(self, train_batch: Batch, val_batch: Batch) -> list[torch.Tensor]:
         """DARTS unrolled gradient (robust-darts App. A, eq. 12-14).
@@ -285,12 +332,12 @@ class Search:
 
         # virtual step
         loss_t = self.loss(xt, yt, self.mix("arch", train_batch).detached(), dict(zip(names, weights)))
-        g = torch.autograd.grad(loss_t, weights)
+        g = dist.grad(loss_t, weights)  # every gradient is averaged over ranks where it is made
         w_virtual = [(w - xi * gw).detach().requires_grad_(True) for w, gw in zip(weights, g)]
 
         # validation loss at w'
         loss_v = self.loss(xv, yv, self.mix("arch", val_batch), dict(zip(names, w_virtual)))
-        grads = torch.autograd.grad(loss_v, arch_params + w_virtual, allow_unused=True)
+        grads = dist.grad(loss_v, arch_params + w_virtual, allow_unused=True)
         d_alpha, d_w = grads[: len(arch_params)], grads[len(arch_params):]
         d_w = [torch.zeros_like(w) if gw is None else gw for w, gw in zip(w_virtual, d_w)]
 
@@ -298,9 +345,9 @@ class Search:
             # exact mixed second derivative by double backward: d/d alpha <grad_w L_train(w, a), v>
             with double_backward_mode(self.net):
                 lt = self.loss(xt, yt, self.mix("arch", train_batch), dict(zip(names, weights)))
-            gw = torch.autograd.grad(lt, weights, create_graph=True)
+            gw = torch.autograd.grad(lt, weights, create_graph=True)  # local: reduced below
             dot = sum((a * b).sum() for a, b in zip(gw, d_w))
-            mixed = torch.autograd.grad(dot, arch_params, allow_unused=True)
+            mixed = dist.grad(dot, arch_params, allow_unused=True)
             return [(torch.zeros_like(p) if da is None else da) - xi * (torch.zeros_like(p) if m is None else m)
                     for da, m, p in zip(d_alpha, mixed, arch_params)]
 
@@ -310,7 +357,7 @@ class Search:
         for sign in (1.0, -1.0):
             shifted = {n: (w + sign * eps * v).detach() for n, w, v in zip(names, weights, d_w)}
             lt = self.loss(xt, yt, self.mix("arch", train_batch), shifted)
-            hvp.append(torch.autograd.grad(lt, arch_params, allow_unused=True))
+            hvp.append(dist.grad(lt, arch_params, allow_unused=True))
         out = []
         for da, gp, gm, p in zip(d_alpha, hvp[0], hvp[1], arch_params):
             da = torch.zeros_like(p) if da is None else da
@@ -334,6 +381,16 @@ class Search:
             self.a_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         finite = torch.isfinite(loss.detach())
+        if self.dist.active:
+            # one flat all_reduce: weight (and single-level alpha) gradients and BN running statistics
+            # averaged, the epoch sums and "some rank was signalled" carried along
+            params = [*self.net.parameters(), *(self.arch.parameters() if single else ())]
+            if self._signal is not None:
+                self._dist_signal.fill_(1.0)
+            sums, self._dist_signal = dist.reduce_grads_(params, [sums, self._dist_signal],
+                                                         buffers=list(self.net.buffers()))
+            sums = sums * self.dist.world
+            finite = torch.isfinite(sums[0])  # the job's loss: every rank takes the same decision
         if self.cfg.optim.grad_clip:
             norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
             finite = finite & torch.isfinite(norm)
@@ -403,8 +460,20 @@ class Search:
                 val_batch = next(self.val_stream)
             self.stream = "val"
             self.arch_step(train_batch, val_batch)
+            if self.dist.active:  # its train-mode forwards moved BN statistics: the same on every rank
+                self.sync_buffers()
         self.stream = "train"
         return self.weight_step(train_batch)
+
+    def sync_buffers(self) -> None:
+        """Average the float buffers (BN running statistics) over ranks, so that the eval-mode
+        forwards that read them (SDARTS-ADV's attack, MS-DARTS's samples) see the same values on
+        every rank: the mean of the ranks' updates, as one process would update on the global batch
+        up to the between-shard variance."""
+        bufs = [b for b in self.net.buffers() if b.is_floating_point()]
+        with torch.no_grad():
+            for b, v in zip(bufs, dist.all_reduce_mean(bufs)):
+                b.copy_(v)
 
     def start_epoch(self, epoch: int) -> None:
         """Enter epoch ``epoch``: loader order, drop-path, the methods' per-epoch schedules."""
@@ -439,7 +508,7 @@ class Search:
             self._time_first_steps()
             if bar is not None:
                 bar.update(1)
-            if self._signal is not None:
+            if self._signalled():
                 if bar is not None:
                     bar.close()
                 self._interrupt()
@@ -450,6 +519,19 @@ class Search:
         if bar is not None:
             bar.close()
         self.epoch_seconds += time.perf_counter() - start
+
+    def _signalled(self, boundary: bool = False) -> bool:
+        """Whether to stop for SIGINT/SIGTERM now. Under data parallelism all ranks decide alike from
+        the flag reduced in the weight step: read at every step on CPU (free), on CUDA every
+        GUARD_EVERY steps and at epoch boundaries (a read is a host sync)."""
+        if not self.dist.active:
+            return self._signal is not None
+        if not (boundary or self.device.type == "cpu" or self.global_step % GUARD_EVERY == 0):
+            return False
+        if float(self._dist_signal) > 0:
+            self._signal = self._signal or signal.SIGTERM
+            return True
+        return False
 
     def _flush_step_losses(self) -> None:
         if not self._step_losses:
@@ -498,6 +580,7 @@ class Search:
             acc += self.skeleton.eval_sums(self, x, y, mix)
         self.net.train(was_training)
         self.stream = stream
+        (acc,) = dist.all_reduce_sum([acc])  # each rank evaluated its slice of every batch
         loss_sum, correct, count = acc.tolist()
         return loss_sum / max(count, 1), correct / max(count, 1)
 
@@ -513,6 +596,11 @@ class Search:
         loader = self._fixed_loaders.get((bs, seed_offset))
         if loader is None:
             loader = self.skeleton.fixed_val_loader(self, bs, self.cfg.seed * 1000 + seed_offset)
+            if self.dist.active:  # the measured objective is the job's: each rank its slice of the batches
+                try:
+                    loader.set_shard(self.dist.rank, self.dist.world)
+                except ValueError as e:
+                    raise ValueError(f"curvature: {e}") from None
             if len(loader) == 0:
                 raise ValueError(f"curvature batch size {bs} exceeds the {loader.num_samples} validation images")
             self._fixed_loaders[(bs, seed_offset)] = loader
@@ -540,6 +628,8 @@ class Search:
         t_end = time.perf_counter()
         epoch = self.epoch
         self.check_finite()  # before anything is derived from alpha or written
+        # ranks in lockstep: the same alpha and weights everywhere (else stop before any write)
+        dist.check_same([*self.arch.parameters(), *self.net.parameters()], f"search epoch {epoch + 1}")
         self._timing["train_seconds"] = self._timing.get("train_seconds", 0.0) + self.epoch_seconds
         loss_sum, correct, count = self._accum.tolist()
         val_loss, val_acc = self.evaluate()
@@ -620,14 +710,17 @@ class Search:
         """Run to the end (or a method's stop). With a run directory: SIGINT/SIGTERM save a checkpoint
         and raise :class:`InterruptedRun`; the status file records how the run ended."""
         if self.run_dir is None:
-            return self._run()
+            if not self.dist.active:
+                return self._run()
+            with stop_signals(self):  # other ranks: the same stop decision as rank 0
+                return self._run()
         with stop_signals(self), self.run_dir.recording():
             return self._run()
 
     def _run(self) -> SearchResult:
         epochs = self.cfg.optim.epochs
         while self.epoch < epochs and self.stop_reason is None:
-            if self._signal is not None:
+            if self._signalled(boundary=True):
                 self._interrupt()
             if self.step_in_epoch == 0:
                 self.start_epoch(self.epoch)
