@@ -11,8 +11,12 @@ a 2-"node" torchrun (two launchers, c10d rendezvous on 127.0.0.1) completes, and
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,88 @@ def test_shards_are_disjoint_slices_of_the_global_batch_with_their_own_augmentat
     assert not torch.equal(a[0].batch(0, 0)[0], a[1].batch(0, 0)[0])
     with pytest.raises(ValueError, match="not divisible"):
         TensorLoader(ds, None, 9, drop_last=True).set_shard(0, 2)
+
+
+# -- through the launcher: a 2-"node" torchrun, and --nproc killed with SIGKILL and resumed -------------
+
+SEARCH = ["darts", "--threads", "1", "--log", "none", "--set", "space=s3", "--set", "data.dataset=digits",
+          "--set", "data.subset=null", "--set", "data.batch_size=16", "--set", "network.channels=8",
+          "--set", "network.layers=2", "--set", "network.stem_multiplier=2", "--set", "optim.epochs=2",
+          "--set", "search.steps_per_epoch=6", "--set", "search.val_batches=1", "--set", "search.checkpoint_every=2",
+          "--set", "network.channels_last=false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _alpha(run: Path) -> dict:
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    return {"arch": ck["arch"], "epoch": ck["epoch"], "genotype": json.loads((run / "genotype.json").read_text())}
+
+
+def _descendants(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        out.append(q)
+        todo.extend(kids.get(q, []))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory):
+    """Two launchers (--nnodes 2, one rank each) meeting at a c10d rendezvous on 127.0.0.1."""
+    out = tmp_path_factory.mktemp("nodes") / "run"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=stablenas-test", "-m", "stablenas", "--", "search",
+           *SEARCH, "--out", str(out)]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    return out
+
+
+def test_two_node_torchrun_completes(two_node_run):
+    status = json.loads((two_node_run / "status.json").read_text())
+    assert status["state"] == "complete"
+    assert len((two_node_run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_nproc_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, two_node_run):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "stablenas", "search", *SEARCH, "--out", str(out), "--nproc", "2"]
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists():  # the first checkpoint: epoch 1, step 2 of 6
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "slow"
+        time.sleep(0.05)
+    for pid in _descendants(p.pid):  # the whole job: launcher, torchrun agent, both ranks
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+    assert not (out / "genotype.json").exists()  # killed mid-search
+    r = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, want = _alpha(out), _alpha(two_node_run)
+    assert got["genotype"] == want["genotype"]
+    assert all(torch.equal(got["arch"][k], want["arch"][k]) for k in want["arch"])
+    assert (out / "metrics.jsonl").read_text() == (two_node_run / "metrics.jsonl").read_text().replace(
+        str(two_node_run), str(out)) or _same_numbers(out, two_node_run)
+
+
+def _same_numbers(a: Path, b: Path) -> bool:
+    ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    drop = ("seconds",)
+    return [{k: v for k, v in r.items() if k not in drop} for r in ra] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rb]

@@ -95,9 +95,13 @@ def search(
     log: LogOpt = "auto",
     dry_run: DryRunOpt = False,
     print_config: PrintConfigOpt = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="data-parallel ranks on this machine: starts "
+                                                               "torchrun --standalone --nproc_per_node N")] = None,
 ) -> None:
     """Run an architecture search and write config.yaml, metrics.jsonl, genotype.json, checkpoint.pt
-    (and live TensorBoard scalars in tensorboard/ when tensorboard is installed)."""
+    (and live TensorBoard scalars in tensorboard/ when tensorboard is installed). Under torchrun
+    (or with --nproc) every rank takes its slice of each batch; data.batch_size is the global batch."""
+    from . import distributed
     from .config import load_config
     from .search.loop import Search
 
@@ -113,11 +117,43 @@ def search(
 
             typer.echo(format_estimate(estimate_search(cfg)))
             return
-        result = Search(cfg, out, resume=resume, progress=progress, loggers=log).run()
+        if nproc is not None and not distributed.launched():
+            _launch(nproc, cfg, out, resume)
+        try:
+            result = Search(cfg, out, resume=resume, progress=progress, loggers=log).run()
+        finally:
+            distributed.shutdown()
     except _user_errors() as e:
         _fail(str(e), _code(e))
+    if distributed.launched() and distributed.env_rank() != 0:
+        return  # rank 0 reports for the job
     typer.echo(f"genotype: {result.genotype.to_json()}")
     typer.echo(f"run directory: {out}")
+
+
+def _launch(nproc: int, cfg, out: Path, resume: bool) -> None:
+    """``--nproc N``: check what can be checked here (config, run directory), then run this very
+    command under ``torchrun --standalone --nproc_per_node N`` (without --nproc) and exit with its code."""
+    import subprocess
+
+    from .rundir import RunDir
+    from .search.loop import RUNTIME_KEYS
+
+    if nproc < 1:
+        _fail(f"--nproc {nproc}: give the number of ranks, 1 or more")
+    RunDir(out, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS).check(resume, cfg.to_dict())
+    argv, skip = [], False
+    for a in _ARGV:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    # "--": torchrun's parser must not read this command's options (it rejects --log as ambiguous)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "stablenas", "--", *argv]
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command()
@@ -616,8 +652,15 @@ def bench(
         typer.echo(f"json: {json_out}")
 
 
+_ARGV: list[str] = []  # this command line (``--nproc`` re-runs it under torchrun)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = _expand_multi(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m stablenas -- search ... (see _launch)
+        argv = argv[1:]
+    argv = _expand_multi(argv)
+    _ARGV[:] = argv
     try:
         app(argv)
     except KeyboardInterrupt:

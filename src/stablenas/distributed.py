@@ -69,6 +69,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def env_rank() -> int:
+    """The global rank the launcher gave this process (0 without one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> tuple[Dist, torch.device]:
     """Join the process group a launcher describes in the environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``); return the job and this rank's device: CUDA device
@@ -255,5 +260,5 @@ def check_same(tensors: Sequence[torch.Tensor], what: str) -> None:
 
 
 __all__ = ["Dist", "RankMismatchError", "agree", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_",
-           "broadcast_object", "check_same", "current", "grad", "launched", "local", "reduce_grads_", "setup",
-           "shutdown"]
+           "broadcast_object", "check_same", "current", "env_rank", "grad", "launched", "local", "reduce_grads_",
+           "setup", "shutdown"]
