@@ -32,8 +32,8 @@ def test_one_error_formatter():
 def test_sweep_takes_several_values_per_option(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run(plan, out, jobs=1, threads=None):
-        seen.update(plan=plan, out=out, jobs=jobs)
+    def fake_run(plan, out, jobs=1, threads=None, backend=None):
+        seen.update(plan=plan, out=out, jobs=jobs, backend=backend)
         (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text("table\n")
         return {"selected": "none"}
@@ -46,6 +46,7 @@ def test_sweep_takes_several_values_per_option(monkeypatch, tmp_path):
     p = seen["plan"]
     assert p.seeds == [0, 1, 2] and p.reg == "l2" and p.reg_values == [3e-4, 27e-4]
     assert p.final_seeds == [4, 5] and p.overrides == ["optim.epochs=2"] and seen["jobs"] == 2
+    assert seen["backend"].name == "local" and seen["backend"].jobs == 2
 
 
 def test_sweep_errors_are_one_line(tmp_path, capsys):

@@ -62,6 +62,8 @@ def _tiny(argv: list[str]) -> list[str] | None:
             i += 1
         return ["sweep", *out, *_sets(TINY_SEARCH), "--holdout", "64", "--retrain-epochs", "1", "--final-epochs", "1",
                 *[x for o in TINY_TRAIN if not o.startswith("epochs") for x in ("--train-set", o)]]
+    if cmd == "study":
+        return ["study", rest[0], "--plan"]  # 144 long units: the queue and cost estimate instead
     if cmd == "s5-table":
         return ["s5-table", "--show"]  # 81 trainings: the packaged table's summary instead
     if cmd == "bench":
@@ -93,7 +95,7 @@ def readme_commands(text: str) -> list[list[str]]:
 def test_readme_lists_the_commands_it_promises():
     cmds = readme_commands(README.read_text())
     subs = [c[0] for c in cmds]
-    for sub in ("search", "analyze", "report", "train", "info", "sweep", "s5-table", "bench"):
+    for sub in ("search", "analyze", "report", "train", "info", "sweep", "s5-table", "bench", "study"):
         assert sub in subs, sub
     assert ["search", "quickstart", "--out", "runs/quickstart"] in cmds  # the main job
 

@@ -68,8 +68,21 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch intra-o
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="resolve the config, time a few steps, print the "
                                                            "estimated wall time and peak memory; write nothing")]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="print the resolved config (YAML) and exit")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="where the runs execute: local (processes on this "
+                                                           "machine) | ray (a Ray cluster; pip install "
+                                                           "'stablenas[ray]')")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster: auto (the running one) or "
+                                                                  "ray://HOST:10001; default: a local Ray instance")]
+CpusOpt = Annotated[float | None, typer.Option("--cpus-per-task", help="Ray: CPUs each run declares (default 1)")]
+GpusOpt = Annotated[float, typer.Option("--gpus-per-task", help="Ray: GPUs each run declares (fractions: 0.25)")]
 LogOpt = Annotated[str, typer.Option("--log", help="live logging: auto (TensorBoard when installed) | none | "
                                                    "comma-separated tensorboard, wandb, mlflow")]
+
+
+def _backend(name: str, jobs: int, address: str | None, cpus: float | None, gpus: float):
+    from .evaluate.backends import get_backend
+
+    return get_backend(name, jobs=jobs, address=address, num_cpus=cpus, num_gpus=gpus)
 
 
 def _runtime_sets(seed: int | None, device: str | None, threads: int | None) -> list[str]:
@@ -374,6 +387,10 @@ def s5_table(
     seeds: Annotated[str, typer.Option(
         "--seeds", help="train each architecture with these seeds, tabulate the mean")] = "",
     show: Annotated[bool, typer.Option("--show", help="print the existing table's summary and exit")] = False,
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_task: CpusOpt = None,
+    gpus_per_task: GpusOpt = 0.0,
 ) -> None:
     """Ground truth for space S5: train all 81 architectures with one fixed protocol and write the
     table (test accuracy, params, seconds) that search runs on s5 use for their test regret."""
@@ -403,7 +420,8 @@ def s5_table(
     command = "stablenas " + shlex.join(sys.argv[1:]) if sys.argv and "s5-table" in sys.argv else None
     try:
         s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=archs, repeat_seeds=extra,
-                          command=command, seeds=main_seeds or None)
+                          command=command, seeds=main_seeds or None,
+                          backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task))
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
 
@@ -465,6 +483,10 @@ def sweep(
     final: Annotated[str, typer.Option(
         "--final", help="retrain the selected architecture, every searched one, or none: selected | all | none")
     ] = "selected",
+    backend: BackendOpt = "local",
+    address: AddressOpt = None,
+    cpus_per_task: CpusOpt = None,
+    gpus_per_task: GpusOpt = 0.0,
 ) -> None:
     """Protocol of the papers' tables: searches over seeds (R-DARTS: and regularisation strengths),
     selection of the final architecture by a short retraining on a held-out validation split
@@ -486,11 +508,70 @@ def sweep(
                          reg_values=values, train_preset=train_preset, train_overrides=list(train_set or []),
                          retrain_epochs=retrain_epochs, holdout=holdout, final_epochs=final_epochs,
                          final_seeds=list(final_seeds or [0]), final=final)
-        table = run_sweep(plan, out, jobs=jobs, threads=threads)
+        table = run_sweep(plan, out, jobs=jobs, threads=threads,
+                          backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task))
     except (*_user_errors(), ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
     typer.echo((Path(out) / "table.md").read_text())
     typer.echo(f"selected: {table['selected']}")
+
+
+@app.command()
+def study(
+    protocol: Annotated[str, typer.Argument(help="protocol YAML or a shipped protocol: cpu-collapse | gpu-paper")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="study directory (resumable)")] = None,
+    records: Annotated[Path | None, typer.Option(
+        "--records", help="finished units' small records (config.yaml, metrics.jsonl, genotype.json, result.json): "
+                          "read first, written after every unit (e.g. studies/cpu-collapse, kept in git)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="protocol override, e.g. --set seeds=[0,1]")] = None,
+    backend: BackendOpt = "local",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="units at once (local processes; Ray: in flight, "
+                                                           "0 = as resources allow)")] = 1,
+    threads: ThreadsOpt = None,
+    address: AddressOpt = None,
+    cpus_per_task: CpusOpt = None,
+    gpus_per_task: GpusOpt = 0.0,
+    max_units: Annotated[int | None, typer.Option("--max-units", help="run at most this many units now, "
+                                                                      "then summarise (a sitting)")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="print the unit queue, what is done and the cost "
+                                                      "estimate; write nothing")] = False,
+    summary_only: Annotated[bool, typer.Option("--summary", help="only rewrite table.md, results.json and "
+                                                                 "plots from the finished units")] = False,
+) -> None:
+    """A collapse study: every (seed, space, method) of the protocol searched (with lambda_max tracked),
+    its cell retrained (or looked up: S5), the papers' analyses over all runs into OUT/table.md,
+    OUT/results.json and OUT/plots/. Re-running the same command resumes."""
+    from .evaluate import study as st
+
+    if out is None and not plan:
+        _fail("--out DIR is required (the study directory); --plan needs none")
+    try:
+        proto = st.load_protocol(protocol, set_)
+        if plan:
+            units = st.study_units(proto)
+            est = st.estimate_cost(proto, out)
+            typer.echo(f"study {proto.name}: {len(units)} units ({len(proto.seeds)} seeds x {len(proto.spaces)} "
+                       f"spaces x {len(proto.methods)} methods), {est['done']} done, {est['to_run']} to run")
+            for u in units[:6]:
+                typer.echo(f"  {u.name}: {u.search['optim']['epochs']} epochs, "
+                           f"{'retrained ' + str(u.train['epochs']) + ' epochs' if u.train else 'table lookup'}")
+            if len(units) > 6:
+                typer.echo(f"  ... ({len(units) - 6} more, seed-major)")
+            hours = est["seconds"] / 3600
+            typer.echo(f"estimated cost of the units to run: {hours:.1f} h of one process"
+                       + (f" ({len(est['unknown'])} units without a figure)" if est["unknown"] else "")
+                       + (f" (+ {len(est['retrain_unpriced'])} retrainings not yet measured)"
+                          if est["retrain_unpriced"] else "")
+                       + (f"; figures: {est['measured']}" if est["measured"] else ""))
+            return
+        if summary_only:
+            st.summarise(proto, out)
+        else:
+            st.run_study(proto, out, backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task),
+                         records=records, threads=threads, max_units=max_units)
+    except (*_user_errors(), ValueError, KeyError) as e:
+        _fail(_err(e), _code(e))
+    typer.echo((Path(out) / "table.md").read_text())
 
 
 @app.command()

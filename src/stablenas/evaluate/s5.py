@@ -26,10 +26,13 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..genotype import Genotype
 from ..spaces.registry import get_space
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 __all__ = [
     "REPEAT_ARCHS",
@@ -268,6 +271,7 @@ def generate_table(
     log: Callable[[str], None] | None = None,
     command: str | None = None,
     seeds: Sequence[int] | None = None,
+    backend: Backend | None = None,
 ) -> dict:
     """Train every S5 architecture (plus seed repeats) under :data:`S5_PROTOCOL` and write the table.
 
@@ -277,7 +281,8 @@ def generate_table(
     ``work_dir`` holds one training run directory per (architecture, seed); re-running the same
     call skips finished ones and resumes interrupted ones from their last epoch. ``jobs`` > 1
     trains that many architectures at once in separate processes (``protocol['threads']``
-    intra-op threads each). Returns the table as a dict (also written to ``out_path``).
+    intra-op threads each); ``backend`` (:mod:`stablenas.evaluate.backends`, e.g. Ray) replaces that local
+    pool. Returns the table as a dict (also written to ``out_path``).
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     overrides = dict(overrides or {})
@@ -339,9 +344,10 @@ def generate_table(
             f"{r['result']['test_acc']:.4f} ({r['result']['seconds']:.0f} s; {el / 60:.1f} min elapsed)"
         )
 
-    from ..rundir import run_pool
+    from .backends import LocalBackend
 
-    run_pool(_task, todo, jobs, note, key=lambda t: (t[0], t[1]), log=lambda m: log(f"s5-table: {m}"))
+    backend = backend or LocalBackend(jobs=jobs)
+    backend.run(_task, todo, note, key=lambda t: (t[0], t[1]), log=lambda m: log(f"s5-table: {m}"))
 
     entries = []
     for i, g in enumerate(archs):

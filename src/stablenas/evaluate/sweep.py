@@ -15,13 +15,13 @@ retrained with the full evaluation protocol and reported on the test set.
     OUT/sweep.json, OUT/table.md, OUT/table.json
 
 Re-running the same command skips finished runs and resumes interrupted ones. ``jobs`` > 1 runs
-independent runs of a stage in that many processes on this machine.
+independent runs of a stage in that many processes on this machine; ``backend`` (a Ray cluster,
+:mod:`stablenas.evaluate.backends`) runs them elsewhere, into the same table.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -33,6 +33,7 @@ from typing import Any, Literal
 from ..config import config_from_dict, load_config
 from ..errors import ConfigError
 from ..genotype import Genotype
+from .backends import Backend, LocalBackend
 from .train import TrainConfig, train_config
 
 __all__ = ["SweepPlan", "format_markdown", "run_sweep", "select_best"]
@@ -190,19 +191,18 @@ def _train_task(args: tuple[str, dict, dict, str, int | None]) -> dict:
 
 
 def _run_all(
-    fn: Callable[[Any], dict], tasks: list, jobs: int, log: Callable[[str], None], what: str
+    fn: Callable[[Any], dict], tasks: list, backend: Backend, log: Callable[[str], None], what: str
 ) -> list[dict]:
     if not tasks:
         return []
     out: list[dict] = []
     start = time.perf_counter()
-    from ..rundir import run_pool
 
     def done(r: dict) -> None:
         out.append(r)
         log(f"{what} {len(out)}/{len(tasks)}: {r['name']} done ({(time.perf_counter() - start) / 60:.1f} min)")
 
-    run_pool(fn, tasks, jobs, done, key=lambda t: t[0], log=log)
+    backend.run(fn, tasks, done, key=lambda t: t[0], log=log)
     return out
 
 
@@ -224,16 +224,21 @@ def run_sweep(
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
     scorer: Callable[[list[dict]], list[float | None]] | None = None,
+    backend: Backend | None = None,
 ) -> dict:
     """Run (or resume) the sweep and write OUT/table.md and OUT/table.json; returns the table dict.
+
+    ``backend`` (:mod:`stablenas.evaluate.backends`) runs the searches and retrainings; default: the
+    local pool with ``jobs`` processes. Every run resumes its own directory, whichever backend.
 
     ``scorer`` replaces the short retraining (it receives the candidate dicts and returns their
     validation accuracies); it exists for tests and for custom selection protocols.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out_dir)
-    if threads is None and jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+    backend = backend or LocalBackend(jobs=jobs)
+    if threads is None:
+        threads = backend.threads_per_task()
     from ..rundir import check_plan, write_plan
     from ..utils import atomic_write_text
 
@@ -254,7 +259,7 @@ def run_sweep(
     results = _run_all(
         _search_task,
         [(r.name, r.config, str(out / "search" / r.name), threads) for r in runs],
-        jobs,
+        backend,
         log,
         "search",
     )
@@ -286,7 +291,7 @@ def run_sweep(
             )
             for k in uniq
         ]
-        scored = {r["name"]: r["result"] for r in _run_all(_train_task, tasks, jobs, log, "selection")}
+        scored = {r["name"]: r["result"] for r in _run_all(_train_task, tasks, backend, log, "selection")}
         for c in cands:
             r = scored[uniq[json.dumps(c["genotype"], sort_keys=True)]]
             c["valid_acc"] = r["valid_acc"]
@@ -319,7 +324,7 @@ def run_sweep(
                     threads,
                 )
             )
-    final_results = _run_all(_train_task, tasks, jobs, log, "final")
+    final_results = _run_all(_train_task, tasks, backend, log, "final")
     for c in cands:
         c["final"] = sorted(
             (

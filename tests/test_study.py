@@ -1,0 +1,205 @@
+"""Collapse studies: the unit queue, resume after a kill, records, and the table against the per-run records."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from stablenas import cli
+from stablenas.errors import ConfigError
+from stablenas.evaluate import study as st
+from stablenas.evaluate.s5 import load_table
+from stablenas.genotype import Genotype
+from stablenas.spaces.ops import is_parameter_free
+
+# 2 methods x 1 seed x 2 epochs on the 8x8 digits; S3 is retrained, S5 uses its lookup (no digits table: none)
+TINY = {
+    "name": "tiny",
+    "base": "quickstart",
+    "set": ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "network.channels=8", "network.layers=2",
+            "network.stem_multiplier=2", "optim.epochs=2", "search.steps_per_epoch=3", "search.val_batches=2",
+            "network.channels_last=false", "threads=1"],
+    "spaces": ["s3", "s5"],
+    "seeds": [0],
+    "methods": {"darts": [], "sdarts-rs": ["methods=[{name: sdarts-rs}]"]},
+    "track": {"name": "hessian", "iters": 3, "record_alpha": False},
+    "retrain": {"set": {"channels": 8, "layers": 2, "stem_multiplier": 2, "epochs": 1, "batch_size": 32,
+                        "steps_per_epoch": 2, "test_subset": 64, "auxiliary": False, "drop_path": 0.0,
+                        "channels_last": False, "threads": 1}},
+    "discretization_batches": 1,
+}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    p = tmp_path_factory.mktemp("protocol") / "tiny.yaml"
+    p.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    return st.load_protocol(p)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """The tiny study run once, uninterrupted, with a records directory: (summary, out, records)."""
+    root = tmp_path_factory.mktemp("study")
+    return st.run_study(tiny, root / "out", records=root / "rec", log=_quiet), root / "out", root / "rec"
+
+
+def _strip_times(obj):
+    """Results without wall-clock fields (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items()
+                if not any(t in k for t in ("seconds", "wall", "rel"))}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+def test_queue_is_seed_major_and_configs_are_the_methods(tmp_path):
+    p = st.load_protocol("cpu-collapse", ["seeds=[0,1]"])
+    units = st.study_units(p)
+    assert [u.seed for u in units] == sorted(u.seed for u in units)  # every unit of seed 0 first
+    first = [u for u in units if u.seed == 0]
+    assert {(u.space, u.method) for u in first} == {(s, m) for s in p.spaces for m in p.methods}
+    by = {u.name: u for u in units}
+    assert by["s3-darts-2nd-seed0"].search["search"]["update"] == "second"
+    assert by["s3-darts-seed0"].search["search"]["update"] == "first"
+    assert by["s3-darts-seed1"].search["seed"] == 1
+    # every unit tracks lambda_max; S5 is looked up in its table, S3/S2 are retrained
+    assert all(u.search["methods"][-1]["name"] == "hessian" for u in units)
+    assert by["s5-darts-seed0"].train is None and by["s2-darts-seed0"].train is not None
+    assert st.load_protocol("gpu-paper").spaces  # the GPU protocol validates too
+
+
+def test_bad_protocols_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="no protocol file 'nope'.*shipped: .*cpu-collapse"):
+        st.load_protocol("nope")
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**TINY, "seeds": [0, 0]}))
+    with pytest.raises(ConfigError, match="repeated seeds"):
+        st.load_protocol(p)
+    p.write_text(yaml.safe_dump({**TINY, "methods": {"darts": ["optim.epocs=3"]}}))
+    with pytest.raises(ConfigError, match="method darts, space s3: .*optim.epocs"):
+        st.study_units(st.load_protocol(p))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", str(p), "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_study_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, tiny, finished, monkeypatch):
+    full = finished[0]
+    assert not full["partial"] and full["units_done"] == 4
+    s3 = tiny.model_copy(update={"spaces": ["s3"]})
+    # killed right after the first checkpoint of the first search, then the same call again
+    from stablenas.search.loop import Search
+
+    orig = Search.save_checkpoint
+    calls = {"n": 0}
+
+    def dying(self, *a, **k):
+        orig(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(Search, "save_checkpoint", dying)
+    with pytest.raises(SystemExit):
+        st.run_study(s3, tmp_path / "cut", log=_quiet)
+    first = tmp_path / "cut" / "runs" / "s3-darts-seed0"
+    assert (first / "search" / "checkpoint.pt").exists() and not (first / "result.json").exists()
+    monkeypatch.setattr(Search, "save_checkpoint", orig)
+    resumed = st.run_study(s3, tmp_path / "cut", log=_quiet)
+    ref = {r["name"]: r for r in full["runs"]}
+    assert [r["name"] for r in resumed["runs"]] == ["s3-darts-seed0", "s3-sdarts-rs-seed0"]
+    for r in resumed["runs"]:
+        assert _strip_times(r) == _strip_times(ref[r["name"]])
+
+
+def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, monkeypatch):
+    s, out, rec_dir = finished
+    for u in st.study_units(tiny):
+        rec = rec_dir / u.name
+        assert sorted(f.name for f in rec.iterdir()) == ["config.yaml", "genotype.json", "metrics.jsonl",
+                                                          "result.json"]
+        res = json.loads((rec / "result.json").read_text())
+        g = Genotype.load(rec / "genotype.json")
+        ops = g.ops("normal")
+        assert res["share_normal"] == sum(map(is_parameter_free, ops)) / len(ops)
+        metrics = [json.loads(x) for x in (rec / "metrics.jsonl").read_text().splitlines()]
+        assert res["lambda_max_final"] == metrics[-1]["lambda_max"]  # the tracker measured the last epoch
+        assert len(res["curves"]["share_normal"]) == len(metrics) == 2
+        if u.space == "s5":  # no S5 table for digits: looked up, nothing found
+            assert res["test_source"] == "lookup" and res["test_acc"] is None
+        else:
+            train = json.loads((out / "runs" / u.name / "train" / "result.json").read_text())
+            assert res["test_source"] == "retrained" and res["test_acc"] == train["test_acc"]
+    rows = {(r["space"], r["method"]): r for r in s["rows"]}
+    runs = {r["name"]: r for r in s["runs"]}
+    assert rows[("s3", "darts")]["share_normal_mean"] == runs["s3-darts-seed0"]["share_normal"]
+    pairs = [(r["lambda_max_final"], 1 - r["test_acc"]) for r in s["runs"] if r["space"] == "s3"]
+    assert s["lambda_error_correlation"]["all"]["n"] == 2 and s["lambda_error_correlation"]["all"]["r"] is None
+    assert pairs and len(pairs) == 2  # r needs >= 3 points
+    md = (out / "table.md").read_text()
+    r = rows[("s3", "sdarts-rs")]
+    assert (f"| sdarts-rs | 1 | {r['share_normal_mean']:.3f} ± 0.000 | {100 * r['test_acc_mean']:.2f} ± 0.00 | - | "
+            f"{100 * r['acc_drop_mean']:.2f} ± 0.00 | {r['lambda_max_final_mean']:.4f} ± 0.0000 | 2.0 |") in md
+    assert "complete: all 4 units" in md
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "lambda_max_s3.png", "lambda_max_s5.png", "lambda_vs_error.png", "share_normal_s3.png", "share_normal_s5.png"]
+    # a fresh directory picks every finished unit up from the records, running nothing
+    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
+    again = st.run_study(tiny, tmp_path / "fresh", records=rec_dir, log=_quiet)
+    assert _strip_times(again["rows"]) == _strip_times(s["rows"])
+    # a record made with other settings is not taken; changed settings in the same directory are refused
+    other = tiny.model_copy(update={"set": [*tiny.set, "optim.arch_lr=1e-3"]})
+    with pytest.raises(ConfigError, match="different protocol"):
+        st.run_study(other, out, log=_quiet)
+    logs: list[str] = []
+    st.run_study(other, tmp_path / "other", records=rec_dir, log=logs.append, max_units=0)
+    assert sum("other settings (search.optim.arch_lr)" in m for m in logs) == 4
+
+
+def test_pearson_and_lookup_against_references():
+    xs, ys = [0.1, 0.4, 0.2, 0.9], [3.0, 5.0, 2.5, 9.0]
+    assert st.pearson(xs, ys) == pytest.approx(statistics.correlation(xs, ys))
+    assert st.pearson([1, 1, 1], [1, 2, 3]) is None and st.pearson([1, 2], [1, 2]) is None
+    from stablenas.config import load_config
+    from stablenas.evaluate.s5 import enumerate_s5
+
+    table = load_table("fashion-mnist")
+    cfg = load_config("quickstart", ["space=s5"]).to_dict()
+    for g in enumerate_s5()[::20]:
+        assert st._lookup_test_acc(cfg, g) == table.test_acc(g)
+    assert st._lookup_test_acc(load_config("quickstart").to_dict(), enumerate_s5()[0]) is None  # s3: no table
+
+
+def test_partial_study_is_marked_partial_and_estimates_the_rest(tmp_path, tiny, finished):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[1] / "runs" / "s3-darts-seed0", out / "runs" / "s3-darts-seed0")
+    s = st.summarise(tiny, out)
+    assert s["partial"] and s["units_done"] == 1
+    assert "PARTIAL: 1 of 4 units finished" in (out / "table.md").read_text()
+    est = st.estimate_cost(tiny, out)
+    assert est["done"] == 1 and est["to_run"] == 3
+    # sdarts-rs and S5 have no measured unit and the protocol gives no figures for them
+    assert sorted(est["unknown"]) == ["s3-sdarts-rs-seed0", "s5-darts-seed0", "s5-sdarts-rs-seed0"]
+    assert est["retrain_unpriced"] == []  # the measured s3 unit prices the s3 retraining
+    priced = tiny.model_copy(update={"estimate": st.EstimateSpec(epoch_seconds={"s5": 2.0},
+                                                                 relative={"darts": 1.0, "sdarts-rs": 1.5})})
+    est = st.estimate_cost(priced, out)
+    res = json.loads((out / "runs" / "s3-darts-seed0" / "result.json").read_text())
+    assert est["unknown"] == ["s3-sdarts-rs-seed0"]  # no s3 figure in the protocol, no measured sdarts-rs unit
+    assert est["per_unit"]["s5-darts-seed0"] == pytest.approx(2.0 * 2)
+    assert est["per_unit"]["s5-sdarts-rs-seed0"] == pytest.approx(3.0 * 2)
+    assert res["train_seconds"] > 0
