@@ -64,7 +64,8 @@ def main() -> None:
             tcfg = rnn_train_config("ptb-cpu", {"epochs": args.train_epochs, "train_tokens": args.train_tokens,
                                                 "test_tokens": args.test_tokens, "seed": seed, "threads": 1})
             t1 = time.perf_counter()
-            tr = train_recurrent(g, tcfg, args.out / f"{tag}-s{seed}-train", resume=True, log=lambda m: None)
+            train_dir = args.out / f"{tag}-s{seed}-train"
+            tr = train_recurrent(g, tcfg, train_dir, resume=(train_dir / "train.json").exists(), log=lambda m: None)
             row = {"method": name, "seed": seed, "genotype": g.to_dict(), "identity_share": g.share("identity"),
                    "none_share": g.share("none"), "search_val_ppl": res.metrics[-1]["val_ppl"],
                    "search_seconds": round(search_s, 1), "retrain_valid_ppl": tr["valid_ppl"],
