@@ -19,6 +19,7 @@ import torch
 
 import stablenas as sn
 from stablenas.rnn.train import rnn_train_config, train_recurrent
+from stablenas.rundir import RunDir
 from stablenas.search.loop import Search
 
 METHODS = {
@@ -65,7 +66,8 @@ def main() -> None:
                                                 "test_tokens": args.test_tokens, "seed": seed, "threads": 1})
             t1 = time.perf_counter()
             train_dir = args.out / f"{tag}-s{seed}-train"
-            tr = train_recurrent(g, tcfg, train_dir, resume=(train_dir / "train.json").exists(), log=lambda m: None)
+            resume = RunDir(train_dir, kind="train", config_name="train.json").is_run()
+            tr = train_recurrent(g, tcfg, train_dir, resume=resume, log=lambda m: None)
             row = {"method": name, "seed": seed, "genotype": g.to_dict(), "identity_share": g.share("identity"),
                    "none_share": g.share("none"), "search_val_ppl": res.metrics[-1]["val_ppl"],
                    "search_seconds": round(search_s, 1), "retrain_valid_ppl": tr["valid_ppl"],

@@ -35,7 +35,10 @@ def _one(args: tuple[int, int, dict, str]) -> dict:
 
     cfg = train_config(None, {**protocol, "seed": seed, "eval_every": 1})
     torch.set_num_threads(cfg.threads or 1)
-    r = train_genotype(enumerate_s5()[index], cfg, out, resume=True, progress=False, log=lambda s: None)
+    from stablenas.rundir import RunDir
+
+    resume = RunDir(out, kind="train", config_name="train.json").is_run()  # --resume on a missing dir is refused
+    r = train_genotype(enumerate_s5()[index], cfg, out, resume=resume, progress=False, log=lambda s: None)
     curve = [m.get("test_acc") for m in map(json.loads, open(Path(out) / "metrics.jsonl"))][:-1]
     return {"index": index, "seed": seed, "test_acc": r["test_acc"], "curve": [*curve, r["test_acc"]],
             "params": r["params"], "seconds": r["seconds"]}
