@@ -1,12 +1,22 @@
-import subprocess
-import sys
+"""Fixtures and helpers shared by the test modules (import the helpers with ``from conftest import ...``;
+pytest puts this directory on sys.path)."""
+
+from __future__ import annotations
+
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 # Note: torch 2.13's CPU oneDNN backward was seen to corrupt the heap with ONE intra-op thread on
 # 4-channel supernets fed 8x8 digits (free(): invalid size); the tiny test nets use 8 channels and the
-# default thread count.
+# default thread count unless a module asks for `one_thread`.
+
+# a digits search small enough to run in seconds (s3 unless a test says otherwise)
+TINY_SEARCH = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
+               "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
+               "optim.warmup_epochs=0", "search.steps_per_epoch=3", "network.channels_last=false"]
 
 
 @pytest.fixture
@@ -17,25 +27,29 @@ def tiny_overrides():
             "search.val_batches=2", "network.channels_last=false"]
 
 
-@pytest.fixture
-def hold_lock():
-    """Hold a run directory's lock from another process (a plain flock, as a live writer does);
-    returns a function path -> Popen; every holder is killed at teardown."""
-    procs: list[subprocess.Popen] = []
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny dispatch-bound nets on a busy shared machine: one intra-op thread (with two, the OpenMP
+    workers spin-wait on each other and a 0.1 s forward took ~10 s); restored after the module.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
-    def hold(path: Path) -> subprocess.Popen:
-        code = ("import fcntl, os, sys, time\n"
-                f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                "os.ftruncate(fd, 0); os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-                "print('held', flush=True)\n"
-                "time.sleep(60)\n")
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout.readline().strip() == "held"
-        return p
 
-    yield hold
-    for p in procs:
-        p.kill()
-        p.wait()
+def metric_records(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl without wall-clock ``seconds``, the one field allowed to differ
+    between an interrupted-and-resumed run and an uninterrupted one."""
+    rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def assert_same_search(ref, res, ref_dir: Path, res_dir: Path) -> None:
+    """Two finished searches are bit-identical: alpha, weights (and BN buffers), genotype, metrics."""
+    for k, v in ref.search.arch.state_dict().items():
+        assert torch.equal(v, res.search.arch.state_dict()[k]), k
+    for k, v in ref.search.net.state_dict().items():
+        assert torch.equal(v, res.search.net.state_dict()[k]), k
+    assert ref.genotype == res.genotype
+    assert metric_records(Path(ref_dir) / "metrics.jsonl") == metric_records(Path(res_dir) / "metrics.jsonl")

@@ -101,6 +101,9 @@ def test_digits_shapes_split_and_scaling():
     # test = every 5th sample, pixels 0..16 scaled to 0..255
     np.testing.assert_array_equal(test.y.numpy(), ref.target[::5])
     np.testing.assert_array_equal(test.x[:, 0].numpy(), np.rint(ref.images[::5] * 255 / 16).astype(np.uint8))
+    rest = np.arange(len(ref.target)) % 5 != 0  # read from the bundled csv without sklearn: same data
+    np.testing.assert_array_equal(train.y.numpy(), ref.target[rest])
+    np.testing.assert_array_equal(train.x[:, 0].numpy(), np.rint(ref.images[rest] * 255 / 16).astype(np.uint8))
     assert int(train.x.max()) == 255 and int(train.x.min()) == 0
     mean, std = _np_stats(train.x.numpy())
     np.testing.assert_allclose(train.mean, mean, rtol=1e-9)

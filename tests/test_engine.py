@@ -23,13 +23,7 @@ from stablenas.supernet import network as N
 from stablenas.supernet.arch import ArchParams
 from stablenas.supernet.reference import build_plain
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(a, b, rtol=1e-4, atol=1e-6):

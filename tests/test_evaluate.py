@@ -50,15 +50,9 @@ from stablenas.evaluate.networks import _AuxPool  # noqa: E402
 from stablenas.genotype import Genotype  # noqa: E402
 from stablenas.spaces.registry import get_space  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the
-    OpenMP workers spin-wait on each other and a 0.1 s forward takes ~10 s; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the OpenMP workers spin-
+# wait on each other and a 0.1 s forward takes ~10 s; restored afterwards.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params_M(g: Genotype, network: str = "cifar") -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_SEARCH
 
 import stablenas as sn
 from stablenas.config import ConfigError
@@ -25,10 +26,7 @@ from stablenas.search.loop import Search
 from stablenas.spaces.ops import OPS
 from stablenas.supernet.network import MixedOp, NB201SearchCell, SearchCell, engine_options
 
-TINY = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
-        "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
-        "optim.warmup_epochs=0", "search.steps_per_epoch=3", "search.val_batches=2",
-        "network.channels_last=false"]
+TINY = [*TINY_SEARCH, "search.val_batches=2"]
 NB201 = ["space=nb201", "network.layers=1"]
 # per-preset overrides that keep the expensive end-of-search parts tiny
 SMALL = {"rs-ws": ["methods.0.samples=4", "methods.0.eval_batches=1", "methods.0.top_k=2"],
@@ -38,15 +36,10 @@ MINE = ("sdarts-rs", "sdarts-adv", "ms-darts", "single-darts", "idarts", "pc-dar
 MY_PRESETS = sorted({METHODS[m].preset for m in MINE} | {"pc-darts-rs", "pc-darts-adv"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny dispatch-bound nets: one intra-op thread is as fast on a quiet machine and does not
-    collapse when the shared cores are oversubscribed (OpenMP barriers). Channels stay >= 8 (see
-    conftest: oneDNN backward misbehaved on 4-channel supernets with one thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny dispatch-bound nets: one intra-op thread is as fast on a quiet machine and does not collapse when the
+# shared cores are oversubscribed (OpenMP barriers). Channels stay >= 8 (see conftest: oneDNN backward
+# misbehaved on 4-channel supernets with one thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(preset, *extra):

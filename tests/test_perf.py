@@ -27,16 +27,11 @@ from stablenas.supernet.reference import PlainDARTS, PlainSearchStep, build_plai
 RTOL = 1e-4  # relative to each tensor's max magnitude (float32, different summation orders)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one intra-op thread avoids OpenMP spin-waits on a busy shared machine (2 threads
-    # made these tests ~20x slower under load). The supernet no longer runs oneDNN's channels_last
-    # 1x1 stride-2 conv, whose backward corrupts the heap with 2-4 input channels on one thread
-    # (see test_factorized_reduce_grads_in_channels_last).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# tiny tensors: one intra-op thread avoids OpenMP spin-waits on a busy shared machine (2 threads made these
+# tests ~20x slower under load). The supernet no longer runs oneDNN's channels_last 1x1 stride-2 conv, whose
+# backward corrupts the heap with 2-4 input channels on one thread (see
+# test_factorized_reduce_grads_in_channels_last).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL, atol: float = 1e-6) -> bool:

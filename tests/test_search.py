@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 import yaml
+from conftest import metric_records
 
 import stablenas as sn
 from stablenas.config import ConfigError
@@ -92,11 +93,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, tiny_overrides):
         assert torch.equal(v, resumed.search.net.state_dict()[k]), k
     assert resumed.genotype == ref.genotype
 
-    def records(run):  # wall-clock seconds are the only field allowed to differ
-        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-
-    assert records("cut") == records("ref")
+    assert metric_records(tmp_path / "cut" / "metrics.jsonl") == metric_records(tmp_path / "ref" / "metrics.jsonl")
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
@@ -187,3 +184,15 @@ def test_cli_spaces_and_show(tmp_path, tiny_overrides):
     res = sn.run_search(cfg, tmp_path / "r", progress=False, log=lambda s: None)
     r = _cli("show", str(tmp_path / "r"))
     assert r.returncode == 0 and "complete" in r.stdout and res.genotype.to_json() in r.stdout
+
+
+def test_deterministic_switch_sets_torch_flags():
+    from stablenas.utils import use_deterministic_algorithms
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(False)
+    try:
+        use_deterministic_algorithms()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

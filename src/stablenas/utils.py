@@ -58,6 +58,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its side import of
+    ``torch._inductor.config`` (only there to set inductor's flag): that import alone costs 1.1 s of
+    CPU per process with torch 2.13 (measured, as much as importing torch), paid by every search and
+    training process. Nothing here compiles with inductor; when it has been imported anyway, its
+    flag is set as torch sets it."""
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
+    setter(True, warn_only=True)
+
+
 def rng_state() -> dict:
     """Every global RNG as tensors, lists and ints only, so a checkpoint holding it loads with
     ``torch.load(weights_only=True)`` (numpy's state is otherwise an ndarray inside a tuple)."""

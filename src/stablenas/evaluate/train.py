@@ -40,6 +40,7 @@ from ..utils import (
     rng_state,
     seed_everything,
     set_rng_state,
+    use_deterministic_algorithms,
 )
 from .networks import build_eval_network
 from .profile import count_macs, count_params
@@ -359,7 +360,7 @@ class _Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            use_deterministic_algorithms()
         seed_everything(cfg.seed)
 
         train_set = load_dataset(cfg.dataset, "train", cfg.data_root)

@@ -51,7 +51,7 @@ from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
 from ..supernet.network import double_backward_mode
-from ..utils import resolve_device, rng_state, seed_everything, set_rng_state
+from ..utils import resolve_device, rng_state, seed_everything, set_rng_state, use_deterministic_algorithms
 from .discretize import DISCRETIZERS
 
 # config keys that may change between a run and its resume without changing the result
@@ -105,7 +105,7 @@ class Search:
         dist.agree(error, "run directory check")
         seed_everything(cfg.seed)
         if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            use_deterministic_algorithms()
         self.space = get_space(cfg.space)
 
         # data and supernet come from the space's skeleton (image skeletons: the DARTS split of the
