@@ -160,3 +160,29 @@ def test_comparison_default_place_keeps_other_files_and_shows_only_differing_key
         res = runner.invoke(app, ["report", str(b), str(a), "--out", str(target)])
         assert res.exit_code == 2 and "pass another --out" in res.output, res.output
         assert target.read_bytes() == before
+
+
+def test_analyze_progress_bars_change_no_result(run_dir, tmp_path, capsys, monkeypatch):
+    """Bars on (forced; the suite's stderr is no terminal) give the same analysis.json as the
+    module fixture's run with them off, apart from wall-clock seconds."""
+    from stablenas.progress import progress_enabled
+
+    monkeypatch.setenv("CI", "true")
+    assert progress_enabled(None) is False and progress_enabled(True) is True
+    monkeypatch.delenv("CI")
+    copy = tmp_path / "bars"
+    shutil.copytree(run_dir, copy)
+    capsys.readouterr()
+    analyze_run(copy, batches=1, grid=3, spectrum="yes", top_k=30, progress=True, plots=False)
+    err = capsys.readouterr().err
+    assert "lambda_max (Lanczos HVPs)" in err and "landscape" in err and "exact Hessian" in err
+
+    def strip(a):
+        if isinstance(a, dict):
+            return {k: strip(v) for k, v in a.items() if "seconds" not in k and k != "run"}
+        return [strip(v) for v in a] if isinstance(a, list) else a
+
+    on = json.loads((copy / "analysis.json").read_text())
+    off = json.loads((run_dir / "analysis.json").read_text())
+    assert strip(on) == strip(off)
+    assert on["seed"] == 0 and on["curvature"]["hvps"] == off["curvature"]["hvps"]

@@ -100,7 +100,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     args = ["darts", "--set", "data.dataset=digits", "--set", "data.subset=null", "--set", "space=s5",
             "--set", "network.layers=3", "--set", "network.channels=8", "--set", "optim.epochs=4",
             "--set", "data.batch_size=32", "--set", "search.checkpoint_every=1", "--set", "threads=2",
-            "--set", "search.val_batches=2", "--set", "network.channels_last=false"]
+            "--set", "search.val_batches=2", "--set", "network.channels_last=false",
+            "--set", "search.steps_per_epoch=8"]  # 4 x 8 steps: the kill still lands mid-run (asserted)
     ref = _cli("search", *args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     cut = tmp_path / "cut"

@@ -109,8 +109,57 @@ def test_search_then_train_and_info_follow_the_run(tmp_path, tiny_overrides):
     assert json.loads((t / "result.json").read_text())["input_shape"] == [1, 8, 8]
     res = CliRunner().invoke(app, ["info", str(t)])
     assert res.exit_code == 0 and "input 1x8x8" in res.output, res.output
+    result = json.loads((t / "result.json").read_text())
+    res = CliRunner().invoke(app, ["show", str(t)])
+    assert res.exit_code == 0, res.output
+    assert "training run:" in res.output and "epochs: 1/1  status: complete" in res.output
+    assert f"test_acc {result['test_acc'] * 100:.2f}%" in res.output and g.to_json() in res.output
+    res = CliRunner().invoke(app, ["report", str(t)])
+    assert res.exit_code == 0, res.output
+    page = (t / "report.html").read_text()
+    assert "training run" in page and f"{result['test_acc']:.4f}" in page and 'id="cells"' in page
+    res = CliRunner().invoke(app, ["report", str(run), str(t), "--out", str(tmp_path / "cmp.html")])
+    assert res.exit_code == 2 and "compares search runs" in res.output and not (tmp_path / "cmp.html").exists()
 
 
 def test_version_flag():
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"stablenas {sn.__version__}"
+
+
+def test_sweep_and_s5_table_dry_runs_count_every_stage(tmp_path, monkeypatch, tiny_overrides):
+    """The stage arithmetic of `sweep --dry-run` / `s5-table --dry-run` against the plan, with the
+    timed parts stubbed (they are the search/train estimates tested above); nothing is written."""
+    import stablenas.estimate as est
+
+    def fake(kind, seconds):
+        def f(*a, **kw):
+            return {"kind": kind, "estimated_seconds": seconds, "peak_memory_bytes": 2**20 * seconds,
+                    "device": "cpu", "threads": 1, "what": kind, "genotype": {"space": "s5"}}
+        return f
+
+    monkeypatch.setattr(est, "estimate_search", fake("search", 100.0))
+    calls = []
+    monkeypatch.setattr(est, "estimate_train", lambda g, cfg, **kw: calls.append(cfg.epochs)
+                        or fake("train", float(cfg.epochs))())
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", "darts", "--seeds", "0", "--seeds", "1", "--seeds", "2",
+                                   "--l2", "1e-4", "--l2", "1e-3", "--out", str(out), "--final-epochs", "12",
+                                   "--final-seeds", "0", "--final-seeds", "1", "--jobs", "4", "--dry-run",
+                                   *_sets([*tiny_overrides, "space=s5"])])
+    assert res.exit_code == 0, res.output
+    assert not out.exists()
+    assert calls == [2, 12]  # selection: final // 6 epochs; final: 12
+    # 6 searches and 6 selection trainings in 2 waves of 4 jobs, 2 final trainings in 1 wave
+    assert "search: 6 x 1.7 min = 3.3 min" in res.output
+    assert "selection retraining: 6 x 2s = 4s" in res.output and "final retraining: 2 x 12s = 12s" in res.output
+    e = est.estimate_sweep(__import__("stablenas.evaluate.sweep", fromlist=["SweepPlan"]).SweepPlan(
+        config="darts", seeds=[0, 1, 2], overrides=[*tiny_overrides, "space=s5"], reg="l2", reg_values=[1e-4, 1e-3],
+        final_epochs=12, final_seeds=[0, 1], final="all"), jobs=4)
+    assert [(r["stage"], r["runs"]) for r in e["stages"]] == [
+        ("search", 6), ("selection retraining", 6), ("final retraining", 12)]
+    assert e["estimated_seconds"] == 2 * 100 + 2 * 2 + 3 * 12
+    res = CliRunner().invoke(app, ["s5-table", "--dry-run", "--work", str(tmp_path / "s5"), "--set", "epochs=3",
+                                   "--repeat-archs", "0,17", "--repeat-seeds", "1"])
+    assert res.exit_code == 0, res.output
+    assert "training: 83 x 3s = 4.2 min" in res.output and not (tmp_path / "s5").exists()  # 81 + 2 repeats

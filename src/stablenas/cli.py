@@ -205,7 +205,7 @@ def methods() -> None:
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+def show(run_dir: Annotated[Path, typer.Argument(help="a search or training run directory")]) -> None:
     """Summarise a run: config, progress, last metrics and the genotype."""
     from .analysis.run import load_run
 
@@ -213,6 +213,9 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
         run = load_run(run_dir)
     except _user_errors() as e:
         _fail(str(e), _code(e))
+    if run.kind == "train":
+        _show_train(run, run_dir)
+        return
     cfg = run.config
     typer.echo(f"run: {run_dir}")
     typer.echo(f"space: {cfg.get('space')}  dataset: {cfg.get('data', {}).get('dataset')}  "
@@ -229,6 +232,29 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
 
         typer.echo(f"last epoch: train loss {f('train_loss')} acc {f('train_acc')}  "
                    f"val loss {f('val_loss')} acc {f('val_acc')}")
+    if run.genotype is not None:
+        typer.echo(f"genotype: {run.genotype.to_json()}")
+
+
+def _show_train(run, run_dir: Path) -> None:
+    """``show`` for a directory of ``stablenas train``."""
+    cfg, res = run.config, run.result or {}
+    typer.echo(f"training run: {run_dir}")
+    typer.echo(f"dataset: {cfg.get('dataset')}  network: {cfg.get('network')}  C={cfg.get('channels')}  "
+               f"layers: {cfg.get('layers')}  batch: {cfg.get('batch_size')}  seed: {cfg.get('seed')}")
+    typer.echo(f"epochs: {len(run.metrics)}/{cfg.get('epochs')}  status: {run.status}")
+    if run.metrics:
+        m = run.metrics[-1]
+        parts = [f"{k.replace('_', ' ')} {m[k]:.4f}" for k in ("train_loss", "train_acc", "valid_acc", "test_acc")
+                 if isinstance(m.get(k), (int, float))]
+        typer.echo("last epoch: " + "  ".join(parts))
+    if res:
+        parts = [f"{k} {res[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if isinstance(res.get(k), (int, float))]
+        if isinstance(res.get("params"), (int, float)):
+            parts.append(f"params {res['params'] / 1e6:.3f}M")
+        if isinstance(res.get("macs"), (int, float)):
+            parts.append(f"multiply-adds {res['macs'] / 1e6:.1f}M")
+        typer.echo("result: " + "  ".join(parts))
     if run.genotype is not None:
         typer.echo(f"genotype: {run.genotype.to_json()}")
 
@@ -391,6 +417,13 @@ def s5_table(
     address: AddressOpt = None,
     cpus_per_task: CpusOpt = None,
     gpus_per_task: GpusOpt = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="the protocol's seed (default: its own; --seeds "
+                                                            "for several)")] = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="progress bar (default: when a terminal, not CI)")] = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Ground truth for space S5: train all 81 architectures with one fixed protocol and write the
     table (test accuracy, params, seconds) that search runs on s5 use for their test regret."""
@@ -408,7 +441,7 @@ def s5_table(
     from .config import apply_overrides
 
     try:
-        overrides = apply_overrides({}, set_, example="epochs=8")
+        overrides = apply_overrides({}, [*(set_ or []), *_runtime_sets(seed, device, threads)], example="epochs=8")
     except _user_errors() as e:
         _fail(str(e), _code(e))
     try:
@@ -419,8 +452,14 @@ def s5_table(
         _fail("--repeat-archs / --repeat-seeds / --seeds: comma-separated integers, e.g. 0,17,40,80")
     command = "stablenas " + shlex.join(sys.argv[1:]) if sys.argv and "s5-table" in sys.argv else None
     try:
+        if dry_run:
+            from .estimate import estimate_s5_table, format_estimate
+
+            typer.echo(format_estimate(estimate_s5_table(overrides, jobs=jobs, repeat_archs=archs,
+                                                         repeat_seeds=extra, seeds=main_seeds or None)))
+            return
         s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=archs, repeat_seeds=extra,
-                          command=command, seeds=main_seeds or None,
+                          command=command, seeds=main_seeds or None, progress=progress,
                           backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task))
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
@@ -487,6 +526,10 @@ def sweep(
     address: AddressOpt = None,
     cpus_per_task: CpusOpt = None,
     gpus_per_task: GpusOpt = 0.0,
+    device: DeviceOpt = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="a bar per stage (default: when a terminal, not CI)")] = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Protocol of the papers' tables: searches over seeds (R-DARTS: and regularisation strengths),
     selection of the final architecture by a short retraining on a held-out validation split
@@ -504,11 +547,17 @@ def sweep(
     elif drop_path:
         kind, values = "drop-path", list(drop_path)
     try:
-        plan = SweepPlan(config=config, seeds=list(seeds), overrides=list(set_ or []), reg=kind,
-                         reg_values=values, train_preset=train_preset, train_overrides=list(train_set or []),
+        dev = [f"device={device}"] if device is not None else []
+        plan = SweepPlan(config=config, seeds=list(seeds), overrides=[*(set_ or []), *dev], reg=kind,
+                         reg_values=values, train_preset=train_preset, train_overrides=[*(train_set or []), *dev],
                          retrain_epochs=retrain_epochs, holdout=holdout, final_epochs=final_epochs,
                          final_seeds=list(final_seeds or [0]), final=final)
-        table = run_sweep(plan, out, jobs=jobs, threads=threads,
+        if dry_run:
+            from .estimate import estimate_sweep, format_estimate
+
+            typer.echo(format_estimate(estimate_sweep(plan, jobs=jobs, threads=threads)))
+            return
+        table = run_sweep(plan, out, jobs=jobs, threads=threads, progress=progress,
                           backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task))
     except (*_user_errors(), ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
@@ -594,6 +643,12 @@ def analyze(
                                                                      "(needs tensorboard)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set",
                                                    help="config override, e.g. --set device=cpu")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Lanczos start vector and the landscape's random "
+                                                     "direction")] = 0,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="progress bars (default: when a terminal, not CI)")] = None,
 ) -> None:
     """Curvature, discretisation drop, landscape, alpha distance, cell statistics and gradient
     correlation of a run; writes RUN_DIR/analysis.json and RUN_DIR/plots/*.png."""
@@ -609,7 +664,8 @@ def analyze(
     try:
         a = analyze_run(run_dir, batches=batches, curvature_batches=curvature_batches, iters=iters,
                         spectrum=spectrum, landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr,
-                        tensorboard=tensorboard, overrides=set_, log=lambda m: typer.echo(m, err=True))
+                        tensorboard=tensorboard, overrides=[*(set_ or []), *_runtime_sets(None, device, threads)],
+                        log=lambda m: typer.echo(m, err=True), progress=progress, seed=seed)
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
     d, c = a["discretization"], a["curvature"]

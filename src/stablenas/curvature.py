@@ -358,36 +358,52 @@ class Curvature:
         return top_by_magnitude(torch.tensor(self.eigenvalues, dtype=torch.float64), k)
 
 
+def _counted(fn: Callable, on_call: Callable[[int], None] | None, rows: bool = False) -> Callable:
+    """``fn`` that reports each call (the number of HVPs it made) to ``on_call`` (progress)."""
+    if on_call is None:
+        return fn
+
+    def wrapped(v):
+        out = fn(v)
+        on_call(int(v.shape[0]) if rows else 1)
+        return out
+
+    return wrapped
+
+
 def dominant_eigenvalue(objective: AlphaObjective, *, iters: int = 20, algorithm: str = "lanczos",
                         seed: int = 0, retain: bool = True, tol: float = 1e-4,
-                        rtol: float | None = 1e-3) -> Curvature:
+                        rtol: float | None = 1e-3, on_hvp: Callable[[int], None] | None = None) -> Curvature:
     """lambda_max of the objective's Hessian at the current alpha, from HVPs only.
 
     ``iters`` caps the HVPs; Lanczos stops earlier once lambda_max moves by less than ``rtol``
-    (relative) per step (``rtol=None`` always runs ``iters`` steps)."""
+    (relative) per step (``rtol=None`` always runs ``iters`` steps). ``on_hvp(n)`` is told of
+    every product (progress bars)."""
     if algorithm not in ("lanczos", "power"):
         raise ValueError(f"unknown curvature algorithm {algorithm!r}; use 'lanczos' or 'power'")
     start = time.perf_counter()
     with HVP(objective, retain=retain) as hvp:
         if algorithm == "lanczos":
-            ritz = lanczos(hvp, hvp.n, iters, like=hvp.alpha.detach(), seed=seed, rtol=rtol)
+            ritz = lanczos(_counted(hvp, on_hvp), hvp.n, iters, like=hvp.alpha.detach(), seed=seed, rtol=rtol)
             lam = float(ritz[-1])
             ritz_list = [float(v) for v in ritz.flip(0)]
         else:
-            lam, _ = power_iteration(hvp, hvp.n, iters, like=hvp.alpha.detach(), seed=seed, tol=tol)
+            lam, _ = power_iteration(_counted(hvp, on_hvp), hvp.n, iters, like=hvp.alpha.detach(), seed=seed,
+                                     tol=tol)
             ritz_list = [lam]
         calls = hvp.calls
     return Curvature(lam, ritz_list, None, calls, time.perf_counter() - start, hvp.n, algorithm)
 
 
 def exact_spectrum(objective: AlphaObjective, *, retain: bool = True, chunk: int = 32,
-                   batched: bool = True) -> tuple[torch.Tensor, Curvature]:
+                   batched: bool = True, on_hvp: Callable[[int], None] | None = None
+                   ) -> tuple[torch.Tensor, Curvature]:
     """The exact Hessian (rows from HVPs, ``chunk`` at a time when ``batched``) and its full
-    spectrum via ``eigvalsh``."""
+    spectrum via ``eigvalsh``; ``on_hvp(n)`` is told of every n rows computed."""
     start = time.perf_counter()
     with HVP(objective, retain=retain) as hvp:
-        H = hessian_matrix(hvp, hvp.n, like=hvp.alpha.detach(), matmat=hvp.matmat if batched else None,
-                           chunk=chunk)
+        H = hessian_matrix(_counted(hvp, on_hvp), hvp.n, like=hvp.alpha.detach(),
+                           matmat=_counted(hvp.matmat, on_hvp, rows=True) if batched else None, chunk=chunk)
         calls = hvp.calls
     eigs = torch.linalg.eigvalsh(H.double().cpu())
     desc = [float(v) for v in eigs.flip(0)]

@@ -19,7 +19,8 @@ import torch
 
 from .search.loop import _sync, format_seconds
 
-__all__ = ["estimate_search", "estimate_train", "format_estimate", "peak_memory_bytes"]
+__all__ = ["estimate_s5_table", "estimate_search", "estimate_sweep", "estimate_train", "format_estimate",
+           "peak_memory_bytes"]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -86,7 +87,7 @@ def estimate_search(cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
         "kind": "search", "name": cfg.name, "device": str(s.device), "threads": torch.get_num_threads(),
         "epochs": epochs, "steps_per_epoch": s.steps_per_epoch, "timed_steps": n - warmup,
         "seconds_per_step": per_step, "seconds_epoch_end": epoch_end, "estimated_seconds": total,
-        "peak_memory_bytes": peak_memory_bytes(s.device),
+        "peak_memory_bytes": peak_memory_bytes(s.device), "genotype": s.genotype().to_dict(),
         "what": f"{cfg.space}, {cfg.data.dataset}, {cfg.network.layers} cells x {cfg.network.channels} ch, "
                 f"batch {cfg.data.batch_size}, update {cfg.search.update}"
                 + (f", methods {', '.join(m.name for m in cfg.methods)}" if cfg.methods else ""),
@@ -140,12 +141,79 @@ def estimate_train(genotype, cfg, steps: int = 3, warmup: int = 1) -> dict[str, 
     }
 
 
+def _stages(kind: str, what: str, stages: list[tuple[str, int, dict[str, Any]]], jobs: int) -> dict[str, Any]:
+    """Stages of ``count`` runs each costing its estimate ``e``, ``jobs`` at a time (whole waves:
+    a wave lasts as long as one run)."""
+    rows, total = [], 0.0
+    for name, count, e in stages:
+        if count <= 0:
+            continue
+        waves = -(-count // max(jobs, 1))
+        rows.append({"stage": name, "runs": count, "seconds_each": e["estimated_seconds"],
+                     "seconds": waves * e["estimated_seconds"], "what": e["what"]})
+        total += waves * e["estimated_seconds"]
+    peak = max((e["peak_memory_bytes"] for _, _, e in stages), default=0)
+    device = stages[0][2]["device"] if stages else "cpu"
+    return {"kind": kind, "what": what, "jobs": jobs, "stages": rows, "estimated_seconds": total,
+            "peak_memory_bytes": peak, "device": device, "threads": stages[0][2]["threads"] if stages else 1}
+
+
+def estimate_sweep(plan, jobs: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """``sweep --dry-run``: one search of the plan timed (every search has the same supernet and
+    budget; the regularisation values do not change a step's cost), one selection retraining and
+    one final retraining of the genotype that search starts from; the stage counts come from the
+    plan (selection: at most one per search, fewer when searches agree)."""
+    import os
+
+    from .config import config_from_dict
+    from .evaluate.sweep import _train_configs, search_runs
+
+    runs = search_runs(plan)
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    short, final = _train_configs(plan, runs[0].config)
+    if threads:  # every stage's run gets these intra-op threads (run_sweep passes them on)
+        short, final = (c.model_copy(update={"threads": threads}) for c in (short, final))
+    es = estimate_search(config_from_dict(runs[0].config, [f"threads={threads}"] if threads else None))
+    stages = [("search", len(runs), es)]
+    if len(runs) > 1:
+        stages.append(("selection retraining", len(runs), estimate_train(es["genotype"], short)))
+    n_final = 0 if plan.final == "none" else (1 if plan.final == "selected" else len(runs))
+    if n_final:
+        stages.append(("final retraining", n_final * len(plan.final_seeds), estimate_train(es["genotype"], final)))
+    return _stages("sweep", f"{len(runs)} searches of {plan.config}", stages, jobs)
+
+
+def estimate_s5_table(overrides: dict[str, Any] | None = None, *, jobs: int = 1, repeat_archs=(0, 17, 40, 80),
+                      repeat_seeds=(1, 2), seeds=None) -> dict[str, Any]:
+    """``s5-table --dry-run``: one S5 training under the protocol timed (the 81 cells differ only
+    in which cheap op sits on each edge), times the trainings the table needs."""
+    from .evaluate.s5 import S5_PROTOCOL, enumerate_s5
+    from .evaluate.train import train_config
+
+    protocol = {**S5_PROTOCOL, **(overrides or {})}
+    cfg = train_config(None, protocol)
+    archs = enumerate_s5()
+    seeds = tuple(dict.fromkeys(int(x) for x in seeds)) if seeds else (cfg.seed,)
+    all_seeds = tuple(dict.fromkeys((*seeds, *repeat_seeds)))
+    tasks = {(i, s) for i in repeat_archs for s in all_seeds} | {(i, s) for i in range(len(archs)) for s in seeds}
+    e = estimate_train(archs[0], cfg)
+    return _stages("s5-table", f"{len(tasks)} S5 trainings", [("training", len(tasks), e)], jobs)
+
+
 def format_estimate(e: dict[str, Any]) -> str:
     """The lines ``--dry-run`` prints."""
-    extra = (f" + {e['seconds_epoch_end']:.2f} s epoch end" if e["kind"] == "search"
-             else f" + {e['seconds_eval']:.1f} s per evaluation")
     mem = e["peak_memory_bytes"] / 2**20
     where = "peak device memory" if e["device"].startswith("cuda") else "peak memory (process RSS)"
+    if "stages" in e:
+        lines = [f"dry run ({e['kind']}): {e['what']}, {e['jobs']} job(s) at a time"]
+        for r in e["stages"]:
+            lines.append(f"  {r['stage']}: {r['runs']} x {format_seconds(r['seconds_each'])} "
+                         f"= {format_seconds(r['seconds'])}  ({r['what']})")
+        lines += [f"estimated wall time: {format_seconds(e['estimated_seconds'])}", f"{where}: {mem:,.0f} MiB"]
+        return "\n".join(lines)
+    extra = (f" + {e['seconds_epoch_end']:.2f} s epoch end" if e["kind"] == "search"
+             else f" + {e['seconds_eval']:.1f} s per evaluation")
     return "\n".join([
         f"dry run ({e['kind']}): {e['what']}",
         f"timed {e['timed_steps']} steps on {e['device']} ({e['threads']} threads): "

@@ -82,24 +82,29 @@ def _clean(obj: Any) -> Any:
 def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int = 1, iters: int = 20,
                 spectrum: str = "auto", top_k: int = 30, landscape: bool = True, grid: int = 7,
                 radius: float = 1.0, grad_corr: bool = True, plots: bool = True, tensorboard: bool = False,
-                overrides: list[str] | None = None, log: Callable[[str], None] | None = None) -> dict:
+                overrides: list[str] | None = None, log: Callable[[str], None] | None = None,
+                progress: bool | None = None, seed: int = 0) -> dict:
     """Compute every diagnostic of a run and save ``analysis.json`` (+ plots) into it.
 
     ``batches``: validation batches for accuracies and the landscape (eval batch size);
     ``curvature_batches``: batches of the search batch size for the Hessian (BN in train mode, as
     RobustDARTS); ``spectrum``: ``"auto"`` computes the exact spectrum when alpha has at most 128
-    entries, ``"yes"``/``"no"`` force it.
+    entries, ``"yes"``/``"no"`` force it. ``progress``: bars for the Lanczos HVPs, the exact
+    Hessian's rows and the landscape points (default: when stderr is a terminal, not under CI);
+    ``seed``: the Lanczos start vector and the landscape's random direction.
     """
+    from ..progress import bar, progress_enabled
     from . import curvature as cv
     from . import diagnostics as dg
 
     log = log or (lambda _m: None)
+    show = progress_enabled(progress)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     t0 = time.perf_counter()
     search = load_search(run_dir, overrides)
     out: dict[str, Any] = {"run": str(run_dir), "status": run.status, "epochs_done": len(run.metrics),
-                           "space": search.space.name, "n_alpha": search.arch.num_alpha()}
+                           "space": search.space.name, "n_alpha": search.arch.num_alpha(), "seed": seed}
     returned = run.genotype
     current = search.genotype()
     out["genotype"] = returned.to_dict() if returned else None
@@ -110,13 +115,15 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
 
     log("curvature ...")
     obj = cv.AlphaObjective.from_search(search, batches=curvature_batches, bn="train")
-    cur = cv.dominant_eigenvalue(obj, iters=iters)
+    with bar(iters, "lambda_max (Lanczos HVPs)", show, unit="hvp") as b:
+        cur = cv.dominant_eigenvalue(obj, iters=iters, seed=seed, on_hvp=b.update)
     curv: dict[str, Any] = {"lambda_max": cur.lambda_max, "iters": iters, "hvps": cur.hvps,
                             "seconds": round(cur.seconds, 3), "batches": curvature_batches, "bn": "train",
                             "ritz_top": cur.ritz[:10]}
     want_exact = spectrum == "yes" or (spectrum == "auto" and search.arch.num_alpha() <= 128)
     if want_exact:
-        _, ex = cv.exact_spectrum(obj)
+        with bar(search.arch.num_alpha(), "exact Hessian (rows)", show, unit="row") as b:
+            _, ex = cv.exact_spectrum(obj, on_hvp=b.update)
         curv.update({"lambda_max_exact": ex.lambda_max, "spectrum_top": ex.top_k(top_k),
                      "spectrum_seconds": round(ex.seconds, 3), "negative_share": sum(
                          1 for v in ex.eigenvalues if v < 0) / len(ex.eigenvalues)})
@@ -124,7 +131,9 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
 
     if landscape:
         log("landscape ...")
-        out["landscape"] = dg.landscape(search, grid=grid, radius=radius, batches=batches)
+        with bar(grid * grid, "landscape", show, unit="point") as b:
+            out["landscape"] = dg.landscape(search, grid=grid, radius=radius, batches=batches, seed=seed,
+                                            on_point=b.update)
     out["alpha_distance"] = dg.alpha_distance(run.metrics)
     if returned is not None:
         out["cells"] = dg.cell_stats(returned)

@@ -21,7 +21,7 @@ analysis never changes the network it inspects.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -108,9 +108,10 @@ def _acc_loss(search: Search, weights: dict[str, torch.Tensor], edge,
 
 
 def landscape(search: Search, *, grid: int = 7, radius: float = 1.0, batches: int = 2, seed: int = 0,
-              bn: str = "eval") -> dict:
+              bn: str = "eval", on_point: Callable[[], None] | None = None) -> dict:
     """Validation accuracy/loss at alpha + x * d_grad + y * d_rand on a ``grid`` x ``grid`` lattice
-    of [-radius, radius]^2 (flat alpha units; both directions unit-norm, orthogonal)."""
+    of [-radius, radius]^2 (flat alpha units; both directions unit-norm, orthogonal); ``on_point``
+    is called after each point (progress bars)."""
     if grid < 2:
         raise ValueError(f"landscape grid must be >= 2, got {grid}")
     data = eval_batches(search, batches)
@@ -136,6 +137,8 @@ def landscape(search: Search, *, grid: int = 7, radius: float = 1.0, batches: in
                 a = a0 + xv * d1 + yv * d2
                 weights = arch.op_weights(arch.unflatten(a))
                 loss[iy][ix], acc[iy][ix] = _acc_loss(search, weights, edge, data)
+                if on_point is not None:
+                    on_point()
     return {"x": xs, "y": xs, "acc": acc, "loss": loss, "radius": radius, "grid": grid,
             "batches": len(data), "alpha_norm": float(torch.linalg.vector_norm(a0)),
             "grad_norm": float(torch.linalg.vector_norm(g)), "bn": bn,

@@ -53,6 +53,28 @@ def curves(metrics: Sequence[dict], title: str = "") -> bytes:
     return _png(fig)
 
 
+def train_curves(metrics: Sequence[dict], title: str = "") -> bytes:
+    """A training run (``stablenas train``): loss and accuracies per epoch (validation / test
+    accuracy where the run evaluated them)."""
+    ep = [r["epoch"] for r in metrics]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a1.plot(ep, [r.get("train_loss") for r in metrics], "o-", label="train")
+    a1.set_ylabel("loss")
+    for key, style, lab in (("train_acc", "o-", "train"), ("valid_acc", "s-", "validation (holdout)"),
+                            ("test_acc", "^-", "test")):
+        pts = [(r["epoch"], r[key]) for r in metrics if _finite(r.get(key))]
+        if pts:
+            a2.plot([e for e, _ in pts], [v for _, v in pts], style, label=lab)
+    a2.set_ylabel("accuracy")
+    for a in (a1, a2):
+        _epoch_axis(a)
+        a.grid(alpha=0.3)
+        a.legend()
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
 def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[int, float]] = (),
                 stop: dict | None = None, simulated: dict | None = None, rollbacks: Sequence[dict] = (),
                 title: str = "", analysis: dict | None = None) -> bytes:

@@ -232,11 +232,47 @@ def run_report_html(run: Run, analysis: dict | None = None) -> str:
     return _page(title, sub, SECTIONS, "".join(parts))
 
 
+TRAIN_SECTIONS = [("summary", "Summary"), ("cells", "Cells"), ("curves", "Training curves"),
+                  ("genotype", "Genotype")]
+
+
+def train_report_html(run: Run) -> str:
+    """The report of a training run (``stablenas train``): its result, the cells it trained, the
+    curves per epoch and the genotype."""
+    from . import cells, plots
+
+    cfg, res = run.config, run.result or {}
+    rows: list[tuple[str, object]] = [
+        ("dataset", cfg.get("dataset")), ("network", f"{res.get('network') or cfg.get('network')}, "
+                                                     f"{cfg.get('layers')} cells x {cfg.get('channels')} channels"),
+        ("batch / lr / weight decay", f"{cfg.get('batch_size')} / {cfg.get('lr')} / {cfg.get('weight_decay')}"),
+        ("auxiliary / drop path / cutout", f"{cfg.get('auxiliary')} / {cfg.get('drop_path')} / {cfg.get('cutout')}"),
+        ("seed", cfg.get("seed")), ("epochs", f"{len(run.metrics)} / {cfg.get('epochs')}"), ("status", run.status),
+        ("test accuracy", res.get("test_acc")), ("validation accuracy (holdout)", res.get("valid_acc")),
+        ("parameters (auxiliary head excluded)", res.get("params")), ("multiply-adds", res.get("macs")),
+        ("seconds", res.get("seconds")),
+    ]
+    parts = [f'<section id="summary"><h2>Summary</h2>{_table(rows)}'
+             + ("" if res else "<p class='note'>no result.json yet: the training has not finished</p>")
+             + "</section>"]
+    g = run.genotype
+    pngs = [(ct, cells.draw_cell(g, ct)[0]) for ct in cells.cell_types(g)] if g is not None else []
+    parts.append(f'<section id="cells"><h2>Cells (trained genotype)</h2><div class="cells">'
+                 f'{_cells_html(pngs) or "<p>no genotype</p>"}</div></section>')
+    curves = (_img(plots.train_curves(run.metrics, run.path.name), "curves") if run.metrics
+              else "<p>no epoch finished yet</p>")
+    parts.append(f'<section id="curves"><h2>Training curves</h2>{curves}</section>')
+    parts.append(f'<section id="genotype"><h2>Genotype</h2><pre>{html.escape(_genotype_text(run))}</pre>'
+                 "</section>")
+    sub = html.escape(f"{run.path}  |  training run  |  dataset {cfg.get('dataset')}  |  {run.status}")
+    return _page(f"stablenas report: {run.path.name}", sub, TRAIN_SECTIONS, "".join(parts))
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """``RUN_DIR/report.html`` (or ``out``)."""
+    """``RUN_DIR/report.html`` (or ``out``), for a search or a training run."""
     run = load_run(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
-    out.write_text(run_report_html(run, load_analysis(run_dir)))
+    out.write_text(train_report_html(run) if run.kind == "train" else run_report_html(run, load_analysis(run_dir)))
     return out
 
 
@@ -244,6 +280,12 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
     from . import cells, plots
 
     runs = [load_run(d) for d in run_dirs]
+    trained = [str(r.path) for r in runs if r.kind != "search"]
+    if trained:
+        from ..errors import RunDirError
+
+        raise RunDirError(f"a comparison page compares search runs; {trained[0]} is a training run "
+                          "(its own report: stablenas report DIR)")
     analyses = [load_analysis(d) for d in run_dirs]
     names = [r.path.name for r in runs]
     if len(set(names)) < len(names):

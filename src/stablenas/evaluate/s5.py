@@ -272,6 +272,7 @@ def generate_table(
     command: str | None = None,
     seeds: Sequence[int] | None = None,
     backend: Backend | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Train every S5 architecture (plus seed repeats) under :data:`S5_PROTOCOL` and write the table.
 
@@ -344,10 +345,16 @@ def generate_table(
             f"{r['result']['test_acc']:.4f} ({r['result']['seconds']:.0f} s; {el / 60:.1f} min elapsed)"
         )
 
+    from ..progress import bar, progress_enabled
     from .backends import LocalBackend
 
     backend = backend or LocalBackend(jobs=jobs)
-    backend.run(_task, todo, note, key=lambda t: (t[0], t[1]), log=lambda m: log(f"s5-table: {m}"))
+    with bar(len(todo), "s5-table", progress_enabled(progress), unit="run") as b:
+        def note_and_bar(r: dict) -> None:
+            note(r)
+            b.update(1)
+
+        backend.run(_task, todo, note_and_bar, key=lambda t: (t[0], t[1]), log=lambda m: log(f"s5-table: {m}"))
 
     entries = []
     for i, g in enumerate(archs):

@@ -191,7 +191,8 @@ def _train_task(args: tuple[str, dict, dict, str, int | None]) -> dict:
 
 
 def _run_all(
-    fn: Callable[[Any], dict], tasks: list, backend: Backend, log: Callable[[str], None], what: str
+    fn: Callable[[Any], dict], tasks: list, backend: Backend, log: Callable[[str], None], what: str,
+    show: bool = False,
 ) -> list[dict]:
     if not tasks:
         return []
@@ -202,7 +203,14 @@ def _run_all(
         out.append(r)
         log(f"{what} {len(out)}/{len(tasks)}: {r['name']} done ({(time.perf_counter() - start) / 60:.1f} min)")
 
-    backend.run(fn, tasks, done, key=lambda t: t[0], log=log)
+    from ..progress import bar
+
+    with bar(len(tasks), f"sweep: {what}", show, unit="run") as b:
+        def done_and_bar(r: dict) -> None:
+            done(r)
+            b.update(1)
+
+        backend.run(fn, tasks, done_and_bar, key=lambda t: t[0], log=log)
     return out
 
 
@@ -225,6 +233,7 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     scorer: Callable[[list[dict]], list[float | None]] | None = None,
     backend: Backend | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Run (or resume) the sweep and write OUT/table.md and OUT/table.json; returns the table dict.
 
@@ -232,9 +241,13 @@ def run_sweep(
     local pool with ``jobs`` processes. Every run resumes its own directory, whichever backend.
 
     ``scorer`` replaces the short retraining (it receives the candidate dicts and returns their
-    validation accuracies); it exists for tests and for custom selection protocols.
+    validation accuracies); it exists for tests and for custom selection protocols. ``progress``: a
+    bar per stage (default: when stderr is a terminal, not under CI).
     """
+    from ..progress import progress_enabled
+
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    show = progress_enabled(progress)
     out = Path(out_dir)
     backend = backend or LocalBackend(jobs=jobs)
     if threads is None:
@@ -262,6 +275,7 @@ def run_sweep(
         backend,
         log,
         "search",
+        show,
     )
     by_name = {r["name"]: r for r in results}
     cands: list[dict[str, Any]] = []
@@ -291,7 +305,7 @@ def run_sweep(
             )
             for k in uniq
         ]
-        scored = {r["name"]: r["result"] for r in _run_all(_train_task, tasks, backend, log, "selection")}
+        scored = {r["name"]: r["result"] for r in _run_all(_train_task, tasks, backend, log, "selection", show)}
         for c in cands:
             r = scored[uniq[json.dumps(c["genotype"], sort_keys=True)]]
             c["valid_acc"] = r["valid_acc"]
@@ -324,7 +338,7 @@ def run_sweep(
                     threads,
                 )
             )
-    final_results = _run_all(_train_task, tasks, backend, log, "final")
+    final_results = _run_all(_train_task, tasks, backend, log, "final", show)
     for c in cands:
         c["final"] = sorted(
             (

@@ -32,6 +32,7 @@ from torch import nn
 from ..config import apply_overrides, format_validation_error
 from ..errors import CheckpointError, DivergedError, InterruptedRun, RunExistsError
 from ..genotype import Genotype, GenotypeError
+from ..progress import progress_enabled
 from ..registry import DATASETS, EVAL_NETWORKS
 from ..rundir import RunDir, stop_signals
 from ..utils import (
@@ -355,7 +356,7 @@ class _Trainer:
         self.loggers = LoggerSet([], warn=log)  # opened once everything is built (a failed start writes nothing)
         self._step_losses: list[torch.Tensor] = []
         self._timing: dict = {}
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)

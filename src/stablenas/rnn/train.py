@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.ptb import BPTTStream, Corpus, load_ptb, perplexity
 from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun
+from ..progress import progress_enabled
 from ..rundir import RunDir, stop_signals
 from ..utils import atomic_write_text, resolve_device
 from .genotype import RecurrentGenotype
@@ -154,7 +155,7 @@ class RNNTrainer:
         self.genotype, self.cfg = genotype, cfg
         self.out = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)

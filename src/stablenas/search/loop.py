@@ -45,6 +45,7 @@ from ..data import TensorLoader
 from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
 from ..genotype import Genotype
 from ..methods import Method, Mix
+from ..progress import progress_enabled
 from ..registry import LOOKUPS, METHODS, SKELETONS
 from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint, stop_signals
 from ..skeletons.base import SearchData
@@ -85,7 +86,7 @@ class Search:
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
         cfg = config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
