@@ -32,7 +32,7 @@ def test_one_error_formatter():
 def test_sweep_takes_several_values_per_option(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_run(plan, out, jobs=1, threads=None, backend=None):
+    def fake_run(plan, out, jobs=1, threads=None, backend=None, progress=None):
         seen.update(plan=plan, out=out, jobs=jobs, backend=backend)
         (out / "table.md").parent.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text("table\n")
