@@ -23,6 +23,8 @@ Measured, after ``warmup`` iterations, as the median over ``repeats``:
 * seconds per lambda_max estimate (Lanczos, ``analysis.curvature``) and per exact Hessian, with
   the relative error of lambda_max against the exact top eigenvalue (skipped with a note when the
   curvature module is not installed);
+* with ``--nproc N`` instead: the data-parallel step (:func:`run_dp_bench`), N ranks against one
+  process at the same global batch, rounds alternating;
 * peak memory per measurement and engine (first order, second order, lambda_max): each one runs in
   a fresh subprocess and reports its peak RSS growth over the iteration (``ru_maxrss``; torch
   allocations are invisible to tracemalloc), or ``torch.cuda.max_memory_allocated`` on CUDA.
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BenchConfig", "SIZES", "sized", "parse_input", "run_bench", "format_table"]
+__all__ = ["BenchConfig", "SIZES", "format_dp", "format_table", "parse_input", "run_bench", "run_dp_bench", "sized"]
 
 SYNTHETIC_PREFIX = "bench-synthetic"
 
@@ -815,7 +817,125 @@ def _limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+# --------------------------------------------------------------------------------------------
+# data parallelism: N ranks against one process with the same global batch (``--nproc``)
+
+DP_STEPS = 3  # timed first-order steps per round and side (after ``warmup`` untimed ones)
+
+
+def _dp_worker(spec: dict) -> dict:
+    """One side of a data-parallel round: ``spec["ranks"]`` > 1 runs under torchrun (every rank its
+    slice of the global batch), 1 is the single process. Times ``steps`` first-order steps
+    (``Search.step``) between two barriers; the slowest rank's time is the job's."""
+    from . import distributed as dist
+
+    bc = BenchConfig(**{k: (tuple(v) if k == "input" else v) for k, v in spec["config"].items()})
+    torch.set_num_threads(int(spec["threads"]))
+    d, _dev = dist.setup(bc.device)
+    search = make_search(_base_config(bc, "first"), bc)
+    train, val = _batches(search)
+    for _ in range(bc.warmup):
+        search.step(train, val)
+    dist.barrier()
+    _sync(search.device)
+    t0 = time.perf_counter()
+    for _ in range(int(spec["steps"])):
+        search.step(train, val)
+    _sync(search.device)
+    mine = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    if d.active:
+        import torch.distributed as td
+
+        td.all_reduce(mine, op=td.ReduceOp.MAX)
+    out = {"ranks": d.world, "threads": int(spec["threads"]), "per_rank_batch": int(train[1].shape[0]),
+           "s_per_step": float(mine) / int(spec["steps"]), "device": str(search.device)}
+    dist.shutdown()
+    return out
+
+
+def _dp_side(spec: dict, timeout: float) -> dict:
+    import socket
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(spec["threads"])}
+    body = ["-m", "stablenas.bench", "dp-worker", json.dumps(spec)]
+    if spec["ranks"] > 1:
+        with socket.socket() as sock:  # a free port for this round's rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={spec['ranks']}",
+               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--local-ranks-filter=0", *body]
+    else:
+        cmd = [sys.executable, *body]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exited {p.returncode}: {tail[0][:300]}"}
+    return json.loads(lines[-1])
+
+
+def run_dp_bench(bc: BenchConfig, nproc: int, threads: int = 1, rounds: int | None = None,
+                 steps: int = DP_STEPS, log: Callable[[str], None] | None = None,
+                 timeout: float = 900.0) -> dict:
+    """First-order step time of ``nproc`` ranks x ``threads`` threads against one process with
+    ``nproc * threads`` threads (on CUDA: one device against ``nproc``), both at the global batch
+    ``bc.batch``; rounds alternate the two sides (paired ratios survive a noisy machine).
+
+    ``speedup`` = single / ranks (paired median); ``efficiency`` = speedup / (the ranks' devices /
+    the single side's): on CPU both sides get the same cores, so efficiency = speedup and 1 means
+    ranks use the cores as well as intra-op threads; on CUDA it is speedup / nproc."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if nproc < 2:
+        raise ValueError(f"--nproc {nproc}: the data-parallel bench needs 2 or more ranks")
+    if bc.batch % nproc:
+        raise ValueError(f"--batch {bc.batch} is not divisible by --nproc {nproc} (the batch is global)")
+    rounds = rounds or bc.repeats
+    conf = asdict(bc)
+    single = {"config": conf, "ranks": 1, "threads": nproc * threads, "steps": steps}
+    multi = {"config": conf, "ranks": nproc, "threads": threads, "steps": steps}
+    one, many, loads = [], [], []
+    for r in range(rounds):
+        loads.append(_load())
+        a = _dp_side(single, timeout)
+        b = _dp_side(multi, timeout)
+        for side in (a, b):
+            if "error" in side:
+                raise RuntimeError(f"data-parallel bench: {side['error']}")
+        one.append(a)
+        many.append(b)
+        log(f"dp round {r + 1}/{rounds}: 1 x {nproc * threads} threads {a['s_per_step']:.4f} s/step, "
+            f"{nproc} ranks x {threads} {b['s_per_step']:.4f} s/step (load {loads[-1]})")
+    t1 = [x["s_per_step"] for x in one]
+    tn = [x["s_per_step"] for x in many]
+    paired = [a / b for a, b in zip(t1, tn)]
+    speedup = statistics.median(paired)
+    cuda = many[0]["device"].startswith("cuda")
+    return {"nproc": nproc, "threads_per_rank": threads, "single_threads": nproc * threads,
+            "global_batch": bc.batch, "per_rank_batch": many[0]["per_rank_batch"], "device": many[0]["device"],
+            "size": bc.size, "steps_per_round": steps, "rounds": rounds,
+            "single_s": [round(v, 4) for v in t1], "ranks_s": [round(v, 4) for v in tn],
+            "speedup_paired_median": round(speedup, 3),
+            "efficiency": round(speedup / (nproc if cuda else 1), 3), "load1": loads}
+
+
+def format_dp(res: dict) -> str:
+    side = "1 device" if res["device"].startswith("cuda") else f"1 process x {res['single_threads']} threads"
+    return (f"data parallel ({res['size']}, global batch {res['global_batch']}, {res['per_rank_batch']} per rank, "
+            f"{res['device']}): {res['nproc']} ranks x {res['threads_per_rank']} thread(s) "
+            f"{statistics.median(res['ranks_s']):.4f} s/step vs {side} {statistics.median(res['single_s']):.4f} "
+            f"s/step; speedup {res['speedup_paired_median']:.3f} (paired median of {res['rounds']} rounds), "
+            f"efficiency {res['efficiency']:.3f}; load {res['load1']}")
+
+
 def _main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "dp-worker":
+        out = _dp_worker(json.loads(argv[1]))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(out), flush=True)
+        return 0
     if len(argv) == 2 and argv[0] == "worker":
         _limit_memory()
         try:

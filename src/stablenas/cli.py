@@ -736,6 +736,9 @@ def bench(
     threads: Annotated[int | None, typer.Option("--threads", help="torch intra-op threads")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", help="instead: a first-order step on N data-parallel ranks x --threads (default 1) against one "
+                        "process x N*threads at the same global batch (on CUDA: N devices against one)")] = None,
 ) -> None:
     """Time a search step (1st/2nd order, every method preset, lambda_max, exact Hessian) and its peak
     memory, against a plain reimplementation of DARTS in the same run; prints a table, --json for all."""
@@ -778,6 +781,19 @@ def bench(
         cfg = sized("paper" if n == "custom" else n, **common)
         cfg.size = n
         cfgs.append(cfg)
+    if nproc is not None:
+        from .bench import format_dp, run_dp_bench
+
+        try:
+            res = {"data_parallel": [run_dp_bench(c, nproc, threads or 1) for c in cfgs]}
+        except (*_user_errors(), ValueError, RuntimeError) as e:
+            _fail(str(e), _code(e))
+        for r in res["data_parallel"]:
+            typer.echo(format_dp(r))
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(res, indent=1))
+        return
     try:
         res = run_bench(cfgs)
     except (*_user_errors(), ValueError) as e:
