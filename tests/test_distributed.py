@@ -46,7 +46,7 @@ def job(tmp_path_factory):
 TOL = {"darts-2nd-fd": 1e-3}
 
 
-@pytest.mark.parametrize("case", list(_ddp_worker.CASES))
+@pytest.mark.parametrize("case", [*_ddp_worker.CASES, "train"])
 def test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(job, case):
     r = job.get(case)
     assert r is not None, f"{case} did not run (an earlier case failed: {list(job)})"
@@ -54,6 +54,7 @@ def test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(job, case):
     errs = r["grad_rel_err"]
     assert "keys" not in errs, errs["keys"]
     assert r["n_checked"] >= 3
+    assert any(k.startswith("grad.") or "weight" in k for k in errs)
     tol = TOL.get(case, 1e-5)
     bad = {k: v for k, v in errs.items() if not v <= tol}
     assert not bad, bad
@@ -176,3 +177,23 @@ def _same_numbers(a: Path, b: Path) -> bool:
     drop = ("seconds",)
     return [{k: v for k, v in r.items() if k not in drop} for r in ra] == \
         [{k: v for k, v in r.items() if k not in drop} for r in rb]
+
+
+def test_amp_fp16_needs_cuda_and_bf16_runs_on_cpu(capsys):
+    from stablenas.config import ConfigError
+    from stablenas.evaluate.train import _Trainer, train_config
+    from stablenas.genotype import Genotype
+
+    g = Genotype(space="s5", normal=(("sep_conv_3x3", 0), ("skip_connect", 1)), normal_concat=(2,),
+                 reduce=(("max_pool_3x3", 0), ("sep_conv_3x3", 1)), reduce_concat=(2,))
+    base = dict(dataset="digits", channels=8, layers=3, stem_multiplier=2, epochs=1, batch_size=16,
+                steps_per_epoch=1, channels_last=True, evaluate_test=False, device="cpu")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        _Trainer(g, train_config(None, {**base, "amp": "fp16"}), None, resume=False, progress=False, log=print)
+    said = []
+    t = _Trainer(g, train_config(None, {**base, "amp": "bf16"}), None, resume=False, progress=False, log=said.append)
+    assert any("slower" in m for m in said)
+    loss, _ = t.backward(*t.train_loader.batch(0, 0))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)  # CE autocasts to fp32
+    grads = [p.grad for p in t.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)

@@ -295,9 +295,15 @@ def train(
     log: LogOpt = "auto",
     dry_run: DryRunOpt = False,
     print_config: PrintConfigOpt = False,
+    amp: Annotated[str | None, typer.Option("--amp", help="mixed precision: bf16 | fp16 (CUDA) | off")] = None,
 ) -> None:
     """Train a genotype from scratch (DARTS recipe) and write result.json with test accuracy,
-    parameters and multiply-adds; checkpointed every epoch (--resume continues)."""
+    parameters and multiply-adds; checkpointed every epoch (--resume continues). Under torchrun every
+    rank trains on its slice of each batch (the batch size is global)."""
+    from . import distributed
+
+    if amp is not None:
+        set_ = [*(set_ or []), f"amp={amp}"]
     from .evaluate.train import (
         TrainExistsError,
         inherited_fields,
@@ -332,9 +338,14 @@ def train(
 
             typer.echo(format_estimate(estimate_train(genotype, cfg)))
             return
-        result = train_genotype(g, cfg, out, resume=resume, progress=progress, loggers=log)
+        try:
+            result = train_genotype(g, cfg, out, resume=resume, progress=progress, loggers=log)
+        finally:
+            distributed.shutdown()
     except (*_user_errors(), TrainExistsError, ValueError, KeyError) as e:
         _fail(_err(e), _code(e))
+    if distributed.launched() and distributed.env_rank() != 0:
+        return  # rank 0 reports for the job
     msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
     typer.echo(f"{'  '.join(msg)}  params {result['params'] / 1e6:.3f}M  "
                f"multiply-adds {result['macs'] / 1e6:.1f}M")

@@ -22,15 +22,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from .. import distributed as dist
 from ..config import apply_overrides, format_validation_error
-from ..errors import CheckpointError, DivergedError, InterruptedRun, RunExistsError
+from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
 from ..genotype import Genotype, GenotypeError
 from ..progress import progress_enabled
 from ..registry import DATASETS, EVAL_NETWORKS
@@ -63,6 +64,8 @@ CONFIG_FILE = "train.json"
 _NO_FLIP = {"mnist", "digits", "svhn"}
 # keys that may change between a run and its resume without changing the result
 _RUNTIME_KEYS = {"device", "threads", "eval_batch_size"}
+# batch_size is the global batch under torchrun (split across ranks), so a resume on another
+# number of ranks gives another run: the world size is not a runtime key
 
 
 # the output directory already holds a training run (pass resume to continue it)
@@ -116,6 +119,8 @@ class TrainConfig(BaseModel):
     # recompute BatchNorm statistics over the (un-augmented) training images before the final
     # evaluation: short runs end with running averages dominated by the last noisy steps
     precise_bn: bool = False
+    # mixed precision of the forward/backward: bf16 | fp16 (CUDA; fp16 with loss scaling); off = fp32
+    amp: Literal["off", "bf16", "fp16"] = "off"
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -331,7 +336,10 @@ def _evaluate(model: nn.Module, loader) -> dict[str, float]:
         )
         acc = part if acc is None else acc + part
     model.train(was_training)
-    loss_sum, correct, count = acc.tolist() if acc is not None else (0.0, 0.0, 0.0)
+    device = next(model.parameters()).device
+    acc = acc if acc is not None else torch.zeros(3, device=device)
+    (acc,) = dist.all_reduce_sum([acc])  # data parallel: each rank evaluated its slice of every batch
+    loss_sum, correct, count = acc.tolist()
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}
 
 
@@ -351,15 +359,22 @@ class _Trainer:
         from ..loggers import LoggerSet, make_loggers
 
         self.genotype, self.cfg, self.out_dir, self.log = genotype, cfg, out_dir, log
-        self.run_dir = _run_dir(out_dir) if out_dir is not None else None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # under torchrun: every rank its slice of each batch (batch_size is global), rank 0 writes
+        self.dist, self.device = dist.setup(cfg.device) if dist.launched() else (dist.current(),
+                                                                                 resolve_device(cfg.device))
+        if not self.dist.is_main:
+            self.log = log = (lambda s: None)
+            progress = False
+        self.run_dir = _run_dir(out_dir) if out_dir is not None and self.dist.is_main else None
         self._signal: int | None = None
         self.loggers = LoggerSet([], warn=log)  # opened once everything is built (a failed start writes nothing)
         self._step_losses: list[torch.Tensor] = []
         self._timing: dict = {}
         self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.amp = _amp_dtype(cfg.amp, self.device, log)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         if cfg.deterministic:
             use_deterministic_algorithms()
         seed_everything(cfg.seed)
@@ -404,6 +419,13 @@ class _Trainer:
                 test_set, test_idx, cfg.eval_batch_size, shuffle=False, device=self.device, channels_last=cl
             )
         self.num_classes = train_set.num_classes
+        if self.dist.active:
+            for ld in (self.train_loader, self.valid_loader, self.test_loader):
+                if ld is not None:
+                    try:
+                        ld.set_shard(self.dist.rank, self.dist.world)
+                    except ValueError as e:
+                        raise ConfigError(f"batch_size: {e}; choose a multiple of {self.dist.world}") from None
 
         # the genotype's skeleton picks the network ("auto": its default; nb201: always nb201)
         network = genotype.skeleton.resolve_eval_network(cfg.network)
@@ -436,27 +458,44 @@ class _Trainer:
         self.epoch = 0
         self.metrics: list[dict] = []
         self.seconds = 0.0
+        error = None
         if self.run_dir is not None:
-            rd = self.run_dir
-            stored = _stored(cfg, genotype)
-            applied = None
-            if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
-                applied = rd.load_checkpoint()
-                self._apply(applied)
-            rd.begin(resume, stored["config"], json.dumps(stored, indent=2) + "\n",
-                     extra={"genotype": stored["genotype"]})  # everything is built: take the directory
             try:
-                if resume and rd.checkpoint.exists():
-                    ck = rd.load_checkpoint()
-                    if ck is not applied:
-                        self._apply(ck)
-                    rd.write_metrics(self.metrics)  # metrics.jsonl may hold an epoch past the checkpoint
-                    self.log(f"resumed from {rd.checkpoint} after epoch {self.epoch}")
-                elif resume:
-                    rd.write_metrics([])
-            except BaseException:
-                rd.end("failed", "could not resume")
-                raise
+                self._take_run_dir(resume)
+            except StablenasError as e:
+                error = e
+        dist.agree(error, "resume")
+        if self.dist.active:
+            if not self.dist.is_main and resume and out_dir is not None and (out_dir / "checkpoint.pt").exists():
+                from ..rundir import load_checkpoint
+
+                self._apply(load_checkpoint(out_dir / "checkpoint.pt", kind="train"))
+            dist.broadcast_(list(self.model.state_dict().values()))  # one start for every rank
+        self._dist_signal = torch.zeros(1, device=self.device)
+
+    def _take_run_dir(self, resume: bool) -> None:
+        """Rank 0 (or the only process): restore a checkpoint, take the directory, start the record."""
+        cfg, genotype = self.cfg, self.genotype
+        rd = self.run_dir
+        stored = _stored(cfg, genotype)
+        applied = None
+        if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
+            applied = rd.load_checkpoint()
+            self._apply(applied)
+        rd.begin(resume, stored["config"], json.dumps(stored, indent=2) + "\n",
+                 extra={"genotype": stored["genotype"]})  # everything is built: take the directory
+        try:
+            if resume and rd.checkpoint.exists():
+                ck = rd.load_checkpoint()
+                if ck is not applied:
+                    self._apply(ck)
+                rd.write_metrics(self.metrics)  # metrics.jsonl may hold an epoch past the checkpoint
+                self.log(f"resumed from {rd.checkpoint} after epoch {self.epoch}")
+            elif resume:
+                rd.write_metrics([])
+        except BaseException:
+            rd.end("failed", "could not resume")
+            raise
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -473,7 +512,7 @@ class _Trainer:
         }
 
     def _apply(self, st: dict) -> None:
-        path = self.run_dir.checkpoint
+        path = self.out_dir / "checkpoint.pt" if self.out_dir is not None else "checkpoint"
         try:
             self.model.load_state_dict(st["model"])
             self.optimizer.load_state_dict(st["optimizer"])
@@ -505,19 +544,19 @@ class _Trainer:
                 dynamic_ncols=True,
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
             )
-        aux_w = cfg.auxiliary_weight
         for step, (x, y) in enumerate(self.train_loader):
             if step >= self.steps:
                 break
-            logits, logits_aux = model(x)
-            loss = self.criterion(logits, y)
-            if logits_aux is not None and aux_w > 0:
-                loss = loss + aux_w * self.criterion(logits_aux, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = self.backward(x, y)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             if self.loggers:
                 self._step_losses.append(loss.detach())
             self._time_first_steps(step)
@@ -531,7 +570,7 @@ class _Trainer:
                 )
             if bar is not None:
                 bar.update(1)
-            if self._signal is not None:
+            if self._signalled():
                 break  # the epoch is abandoned: the checkpoint of the last finished one is kept
         if bar is not None:
             bar.close()
@@ -540,6 +579,7 @@ class _Trainer:
             raise InterruptedRun(f"interrupted by {name} in epoch {self.epoch + 1}: the checkpoint after epoch "
                                  f"{self.epoch} is kept; resume by running the same `stablenas train` command "
                                  "with --resume", self._signal)
+        (accum,) = dist.all_reduce_sum([accum])
         loss_sum, correct, count = accum.tolist()
         weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
         if not (_finite(loss_sum) and weights_ok):  # one sync per epoch; the checkpoint stays good
@@ -561,6 +601,33 @@ class _Trainer:
         record["seconds"] = round(time.perf_counter() - start, 3)
         self.seconds += record["seconds"]
         return record
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward (under autocast with ``amp``) and backward of one batch (this rank's slice);
+        under data parallelism the gradients and BN statistics are averaged over ranks in one
+        collective. Returns (loss, logits)."""
+        aux_w = self.cfg.auxiliary_weight
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits, logits_aux = self.model(x)
+            loss = self.criterion(logits, y)
+            if logits_aux is not None and aux_w > 0:
+                loss = loss + aux_w * self.criterion(logits_aux, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.dist.active:
+            if self._signal is not None:
+                self._dist_signal.fill_(1.0)
+            (self._dist_signal,) = dist.reduce_grads_(list(self.model.parameters()), [self._dist_signal],
+                                                      buffers=list(self.model.buffers()))
+        return loss, logits.float()
+
+    def _signalled(self) -> bool:
+        if not self.dist.active:
+            return self._signal is not None
+        if float(self._dist_signal) > 0:  # one rank's signal stops every rank at the same step
+            self._signal = self._signal or __import__("signal").SIGTERM
+            return True
+        return False
 
     @torch.no_grad()
     def _precise_bn(self) -> None:
@@ -701,11 +768,23 @@ class _Trainer:
                                                                            "valid_loss") if k in result},
                                                    prefix="final"), self.epoch)
             self.loggers.close()
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.dist.is_main:
             atomic_write_text(self.out_dir / RESULT, json.dumps(result, indent=2) + "\n")
         summary = "  ".join(f"{k} {final[k]:.4f}" for k in ("valid_acc", "test_acc") if k in final)
         self.log(f"done: {summary}  params {self.params / 1e6:.3f}M  multiply-adds {self.macs / 1e6:.2f}M")
         return result
+
+
+def _amp_dtype(amp: str, device: torch.device, log: Callable[[str], None]) -> torch.dtype | None:
+    """The autocast dtype of ``amp``; fp16 needs CUDA (loss scaling against underflow), bf16 runs on
+    CPU too (slower there than fp32: said once)."""
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "fp16":
+            raise ConfigError("amp: fp16 needs a CUDA device (this run is on the CPU); use amp=bf16 or amp=off")
+        log("amp: bf16 autocast on the CPU is slower than fp32 here; it is for checking a CUDA setting")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def config_diff(saved: dict, now: dict) -> list[str]:
