@@ -154,6 +154,8 @@ def _launch(nproc: int, cfg, out: Path, resume: bool) -> None:
 
     if nproc < 1:
         _fail(f"--nproc {nproc}: give the number of ranks, 1 or more")
+    if not _ARGV:
+        _fail("--nproc re-runs the stablenas command line under torchrun; run it from a shell (or call torchrun)")
     RunDir(out, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS).check(resume, cfg.to_dict())
     argv, skip = [], False
     for a in _ARGV:

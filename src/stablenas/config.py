@@ -31,7 +31,7 @@ class DataConfig(_Section):
     root: str | None = None  # directory for user-supplied datasets (cifar10/100, svhn, idx files)
     subset: int | None = Field(None, gt=0)  # use this many training images for the search
     train_portion: float = Field(0.5, gt=0.0, lt=1.0)  # share of the subset for weights (rest: alpha)
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)  # the global batch: under torchrun each rank takes 1/N of it (README)
     eval_batch_size: int = Field(256, gt=0)
     crop_padding: int = Field(0, ge=0)
     flip: bool = False

@@ -90,7 +90,7 @@ class TrainConfig(BaseModel):
     layers: int = Field(20, gt=0)  # cells (darts skeleton) or cells per stage N (nb201)
     stem_multiplier: int = Field(3, gt=0)
     epochs: int = Field(600, ge=1)
-    batch_size: int = Field(96, gt=0)
+    batch_size: int = Field(96, gt=0)  # the global batch: under torchrun each rank takes 1/N of it
     eval_batch_size: int = Field(256, gt=0)
     lr: float = Field(0.025, gt=0.0)
     lr_min: float = Field(0.0, ge=0.0)
