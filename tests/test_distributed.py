@@ -197,3 +197,12 @@ def test_amp_fp16_needs_cuda_and_bf16_runs_on_cpu(capsys):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)  # CE autocasts to fp32
     grads = [p.grad for p in t.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_dp_bench_refuses_what_it_cannot_compare():
+    from stablenas.bench import run_dp_bench, sized
+
+    with pytest.raises(ValueError, match="not divisible"):
+        run_dp_bench(sized("cpu-study", batch=63), 2)
+    with pytest.raises(ValueError, match="2 or more"):
+        run_dp_bench(sized("cpu-study"), 1)

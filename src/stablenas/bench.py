@@ -886,7 +886,8 @@ def run_dp_bench(bc: BenchConfig, nproc: int, threads: int = 1, rounds: int | No
 
     ``speedup`` = single / ranks (paired median); ``efficiency`` = speedup / (the ranks' devices /
     the single side's): on CPU both sides get the same cores, so efficiency = speedup and 1 means
-    ranks use the cores as well as intra-op threads; on CUDA it is speedup / nproc."""
+    ranks use the cores as well as intra-op threads; on CUDA it is speedup / nproc. A third side,
+    one process with one rank's threads (one device), gives the plain scaling (ideal: nproc)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if nproc < 2:
         raise ValueError(f"--nproc {nproc}: the data-parallel bench needs 2 or more ranks")
@@ -896,28 +897,37 @@ def run_dp_bench(bc: BenchConfig, nproc: int, threads: int = 1, rounds: int | No
     conf = asdict(bc)
     single = {"config": conf, "ranks": 1, "threads": nproc * threads, "steps": steps}
     multi = {"config": conf, "ranks": nproc, "threads": threads, "steps": steps}
-    one, many, loads = [], [], []
+    narrow = {"config": conf, "ranks": 1, "threads": threads, "steps": steps}  # one rank's resources
+    one, many, base, loads = [], [], [], []
     for r in range(rounds):
         loads.append(_load())
         a = _dp_side(single, timeout)
         b = _dp_side(multi, timeout)
-        for side in (a, b):
+        c = _dp_side(narrow, timeout)
+        for side in (a, b, c):
             if "error" in side:
                 raise RuntimeError(f"data-parallel bench: {side['error']}")
         one.append(a)
         many.append(b)
+        base.append(c)
         log(f"dp round {r + 1}/{rounds}: 1 x {nproc * threads} threads {a['s_per_step']:.4f} s/step, "
-            f"{nproc} ranks x {threads} {b['s_per_step']:.4f} s/step (load {loads[-1]})")
+            f"{nproc} ranks x {threads} {b['s_per_step']:.4f} s/step, 1 x {threads} {c['s_per_step']:.4f} "
+            f"s/step (load {loads[-1]})")
     t1 = [x["s_per_step"] for x in one]
     tn = [x["s_per_step"] for x in many]
+    t0 = [x["s_per_step"] for x in base]
     paired = [a / b for a, b in zip(t1, tn)]
     speedup = statistics.median(paired)
+    scaling = statistics.median([c / b for c, b in zip(t0, tn)])
     cuda = many[0]["device"].startswith("cuda")
     return {"nproc": nproc, "threads_per_rank": threads, "single_threads": nproc * threads,
             "global_batch": bc.batch, "per_rank_batch": many[0]["per_rank_batch"], "device": many[0]["device"],
             "size": bc.size, "steps_per_round": steps, "rounds": rounds,
             "single_s": [round(v, 4) for v in t1], "ranks_s": [round(v, 4) for v in tn],
+            "one_rank_resources_s": [round(v, 4) for v in t0],
             "speedup_paired_median": round(speedup, 3),
+            # against one process with one rank's threads (one device): ideal nproc
+            "scaling_vs_one_rank_paired_median": round(scaling, 3),
             "efficiency": round(speedup / (nproc if cuda else 1), 3), "load1": loads}
 
 
@@ -927,7 +937,9 @@ def format_dp(res: dict) -> str:
             f"{res['device']}): {res['nproc']} ranks x {res['threads_per_rank']} thread(s) "
             f"{statistics.median(res['ranks_s']):.4f} s/step vs {side} {statistics.median(res['single_s']):.4f} "
             f"s/step; speedup {res['speedup_paired_median']:.3f} (paired median of {res['rounds']} rounds), "
-            f"efficiency {res['efficiency']:.3f}; load {res['load1']}")
+            f"efficiency {res['efficiency']:.3f}; against 1 process x {res['threads_per_rank']} thread(s) "
+            f"{statistics.median(res['one_rank_resources_s']):.4f} s/step: "
+            f"{res['scaling_vs_one_rank_paired_median']:.3f}x (ideal {res['nproc']}); load {res['load1']}")
 
 
 def _main(argv: list[str]) -> int:
