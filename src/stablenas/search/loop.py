@@ -232,6 +232,10 @@ class Search:
                     self._apply_checkpoint(ck, rd.checkpoint)
                 self.write_metrics()  # metrics.jsonl may hold epochs past the checkpoint
                 self.log(f"resumed from {rd.checkpoint} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+                if self._saved_world != self.dist.world:
+                    self.log(f"note: the run was on {self._saved_world} rank(s), this resume on {self.dist.world}: "
+                             "each rank's slice of the batch changes, so it continues differently from an "
+                             "uninterrupted run")
             elif resume:  # killed before the first checkpoint: start over, drop a partial record
                 rd.write_metrics([])
                 self.log(f"{self.out_dir}: no checkpoint yet; starting from the beginning")
@@ -775,6 +779,7 @@ class Search:
             "stop_reason": self.stop_reason,
             "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
             "extra_state": {"epoch_seconds": self.epoch_seconds},  # key kept: older checkpoints load
+            "world": self.dist.world,  # ranks the run was on (a resume on another number is another run)
         }
         if snapshot:
             st["n_metrics"] = len(self.metrics)
@@ -806,6 +811,7 @@ class Search:
         self.stop_reason = st["stop_reason"]
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
         self.epoch_seconds = float(st.get("extra_state", {}).get("epoch_seconds", 0.0))
+        self._saved_world = int(st.get("world", 1))
         self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
         if self.step_in_epoch > 0:
             # mid-epoch state: per-epoch method schedules must be in force again
