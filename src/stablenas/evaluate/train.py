@@ -443,7 +443,8 @@ class _Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_params(self.model)
         self.macs = count_macs(self.model, self.input_shape)
-        self.loggers = LoggerSet(make_loggers(loggers, out_dir, f"train-{cfg.dataset}"), warn=log)
+        backends = loggers if self.dist.is_main else "none"  # rank 0 logs for the job
+        self.loggers = LoggerSet(make_loggers(backends, out_dir, f"train-{cfg.dataset}"), warn=log)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
