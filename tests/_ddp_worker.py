@@ -32,6 +32,8 @@ CASES = {
     "pc-darts": ("pc-darts", []),
     "idarts": ("idarts", ["methods.0.images=48", "methods.0.batch_size=16"]),
     "hessian": ("darts", ["methods=[{name: hessian, iters: 6}]"]),
+    "rs-ws": ("rs-ws", []),
+    "darts-es": ("darts-es", ["methods.0.iters=4"]),
 }
 K = 3
 
@@ -159,24 +161,28 @@ def _case(name: str, rank: int, world: int) -> dict:
     s.load_state_dict(copy.deepcopy(snap))
     dist.barrier()
 
-    def k_steps(search) -> tuple[torch.Tensor, str]:
+    def k_steps(search) -> tuple[torch.Tensor, str, torch.Tensor]:
         it = iter(search.train_loader)
         for _ in range(K):
             search.step(next(it))
             search.step_in_epoch += 1
             search.global_step += 1
-        return search.arch.flat().detach().clone(), search.genotype().to_json()
+        weights = torch.cat([p.detach().flatten() for p in search.net.parameters()])
+        return search.arch.flat().detach().clone(), search.genotype().to_json(), weights
 
-    # (a) K steps: the same alpha bits and genotype on every rank
+    # (a) K steps: the same alpha bits, weights and genotype on every rank
     alpha0 = s.arch.flat().detach().clone()
-    alpha, geno = k_steps(s)
+    alpha, geno, weights = k_steps(s)
     import torch.distributed as td
 
     alphas = [torch.empty_like(alpha) for _ in range(world)]
     td.all_gather(alphas, alpha)
+    all_w = [torch.empty_like(weights) for _ in range(world)]
+    td.all_gather(all_w, weights)
     genos = [None] * world
     td.all_gather_object(genos, geno)
     res["alpha_same_on_ranks"] = all(torch.equal(a, alphas[0]) for a in alphas)
+    res["weights_same_on_ranks"] = all(torch.equal(w, all_w[0]) for w in all_w)
     res["genotype_same_on_ranks"] = all(g == genos[0] for g in genos)
     res["alpha_moved"] = not torch.equal(alpha, alpha0)
     # (c) the same seed again: the same alpha bits
@@ -184,8 +190,8 @@ def _case(name: str, rank: int, world: int) -> dict:
     s2.start_epoch(0)
     if name == "ms-darts":
         s2.methods[0]._memo["no_vmap"] = True
-    alpha2, geno2 = k_steps(s2)
-    res["same_seed_same_alpha"] = bool(torch.equal(alpha, alpha2)) and geno == geno2
+    alpha2, geno2, weights2 = k_steps(s2)
+    res["same_seed_same_alpha"] = bool(torch.equal(alpha, alpha2)) and geno == geno2 and torch.equal(weights, weights2)
     return res
 
 
