@@ -203,3 +203,23 @@ def test_partial_study_is_marked_partial_and_estimates_the_rest(tmp_path, tiny, 
     assert est["per_unit"]["s5-darts-seed0"] == pytest.approx(2.0 * 2)
     assert est["per_unit"]["s5-sdarts-rs-seed0"] == pytest.approx(3.0 * 2)
     assert res["train_seconds"] > 0
+
+
+def test_a_diverged_search_is_logged_and_the_study_goes_on(tmp_path, tiny, monkeypatch):
+    from stablenas.errors import DivergedError
+    from stablenas.search.loop import Search
+
+    orig = Search.run
+
+    def run(self):
+        if self.cfg.methods and self.cfg.methods[0].name == "sdarts-rs":
+            raise DivergedError("search diverged: non-finite loss (test)")
+        return orig(self)
+
+    monkeypatch.setattr(Search, "run", run)
+    logs: list[str] = []
+    s = st.run_study(tiny.model_copy(update={"spaces": ["s5"]}), tmp_path / "out", log=logs.append)
+    assert [r["name"] for r in s["runs"]] == ["s5-darts-seed0"]
+    assert any("s5-sdarts-rs-seed0: FAILED (search diverged: non-finite loss (test))" in m for m in logs)
+    assert json.loads((tmp_path / "out" / "runs" / "s5-sdarts-rs-seed0" / "failed.json").read_text())["failed"]
+    assert s["partial"] and "PARTIAL: 1 of 2 units" in (tmp_path / "out" / "table.md").read_text()

@@ -259,7 +259,23 @@ def curves(metrics: Sequence[dict]) -> dict[str, list]:
 
 
 def run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) -> dict:
-    """Search (resumed if interrupted), discretisation drop, retraining (resumed) -> ``result.json``."""
+    """Search (resumed if interrupted), discretisation drop, retraining (resumed) -> ``result.json``.
+
+    A search that diverges is a result, not a crash of the study: the unit returns ``{"failed": why}``
+    (also written to ``failed.json``), the study goes on, and the next run of the study tries it again."""
+    from ..errors import DivergedError
+
+    try:
+        return _run_unit(args)
+    except DivergedError as e:
+        from ..utils import atomic_write_text
+
+        msg = " ".join(str(e).split())
+        atomic_write_text(Path(args[3]) / "failed.json", json.dumps({"name": args[0], "failed": msg}) + "\n")
+        return {"name": args[0], "failed": msg}
+
+
+def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) -> dict:
     name, search_cfg, train_cfg, unit_dir, threads, disc_batches = args
     import torch
 
@@ -438,6 +454,9 @@ def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend 
     def done(r: dict) -> None:
         nonlocal count
         count += 1
+        if r.get("failed"):
+            log(f"[{count}/{len(todo)}] {r['name']}: FAILED ({r['failed']}); the study goes on")
+            return
         if rec is not None:
             export_record(rec, out / "runs" / r["name"], r["name"])
         acc = r.get("test_acc")
