@@ -166,6 +166,7 @@ def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, m
     logs: list[str] = []
     st.run_study(other, tmp_path / "other", records=rec_dir, log=logs.append, max_units=0)
     assert sum("other settings (search.optim.arch_lr)" in m for m in logs) == 4
+    assert "4 units, 0 done here, 0 from records, 0 to run now" in logs[-2]
 
 
 def test_pearson_and_lookup_against_references():

@@ -444,10 +444,11 @@ def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend 
             imported += 1
             continue
         todo.append(u)
+    here = len(units) - len(todo) - imported
     if max_units is not None:
         todo = todo[:max_units]
-    log(f"study {protocol.name}: {len(units)} units, {len(units) - len(todo) - imported} done here, {imported} "
-        f"from records, {len(todo)} to run ({backend.name} backend)")
+    log(f"study {protocol.name}: {len(units)} units, {here} done here, {imported} from records, {len(todo)} to run "
+        f"now ({backend.name} backend)")
     start = time.perf_counter()
     count = 0
 
