@@ -180,6 +180,7 @@ def test_pearson_and_lookup_against_references():
     cfg = load_config("quickstart", ["space=s5"]).to_dict()
     for g in enumerate_s5()[::20]:
         assert st._lookup_test_acc(cfg, g) == table.test_acc(g)
+        assert st._lookup(cfg, g)["test_regret"] == pytest.approx(table.regret(g))
     assert st._lookup_test_acc(load_config("quickstart").to_dict(), enumerate_s5()[0]) is None  # s3: no table
 
 

@@ -226,6 +226,11 @@ def param_free_share(genotype: Genotype, cell_type: str | None = "normal") -> fl
 
 def _lookup_test_acc(cfg_dict: dict, genotype: Genotype) -> float | None:
     """The space's ground-truth test accuracy of ``genotype`` (S5 table, NAS-Bench-201), if it has one."""
+    return _lookup(cfg_dict, genotype).get("test_acc")
+
+
+def _lookup(cfg_dict: dict, genotype: Genotype) -> dict:
+    """What the space's lookup adds to a record of ``genotype`` (``test_acc``, ``test_regret``, ...)."""
     from types import SimpleNamespace
 
     from ..registry import LOOKUPS
@@ -233,11 +238,11 @@ def _lookup_test_acc(cfg_dict: dict, genotype: Genotype) -> float | None:
 
     lookup = LOOKUPS.get(cfg_dict["space"])
     if lookup is None:
-        return None
+        return {}
     cfg = config_from_dict(cfg_dict)
     record: dict = {"genotype": genotype.to_dict()}
     lookup(SimpleNamespace(cfg=cfg, space=get_space(cfg.space), log=lambda _m: None, notes=set()), record)
-    return record.get("test_acc")
+    return record
 
 
 def curves(metrics: Sequence[dict]) -> dict[str, list]:
@@ -336,8 +341,8 @@ def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) 
     else:
         result.update(test_acc=_lookup_test_acc(search_cfg, genotype), test_source="lookup", params=None,
                       train_seconds=0.0)
-    regrets = result["curves"]["test_regret"]
-    result["test_regret_final"] = regrets[-1] if regrets and regrets[-1] is not None else None
+    # of the returned cell (DARTS-ES returns an earlier epoch's, RS-ws its best sample), not the last epoch's
+    result["test_regret_final"] = _lookup(search_cfg, genotype).get("test_regret")
     result["wall_seconds_this_call"] = round(time.perf_counter() - t0, 3)
     atomic_write_text(done, json.dumps(result, indent=1) + "\n")
     return result
