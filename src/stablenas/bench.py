@@ -409,10 +409,9 @@ def _worker(spec: dict) -> dict:
             "peak_mb": round(peak / 2**20, 1), "growth_mb": round(max(0, peak - base) / 2**20, 1)}
 
 
-def _run_worker(spec: dict, timeout: float | None = None) -> dict:
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", "stablenas.bench", "worker", json.dumps(spec)]
+def _json_subprocess(cmd: list[str], env: dict, timeout: float | None, what: str) -> dict:
+    """Run a bench worker process and return the last JSON line it printed, or ``{"error": ...}``
+    (timeout, non-zero exit or no result) with the last line of its output."""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -420,8 +419,15 @@ def _run_worker(spec: dict, timeout: float | None = None) -> dict:
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"worker exited {p.returncode}: {tail[0][:300]}"}
+        return {"error": f"{what} {p.returncode}: {tail[0][:300]}"}
     return json.loads(lines[-1])
+
+
+def _run_worker(spec: dict, timeout: float | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "stablenas.bench", "worker", json.dumps(spec)]
+    return _json_subprocess(cmd, env, timeout, "worker exited")
 
 
 # --------------------------------------------------------------------------------------------
@@ -866,15 +872,7 @@ def _dp_side(spec: dict, timeout: float) -> dict:
                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--local-ranks-filter=0", *body]
     else:
         cmd = [sys.executable, *body]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exited {p.returncode}: {tail[0][:300]}"}
-    return json.loads(lines[-1])
+    return _json_subprocess(cmd, env, timeout, "exited")
 
 
 def run_dp_bench(bc: BenchConfig, nproc: int, threads: int = 1, rounds: int | None = None,
