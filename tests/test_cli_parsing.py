@@ -55,3 +55,22 @@ def test_sweep_errors_are_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --l2 and --drop-path") and err.strip().count("\n") == 0
+
+
+def test_help_shows_flags_as_flags():
+    """Every command's --help in plain click layout: a boolean flag reads ``--resume``, never ``--resume <bool>``
+    (typer's rich help printed a value placeholder after every flag, issue 16), and no box drawing."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    group = get_command(cli.app)
+    runner = CliRunner()
+    names = sorted(group.commands)
+    assert "search" in names and len(names) >= 10
+    for name in [None, *names]:
+        result = runner.invoke(cli.app, ([name] if name else []) + ["--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "<bool>" not in result.output and "\u256d" not in result.output, (name, result.output)
+        assert "Usage: " in result.output
+    out = runner.invoke(cli.app, ["search", "--help"]).output
+    assert "  --resume  " in out and "--progress / --no-progress" in out
