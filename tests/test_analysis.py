@@ -94,6 +94,35 @@ def test_discretisation_drop_matches_the_hard_selection_path(tiny_search):
     assert res["loss_increase"] != 0.0
 
 
+def test_batch_bn_evaluation_uses_batch_statistics_and_keeps_the_buffers(tiny_search):
+    import copy
+
+    s = tiny_search
+    buffers = {n: b.clone() for n, b in s.net.named_buffers()}
+    mix = Mix({k: v.detach() for k, v in s.arch.op_weights().items()})
+    loss_b, acc_b = s.evaluate(max_batches=2, mix=mix, bn="train")
+    assert all(torch.equal(b, buffers[n]) for n, b in s.net.named_buffers())
+    # reference: a throw-away copy of the network in train mode, the same batches
+    net, s.net = s.net, copy.deepcopy(s.net)
+    try:
+        s.net.train()
+        tot = torch.zeros(3)
+        s.val_eval_loader.set_epoch(0)
+        for i, (x, y) in enumerate(s.val_eval_loader):
+            if i >= 2:
+                break
+            with torch.no_grad():
+                tot += s.skeleton.eval_sums(s, x, y, mix)
+    finally:
+        s.net = net
+    assert loss_b == pytest.approx(float(tot[0] / tot[2]), rel=1e-5) and acc_b == pytest.approx(float(tot[1] / tot[2]))
+    assert s.evaluate(max_batches=2, mix=mix)[0] != pytest.approx(loss_b)  # running statistics differ
+    res = dg.discretization_drop(s, s.genotype(), max_batches=2, bn="train")
+    assert res["bn"] == "train" and res["acc_supernet"] == pytest.approx(acc_b)
+    with pytest.raises(ValueError, match="bn must be"):
+        s.evaluate(bn="batch")
+
+
 def test_landscape_centre_is_the_supernet_accuracy(tiny_search):
     s = tiny_search
     buffers = {n: b.clone() for n, b in s.net.named_buffers()}

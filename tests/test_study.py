@@ -151,7 +151,10 @@ def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, m
     md = (out / "table.md").read_text()
     r = rows[("s3", "sdarts-rs")]
     assert (f"| sdarts-rs | 1 | {r['share_normal_mean']:.3f} ± 0.000 | {100 * r['test_acc_mean']:.2f} ± 0.00 | - | "
-            f"{100 * r['acc_drop_mean']:.2f} ± 0.00 | {r['lambda_max_final_mean']:.4f} ± 0.0000 | 2.0 |") in md
+            f"{100 * r['acc_drop_mean']:.2f} ± 0.00 | {100 * r['acc_drop_batch_bn_mean']:.2f} ± 0.00 | "
+            f"{r['lambda_max_final_mean']:.4f} ± 0.0000 | 2.0 |") in md
+    batch_bn = runs["s3-sdarts-rs-seed0"]["discretization"]["batch_bn"]
+    assert batch_bn["bn"] == "train" and r["acc_drop_batch_bn_mean"] == batch_bn["acc_drop"]
     assert "complete: all 4 units" in md
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "lambda_max_s3.png", "lambda_max_s5.png", "lambda_vs_error.png", "share_normal_s3.png", "share_normal_s5.png"]
@@ -225,3 +228,13 @@ def test_a_diverged_search_is_logged_and_the_study_goes_on(tmp_path, tiny, monke
     assert any("s5-sdarts-rs-seed0: FAILED (search diverged: non-finite loss (test))" in m for m in logs)
     assert json.loads((tmp_path / "out" / "runs" / "s5-sdarts-rs-seed0" / "failed.json").read_text())["failed"]
     assert s["partial"] and "PARTIAL: 1 of 2 units" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_space_set_overrides_one_space_only(tmp_path):
+    d = {**TINY, "space_set": {"s3": ["data.batch_size=16"]}}
+    p = st.StudyProtocol.model_validate(d)
+    units = {u.space: u for u in st.study_units(p)}
+    assert units["s3"].search["data"]["batch_size"] == 16 and units["s5"].search["data"]["batch_size"] == 32
+    assert "space_set" in p.to_dict() and "space_set" not in st.StudyProtocol.model_validate(TINY).to_dict()
+    with pytest.raises(ValueError, match=r"space_set names s2, not in spaces \['s3', 's5'\]"):
+        st.StudyProtocol.model_validate({**TINY, "space_set": {"s2": []}})

@@ -66,8 +66,9 @@ def discrete_op_weights(space: SearchSpace, genotype: Genotype, *, device: torch
 
 
 def discretization_drop(search: Search, genotype: Genotype | None = None,
-                        max_batches: int | None = None) -> dict:
-    """Supernet accuracy/loss at alpha* and at the discretised alpha, same weights, eval mode."""
+                        max_batches: int | None = None, bn: str = "eval") -> dict:
+    """Supernet accuracy/loss at alpha* and at the discretised alpha, same weights (robust-darts Sec. 4.2);
+    BN with running statistics (``bn="eval"``) or with each batch's own (``bn="train"``)."""
     from ..methods import Mix
 
     genotype = genotype or search.genotype()
@@ -78,11 +79,11 @@ def discretization_drop(search: Search, genotype: Genotype | None = None,
                    None if ew is None else {k: v.detach() for k, v in ew.items()})
         p = next(search.net.parameters())
         disc = Mix(discrete_op_weights(search.space, genotype, device=p.device, dtype=p.dtype))
-    loss_c, acc_c = search.evaluate(max_batches=max_batches, mix=cont)
-    loss_d, acc_d = search.evaluate(max_batches=max_batches, mix=disc)
+    loss_c, acc_c = search.evaluate(max_batches=max_batches, mix=cont, bn=bn)
+    loss_d, acc_d = search.evaluate(max_batches=max_batches, mix=disc, bn=bn)
     return {"acc_supernet": acc_c, "acc_discrete": acc_d, "acc_drop": acc_c - acc_d,
             "loss_supernet": loss_c, "loss_discrete": loss_d, "loss_increase": loss_d - loss_c,
-            "genotype": genotype.to_dict(), "batches": max_batches}
+            "genotype": genotype.to_dict(), "batches": max_batches, "bn": bn}
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import config_from_dict, format_validation_error, load_config
 from ..errors import ConfigError
@@ -99,6 +99,7 @@ class StudyProtocol(_Strict):
     description: str = ""
     base: str = "quickstart"  # search preset or YAML path every unit starts from
     set: list[str] = []  # --set overrides of the base, for every unit (the search budget)
+    space_set: dict[str, list[str]] = {}  # per space: --set overrides after ``set`` (e.g. its dataset)
     spaces: list[str] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     methods: dict[str, list[str]] = Field(min_length=1)  # name -> its --set overrides, in queue order
@@ -122,8 +123,18 @@ class StudyProtocol(_Strict):
             raise ValueError(f"repeated spaces {v}")
         return v
 
+    @model_validator(mode="after")
+    def _space_set_names_spaces(self) -> StudyProtocol:
+        extra = sorted(set(self.space_set) - set(self.spaces))
+        if extra:
+            raise ValueError(f"space_set names {', '.join(extra)}, not in spaces {self.spaces}")
+        return self
+
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        if not d["space_set"]:  # protocols (and records) written before space_set existed compare equal
+            del d["space_set"]
+        return d
 
 
 def list_protocols() -> list[str]:
@@ -190,7 +201,8 @@ def study_units(protocol: StudyProtocol) -> list[Unit]:
             for method, sets in protocol.methods.items():
                 where = f"protocol {protocol.name}, method {method}, space {space}"
                 try:
-                    cfg = load_config(protocol.base, [*protocol.set, f"space={space}", f"seed={seed}", *sets])
+                    cfg = load_config(protocol.base, [*protocol.set, f"space={space}",
+                                                      *protocol.space_set.get(space, []), f"seed={seed}", *sets])
                     d = cfg.to_dict()
                     if protocol.track:
                         d["methods"] = [*d["methods"], dict(protocol.track)]
@@ -313,6 +325,10 @@ def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) 
         search = load_search(sdir)
         disc = discretization_drop(search, search.genotype(), max_batches=disc_batches)
         disc.pop("genotype", None)
+        # the same with batch statistics: the running ones were gathered under the op mixture, and a
+        # discretised cell's activations have other statistics (eval-mode drops of 63-74 points on S5)
+        batch_bn = discretization_drop(search, search.genotype(), max_batches=disc_batches, bn="train")
+        disc["batch_bn"] = {k: v for k, v in batch_bn.items() if k != "genotype"}
         atomic_write_text(disc_file, json.dumps(disc) + "\n")
     genotype = run.genotype
     result: dict[str, Any] = {
@@ -546,6 +562,7 @@ def summarise(protocol: StudyProtocol, out_dir: str | Path, *, plots: bool = Tru
             acc = _ms([r.get("test_acc") for r in rs])
             regret = _ms([r.get("test_regret_final") for r in rs])
             drop = _ms([(r.get("discretization") or {}).get("acc_drop") for r in rs])
+            drop_b = _ms([((r.get("discretization") or {}).get("batch_bn") or {}).get("acc_drop") for r in rs])
             lam = _ms([r.get("lambda_max_final") for r in rs])
             ep = _ms([r["search_seconds"] / max(r["epochs"], 1) for r in rs])[0]
             rows.append({
@@ -555,6 +572,7 @@ def summarise(protocol: StudyProtocol, out_dir: str | Path, *, plots: bool = Tru
                 "test_acc_mean": acc[0], "test_acc_std": acc[1], "test_source": rs[0].get("test_source"),
                 "test_regret_mean": regret[0], "test_regret_std": regret[1],
                 "acc_drop_mean": drop[0], "acc_drop_std": drop[1],
+                "acc_drop_batch_bn_mean": drop_b[0], "acc_drop_batch_bn_std": drop_b[1],
                 "lambda_max_final_mean": lam[0], "lambda_max_final_std": lam[1],
                 "epochs_mean": statistics.fmean(r["epochs"] for r in rs),
                 "search_seconds_mean": statistics.fmean(r["search_seconds"] for r in rs),
@@ -604,13 +622,14 @@ def format_table(summary: dict) -> str:
     for space in p["spaces"]:
         lines += [f"## space {space}", "",
                   "| method | n | param-free share, normal (mean ± std) | test acc % (mean ± std) | S5 regret % | "
-                  "disc. drop % | lambda_max (end) | epochs | s/epoch rel. to " + p["reference"] + " |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "disc. drop %, running BN | disc. drop %, batch BN | lambda_max (end) | epochs | "
+                  "s/epoch rel. to " + p["reference"] + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in summary["rows"]:
             if r["space"] != space:
                 continue
             if not r["n"]:
-                lines.append(f"| {r['method']} | 0 | - | - | - | - | - | - | - |")
+                lines.append(f"| {r['method']} | 0 | - | - | - | - | - | - | - | - |")
                 continue
             acc = _pm(r["test_acc_mean"], r["test_acc_std"], 2, 100)
             if r.get("test_source") == "lookup" and acc != "-":
@@ -619,6 +638,7 @@ def format_table(summary: dict) -> str:
                 f"| {r['method']} | {r['n']} | {_pm(r['share_normal_mean'], r['share_normal_std'])} | {acc} | "
                 f"{_pm(r['test_regret_mean'], r['test_regret_std'], 2, 100)} | "
                 f"{_pm(r['acc_drop_mean'], r['acc_drop_std'], 2, 100)} | "
+                f"{_pm(r.get('acc_drop_batch_bn_mean'), r.get('acc_drop_batch_bn_std'), 2, 100)} | "
                 f"{_pm(r['lambda_max_final_mean'], r['lambda_max_final_std'], 4)} | {r['epochs_mean']:.1f} | "
                 f"{_f(r['seconds_per_epoch_rel'], 2)} |")
         lines.append("")
@@ -629,7 +649,8 @@ def format_table(summary: dict) -> str:
         lines.append(f"| {k} | {_f(v['r'], 3)} | {v['n']} |")
     lines += ["", "Test acc: the returned cell retrained from scratch with the protocol's retraining budget "
               "(`(table)`: the space's ground-truth table, no training). Disc. drop: supernet validation accuracy "
-              "at alpha minus at the discretised alpha, same weights (robust-darts Sec. 4.2). s/epoch: wall-clock "
+              "at alpha minus at the discretised alpha, same weights (robust-darts Sec. 4.2), with BN's running "
+              "statistics (gathered under the op mixture) or each batch's own. s/epoch: wall-clock "
               "from the runs' records, not interleaved (machine load differs between runs).", "",
               "Protocol:", "", "```yaml", yaml.safe_dump({k: v for k, v in p.items() if k != "estimate"},
                                                           sort_keys=False).rstrip(), "```", ""]

@@ -569,12 +569,17 @@ class Search:
 
     @torch.no_grad()
     def evaluate(self, loader: TensorLoader | None = None, max_batches: int | None = None,
-                 mix: Mix | None = None) -> tuple[float, float]:
-        """Loss and accuracy of the supernet (eval mode) on the validation split."""
+                 mix: Mix | None = None, bn: str = "eval") -> tuple[float, float]:
+        """Loss and accuracy of the supernet on the validation split. ``bn="eval"``: BN's running statistics;
+        ``bn="train"``: each batch's own statistics, as the search trains (the running statistics, gathered
+        under the op mixture, do not fit a discretised cell), the network's buffers left as they were."""
+        if bn not in ("eval", "train"):
+            raise ValueError(f"bn must be 'eval' or 'train', got {bn!r}")
         loader = loader or self.val_eval_loader
         max_batches = max_batches or self.cfg.search.val_batches
         was_training, stream = self.net.training, self.stream
-        self.net.eval()
+        saved = [b.clone() for b in self.net.buffers()] if bn == "train" else None
+        self.net.train(bn == "train")
         self.stream = "eval"
         mix = mix or self.mix("eval").detached()
         acc = torch.zeros(3, device=self.device)
@@ -583,6 +588,10 @@ class Search:
             if max_batches is not None and i >= max_batches:
                 break
             acc += self.skeleton.eval_sums(self, x, y, mix)
+        if saved is not None:
+            with torch.no_grad():
+                for b, v in zip(self.net.buffers(), saved, strict=True):
+                    b.copy_(v)
         self.net.train(was_training)
         self.stream = stream
         (acc,) = dist.all_reduce_sum([acc])  # each rank evaluated its slice of every batch
