@@ -11,10 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -628,3 +631,43 @@ def test_diverged_search_exits_3_without_genotype(tmp_path, capsys, sets):
     assert json.loads((d / "status.json").read_text())["state"] == "diverged"
     code, out, _ = run_cli(["show", d], capsys)
     assert code == 0 and "status: diverged" in out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_is_another_writer(tmp_path):
+    """A process forked while holding a run's lock does not inherit it: the child's own RunLock on that
+    path is refused (one writer), and the parent still holds the lock after the child exits."""
+    from stablenas.errors import RunLockedError
+    from stablenas.rundir import RunLock, lock_holder
+
+    path = tmp_path / "run.lock"
+    lock = RunLock(path)
+    lock.acquire("run x")
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: report what happens, never return into pytest
+            code = 3
+            try:
+                os.close(r)
+                RunLock(path).acquire("run x")
+                code = 1  # took the parent's lock: the bug
+            except RunLockedError:
+                code = 0
+            except BaseException:
+                code = 2
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(0)
+        os.close(w)
+        got = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert got == bytes([0])
+        assert lock.held and lock_holder(path) is None  # still ours (None: held by this process)
+        child = subprocess.run([sys.executable, "-c", "import sys; from stablenas.rundir import lock_holder; "
+                                f"print(lock_holder(__import__('pathlib').Path({str(path)!r})))"],
+                               capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == str(os.getpid())
+    finally:
+        lock.release()

@@ -178,6 +178,24 @@ def _key(path: Path) -> str:
     return str(Path(path).resolve())
 
 
+def _forget_held_locks_in_child() -> None:
+    """A forked child is another writer: it must not inherit (and "take over") its parent's locks. Its
+    copies of the descriptors are closed (the parent's flock stays: it lives while any copy is open in
+    the parent) and a lock the child asks for is taken or refused like any other process's."""
+    for lock in list(_HELD.values()):
+        if lock.fd is not None:
+            try:
+                os.close(lock.fd)
+            except OSError:
+                pass
+            lock.fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_held_locks_in_child)
+
+
 def lock_holder(path: Path) -> int | None:
     """The pid of another live process holding ``path``'s lock, or ``None`` (free, stale, absent
     or held by this process).
