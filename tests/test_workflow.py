@@ -163,3 +163,24 @@ def test_sweep_and_s5_table_dry_runs_count_every_stage(tmp_path, monkeypatch, ti
                                    "--repeat-archs", "0,17", "--repeat-seeds", "1"])
     assert res.exit_code == 0, res.output
     assert "training: 83 x 3s = 4.2 min" in res.output and not (tmp_path / "s5").exists()  # 81 + 2 repeats
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
+    """Files written via temp file + rename (configs, metrics, results, checkpoints, tables, reports) get
+    0666 minus the umask like any new file, not mkstemp's 0600."""
+    import os
+    import stat
+
+    from stablenas.utils import atomic_torch_save, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}\n")
+        atomic_torch_save({"x": 1}, tmp_path / "b.pt")
+        with open(tmp_path / "c.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o666 & ~umask, "b.pt": 0o666 & ~umask, "c.txt": 0o666 & ~umask}
