@@ -110,15 +110,20 @@ def test_regret_on_a_hand_made_table(tmp_path):
         small.test_acc(archs[80])
 
 
-def test_shipped_table_covers_all_81_when_present():
-    table = s5.load_table("fashion-mnist")
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "fashion-mnist-14"])
+def test_shipped_table_covers_all_81_when_present(dataset):
+    table = s5.load_table(dataset)
     if table is None:
-        pytest.skip("src/stablenas/resources/s5_fashion_mnist.json not generated yet (`stablenas s5-table`)")
+        pytest.skip(f"{s5.table_path(dataset)} not generated yet (`stablenas s5-table`)")
     assert len(table) == 81 and table.covers()
     accs = [e["test_acc"] for e in table.entries.values()]
     assert all(0.0 < a <= 1.0 for a in accs)
     assert table.meta["command"].startswith("stablenas s5-table")
-    assert table.meta["protocol"]["dataset"] == "fashion-mnist"
+    assert table.meta["protocol"]["dataset"] == dataset
+    # the one S5-table protocol, only the dataset changed (cpu-collapse retrains S3/S2 cells with it too)
+    proto = table.meta["protocol"]
+    assert {k: proto[k] for k in s5.S5_PROTOCOL if k not in ("dataset", "threads")} == \
+        {k: v for k, v in s5.S5_PROTOCOL.items() if k not in ("dataset", "threads")}
     for e in table.entries.values():
         assert e["params"] > 0 and e["seconds"] > 0
 
