@@ -75,9 +75,19 @@ def use_deterministic_algorithms() -> None:
     ``torch._inductor.config`` (only there to set inductor's flag): that import alone costs 1.1 s of
     CPU per process with torch 2.13 (measured, as much as importing torch), paid by every search and
     training process. Nothing here compiles with inductor; when it has been imported anyway, its
-    flag is set as torch sets it."""
+    flag is set as torch sets it.
+
+    Deterministic mode also makes torch fill every new uninitialised tensor (``empty``, ``resize_``)
+    with NaN (``torch.utils.deterministic.fill_uninitialized_memory``), a guard against kernels that read
+    memory they never wrote; no result of a correct kernel depends on it. It is switched off: those
+    fills were 22% of the profiled CPU time of a search iteration (37k ``fill_`` calls, darts space,
+    cpu-study size, ``scripts/engine_profile.py``), and the iteration 1.12x (cpu-study) and 1.13x (paper
+    size) slower with them (interleaved, one process, one thread). Bit-identical resume is unchanged."""
     import sys
 
+    det = getattr(torch.utils, "deterministic", None)
+    if det is not None and hasattr(det, "fill_uninitialized_memory"):
+        det.fill_uninitialized_memory = False
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:  # a torch without the private setter: the public call
         torch.use_deterministic_algorithms(True, warn_only=True)
