@@ -34,6 +34,29 @@ def test_local_backend_and_backend_errors():
         get_backend("ray", num_gpus=-1)
 
 
+def _fail_or_mark(task: tuple[str, int]) -> dict:
+    """Task 'bad' raises at once; every other task leaves a file (it started) and sleeps."""
+    name, folder = task[0], task[1]
+    if name == "bad":
+        raise RuntimeError("a bug in one task")
+    open(os.path.join(folder, name), "w").close()
+    time.sleep(1.0)
+    return {"name": name}
+
+
+def test_a_raising_task_stops_the_pool_instead_of_running_the_whole_queue(tmp_path):
+    """The exception reaches the caller while the queue is mostly unstarted (before: the pool ran all of
+    it, reporting nothing, and raised only at the end)."""
+    tasks = [("bad", str(tmp_path))] + [(f"t{i}", str(tmp_path)) for i in range(12)]
+    got: list[dict] = []
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="a bug in one task"):
+        LocalBackend(jobs=2).run(_fail_or_mark, tasks, got.append, key=lambda t: t[0])
+    started = sorted(p.name for p in tmp_path.iterdir())
+    assert len(started) <= 6, started  # running or already handed to a worker when "bad" failed (12 before)
+    assert time.perf_counter() - t0 < 12.0
+
+
 def _kill_first_worker(run_dir, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the process writing ``run_dir`` once its first epoch is checkpointed (the pid is in run.lock)."""
     lock, metrics = run_dir / "run.lock", run_dir / "metrics.jsonl"

@@ -81,6 +81,19 @@ def test_every_option_setting_matches_plain(opts, space, kw):
         assert _close(fast(x, arch.op_weights()), plain(x, arch.op_weights()))
 
 
+@pytest.mark.parametrize("side", [14, 10])
+def test_partial_channels_on_odd_maps(side):
+    """PC-DARTS where a reduction cell reads an odd map (14x14 -> 7x7 -> 4x4, as fashion-mnist-14 in the
+    collapse study): the bypassed channels are max-pooled to the ops' ceil(H/2), engine and plain agree."""
+    sp, fast, plain, arch = _pair(partial_k=2, C=8)
+    x = torch.randn(3, 1, side, side)
+    y = torch.randint(0, 10, (3,))
+    lf, gf = _grads(fast, arch, x, y)
+    lp, gp = _grads(plain, arch, x, y)
+    assert abs(float(lf - lp)) < 1e-5
+    assert all((a is None) == (b is None) and (a is None or _close(a, b)) for a, b in zip(gf, gp))
+
+
 def test_hvp_through_recomputed_activations_matches_plain():
     """Double backward (alpha HVP) through the checkpointed segments equals the plain model's."""
     sp, fast, plain, arch = _pair()

@@ -238,3 +238,18 @@ def test_space_set_overrides_one_space_only(tmp_path):
     assert "space_set" in p.to_dict() and "space_set" not in st.StudyProtocol.model_validate(TINY).to_dict()
     with pytest.raises(ValueError, match=r"space_set names s2, not in spaces \['s3', 's5'\]"):
         st.StudyProtocol.model_validate({**TINY, "space_set": {"s2": []}})
+
+
+def test_units_finished_here_without_a_record_get_one(tmp_path, tiny, finished, monkeypatch):
+    """A study stopped between a unit's result and its record export (or run without --records) writes
+    the missing records on the next call, running nothing."""
+    import shutil
+
+    _, out, rec_dir = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
+    st.run_study(tiny, copy, records=tmp_path / "rec", log=_quiet)
+    for u in st.study_units(tiny):
+        new, old = tmp_path / "rec" / u.name / "result.json", rec_dir / u.name / "result.json"
+        assert new.read_bytes() == old.read_bytes()

@@ -717,7 +717,15 @@ def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callabl
             with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
                 futures = {ex.submit(fn, t): t for t in todo}
                 for f in as_completed(futures):
-                    r = f.result()
+                    try:
+                        r = f.result()
+                    except BrokenProcessPool:
+                        raise
+                    except BaseException:
+                        # a task raised: stop now, not after the whole queue (leaving the `with` would
+                        # wait for every queued task); running tasks finish, the queued ones never start
+                        ex.shutdown(wait=True, cancel_futures=True)
+                        raise
                     if key is not None:
                         done.add(key(futures[f]))
                     on_done(r)

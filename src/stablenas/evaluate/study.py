@@ -460,6 +460,8 @@ def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend 
     for u in units:
         udir = out / "runs" / u.name
         if (udir / "result.json").exists():
+            if rec is not None and not (rec / u.name / "result.json").exists():
+                export_record(rec, udir, u.name)  # finished here but its record not written (a stopped study)
             continue
         if rec is not None and import_record(rec, u, udir, log):
             imported += 1

@@ -400,7 +400,9 @@ class MixedOp(nn.Module):
             if not OPS[name].is_zero:
                 self.active.append(k)
         self.droppable = [not isinstance(op, Identity) for op in self.ops]
-        self.bypass_pool = nn.MaxPool2d(2, 2) if (partial_k > 1 and stride == 2) else None
+        # ceil_mode: on an odd map (7x7 after one reduction of 14x14) the stride-2 ops give ceil(H/2); the same
+        # pooling as PC-DARTS's MaxPool2d(2, 2) on even maps
+        self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (partial_k > 1 and stride == 2) else None
         self.engine = DEFAULT
 
     def _out_shape_zero(self, x: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ class PlainMixedOp(nn.Module):
             if pool_bn and "pool" in p:
                 op = nn.Sequential(op, nn.BatchNorm2d(C // partial_k, affine=False))
             self.ops.append(op)
-        self.mp = nn.MaxPool2d(2, 2)
+        self.mp = nn.MaxPool2d(2, 2, ceil_mode=True)  # = PC-DARTS's MaxPool2d(2, 2) on even maps; odd maps too
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.partial_k == 1:
