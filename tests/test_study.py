@@ -253,3 +253,17 @@ def test_units_finished_here_without_a_record_get_one(tmp_path, tiny, finished, 
     for u in st.study_units(tiny):
         new, old = tmp_path / "rec" / u.name / "result.json", rec_dir / u.name / "result.json"
         assert new.read_bytes() == old.read_bytes()
+
+
+def test_summary_of_committed_records_runs_nothing(tmp_path, tiny, finished, monkeypatch, capsys):
+    """`study P --out NEW --records R --summary`: the table of the records alone (a fresh clone's view)."""
+    s, _, rec_dir = finished
+    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(st, "load_protocol", lambda *a, **k: tiny)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "tiny", "--out", str(tmp_path / "view"), "--records", str(rec_dir), "--summary"])
+    assert e.value.code in (0, None)
+    md = (tmp_path / "view" / "table.md").read_text()
+    assert "complete: all 4 units" in md and md in capsys.readouterr().out
+    again = json.loads((tmp_path / "view" / "results.json").read_text())
+    assert _strip_times(again["rows"]) == _strip_times(s["rows"])

@@ -598,7 +598,8 @@ def study(
     plan: Annotated[bool, typer.Option("--plan", help="print the unit queue, what is done and the cost "
                                                       "estimate; write nothing")] = False,
     summary_only: Annotated[bool, typer.Option("--summary", help="only rewrite table.md, results.json and "
-                                                                 "plots from the finished units")] = False,
+                                                                 "plots from the finished units (with --records: "
+                                                                 "those recorded there too); runs nothing")] = False,
 ) -> None:
     """A collapse study: every (seed, space, method) of the protocol searched (with lambda_max tracked),
     its cell retrained (or looked up: S5), the papers' analyses over all runs into OUT/table.md,
@@ -626,7 +627,9 @@ def study(
                           if est["retrain_unpriced"] else "")
                        + (f"; figures: {est['measured']}" if est["measured"] else ""))
             return
-        if summary_only:
+        if summary_only and records is not None:  # the table of committed records: import them, run nothing
+            st.run_study(proto, out, records=records, max_units=0, log=lambda _m: None)
+        elif summary_only:
             st.summarise(proto, out)
         else:
             st.run_study(proto, out, backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task),
