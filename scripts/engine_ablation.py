@@ -35,21 +35,11 @@ from stablenas.supernet.network import engine_options
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default="darts")
-    p.add_argument("--size", default="paper", choices=sorted(B.SIZES))
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--input")
-    p.add_argument("--update", default="first", choices=["first", "second"])
+    B.add_size_arguments(p, "paper")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bc = B.sized(args.size, space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
-                 input=B.parse_input(args.input) if args.input else None)
+    bc = B.sized_from_args(args)
     cl = B.make_search(B._base_config(bc, args.update), bc)
     cf_cfg = B._base_config(bc, args.update)
     cf_cfg["network"] = {**cf_cfg["network"], "channels_last": False}

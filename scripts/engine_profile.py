@@ -41,21 +41,11 @@ def _profile(fn, device: torch.device, top: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default="darts")
-    p.add_argument("--size", default="cpu-study", choices=sorted(B.SIZES))
-    p.add_argument("--cells", type=int)
-    p.add_argument("--channels", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--input")
-    p.add_argument("--update", default="first", choices=["first", "second"])
-    p.add_argument("--threads", type=int, default=None)
+    B.add_size_arguments(p, "cpu-study")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bc = B.sized(args.size, space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
-                 input=B.parse_input(args.input) if args.input else None)
+    bc = B.sized_from_args(args)
     search = B.make_search(B._base_config(bc, args.update), bc)
     train, val = B._batches(search)
     _, step = B._plain_model(search, bc, channels_last=True)

@@ -105,6 +105,27 @@ def sized(name: str, **overrides: Any) -> BenchConfig:
     return BenchConfig(size=name, **fields)
 
 
+def add_size_arguments(parser: Any, default_size: str) -> None:
+    """The size options of the engine scripts (scripts/engine_*.py): a named size, each field overridable,
+    the update rule and the thread count; read back with :func:`sized_from_args`."""
+    parser.add_argument("--space", default="darts")
+    parser.add_argument("--size", default=default_size, choices=sorted(SIZES))
+    parser.add_argument("--cells", type=int)
+    parser.add_argument("--channels", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--input")
+    parser.add_argument("--update", default="first", choices=["first", "second"])
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def sized_from_args(args: Any) -> BenchConfig:
+    """The :class:`BenchConfig` of :func:`add_size_arguments`' options (sets the thread count first)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return sized(args.size, space=args.space, cells=args.cells, channels=args.channels, batch=args.batch,
+                 input=parse_input(args.input) if args.input else None)
+
+
 def parse_input(text: str) -> tuple[int, int, int]:
     """'3x32x32' -> (3, 32, 32)."""
     parts = text.lower().replace(",", "x").split("x")
