@@ -323,11 +323,12 @@ def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) 
         disc = json.loads(disc_file.read_text())
     else:
         search = load_search(sdir)
-        disc = discretization_drop(search, search.genotype(), max_batches=disc_batches)
+        current = search.genotype()  # once: iDARTS's decorrelation rule is a pass over held-out images
+        disc = discretization_drop(search, current, max_batches=disc_batches)
         disc.pop("genotype", None)
         # the same with batch statistics: the running ones were gathered under the op mixture, and a
         # discretised cell's activations have other statistics (eval-mode drops of 63-74 points on S5)
-        batch_bn = discretization_drop(search, search.genotype(), max_batches=disc_batches, bn="train")
+        batch_bn = discretization_drop(search, current, max_batches=disc_batches, bn="train")
         disc["batch_bn"] = {k: v for k, v in batch_bn.items() if k != "genotype"}
         atomic_write_text(disc_file, json.dumps(disc) + "\n")
     genotype = run.genotype
