@@ -192,3 +192,24 @@ def test_engine_options_is_scoped_and_leaves_plain_modules_alone():
     with N.engine_options(plain, fused=False):  # the plain reference has no engine: unchanged
         pass
     assert not hasattr(plain, "engine")
+
+
+@pytest.mark.parametrize("space,layers", [("darts", 3), ("nb201", 1)])
+def test_channels_last_whatever_the_substituted_weights_strides(space, layers):
+    """Weights made by arithmetic (the unrolled step's w - xi * dw) come back channels-first; on a
+    1-channel input, where every stem weight and input is contiguous in both layouts, the network
+    ran channels-first from the stem on (2x slower). The last cell's output (the global pooling's
+    input: the fused path calls no cell module) must still be channels_last."""
+    _, fast, _, arch = _pair(space, layers=layers)
+    x = torch.randn(4, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    seen = []
+    hook = fast.global_pooling.register_forward_pre_hook(lambda m, args: seen.append(K.is_channels_last(args[0])))
+    try:
+        cf = {n: p.detach().clone(memory_format=torch.contiguous_format) for n, p in fast.named_parameters()}
+        assert not any(K.is_channels_last(v) for v in cf.values())
+        out_sub = functional_call(fast, cf, (x, arch.op_weights()))
+        out_own = fast(x, arch.op_weights())
+    finally:
+        hook.remove()
+    assert seen == [True, True]
+    assert _close(out_sub, out_own)
