@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,3 +215,28 @@ def test_channels_last_whatever_the_substituted_weights_strides(space, layers):
         hook.remove()
     assert seen == [True, True]
     assert _close(out_sub, out_own)
+
+
+def test_weights_frozen_gives_the_same_alpha_gradients_and_restores():
+    """Frozen weights change only what is computed, not the alpha gradient (double backward too), and
+    every parameter that required grad requires it again afterwards, also after an exception."""
+    _, fast, _, arch = _pair(layers=3, C=4)
+    x = torch.randn(4, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    frozen_by_user = fast.classifier.bias
+    frozen_by_user.requires_grad_(False)
+    out = []
+    for freeze in (False, True):
+        with N.double_backward_mode(fast), (N.weights_frozen(fast) if freeze else contextlib.nullcontext()):
+            loss = F.cross_entropy(fast(x, arch.op_weights(), arch.edge_weights()), y)
+            g = torch.autograd.grad(loss, list(arch.parameters()), create_graph=True)
+            v = [torch.ones_like(t) for t in g]
+            hv = torch.autograd.grad(g, list(arch.parameters()), grad_outputs=v)
+        out.append([t.detach() for t in g] + list(hv))
+    for a, b in zip(*out):
+        assert _close(a, b, 1e-5)
+    with pytest.raises(RuntimeError), N.weights_frozen(fast):
+        assert not any(p.requires_grad for p in fast.parameters())
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in fast.parameters() if p is not frozen_by_user)
+    assert not frozen_by_user.requires_grad

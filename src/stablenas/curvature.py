@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import distributed as dist
-from .supernet.network import double_backward_mode
+from .supernet.network import double_backward_mode, weights_frozen
 
 if TYPE_CHECKING:
     from .search.loop import Search
@@ -125,7 +125,7 @@ class AlphaObjective:
 
     @contextmanager
     def mode(self):
-        with measuring_mode(self.net, self.bn), double_backward_mode(self.net):
+        with measuring_mode(self.net, self.bn), double_backward_mode(self.net), weights_frozen(self.net):
             yield
 
 

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from .. import distributed as dist
+from ..supernet.network import weights_frozen
 from ._common import BNMode, Projection, RampedPerturbation, RampOptions, perturbed_loss, project, uniform_like
 from .base import Batch, Mix, register_method
 
@@ -56,7 +57,8 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
         cts = list(a)
         # allow_unused: a cell type may have no cell in a shallow network (layers < 3: no reductions)
         # averaged over ranks: the ascent direction of the global-batch loss
-        grads = dist.grad(loss_at(a), [a[ct] for ct in cts], allow_unused=True)
+        with weights_frozen(search.net):  # the ascent needs op-weight gradients only
+            grads = dist.grad(loss_at(a), [a[ct] for ct in cts], allow_unused=True)
         with torch.no_grad():
             stepped = {ct: a[ct] if g is None else a[ct] + lr * g.sign() for ct, g in zip(cts, grads)}
             ball = {ct: clean[ct] + (stepped[ct] - clean[ct]).clamp(-eps, eps) for ct in cts}

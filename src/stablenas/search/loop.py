@@ -51,7 +51,7 @@ from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint, stop_signal
 from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
-from ..supernet.network import double_backward_mode
+from ..supernet.network import double_backward_mode, weights_frozen
 from ..utils import resolve_device, rng_state, seed_everything, set_rng_state, use_deterministic_algorithms
 from .discretize import DISCRETIZERS
 
@@ -319,8 +319,9 @@ class Search:
 
     def first_order_grad(self, val_batch: Batch) -> list[torch.Tensor]:
         xv, yv = val_batch
-        loss = self.loss(xv, yv, self.mix("arch", val_batch))
-        return list(dist.grad(loss, list(self.arch.parameters()), allow_unused=True))
+        with weights_frozen(self.net):  # alpha only: no weight gradients computed (custom kernels too)
+            loss = self.loss(xv, yv, self.mix("arch", val_batch))
+            return list(dist.grad(loss, list(self.arch.parameters()), allow_unused=True))
 
     def second_order_grad(self, train_batch: Batch, val_batch: Batch) -> list[torch.Tensor]:
         """DARTS unrolled gradient (robust-darts App. A, eq. 12-14).
