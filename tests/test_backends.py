@@ -57,6 +57,71 @@ def test_a_raising_task_stops_the_pool_instead_of_running_the_whole_queue(tmp_pa
     assert time.perf_counter() - t0 < 12.0
 
 
+class _Owner:
+    _signal = None
+
+
+def _run_until_signalled(task: tuple[str, str]) -> dict:
+    """A stand-in for a search: runs ~30 s, or on SIGINT/SIGTERM 'saves a checkpoint' and raises InterruptedRun."""
+    from stablenas.errors import InterruptedRun
+    from stablenas.rundir import stop_signals
+
+    name, folder = task
+    with open(os.path.join(folder, f"{name}.started"), "w") as f:
+        f.write(str(os.getpid()))
+    owner = _Owner()
+    with stop_signals(owner):
+        for _ in range(600):
+            if owner._signal is not None:
+                open(os.path.join(folder, f"{name}.saved"), "w").close()
+                raise InterruptedRun(f"{name}: checkpoint saved", owner._signal)
+            time.sleep(0.05)
+    return {"name": name}
+
+
+def _when_started(folder, n: int, then) -> threading.Thread:
+    def watch():
+        for _ in range(1200):
+            started = sorted(p for p in os.listdir(folder) if p.endswith(".started"))
+            if len(started) >= n:
+                then([int(open(os.path.join(folder, p)).read() or 0) for p in started])
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("target", ["parent", "one-worker"])
+def test_a_signal_stops_every_worker_and_no_queued_task_starts(tmp_path, target):
+    """SIGTERM to the parent (before: it died and its workers ran on through the tasks already handed
+    to them) or to one worker (before: it started the next task, the other ran its unit to the end):
+    every running task saves its checkpoint, none of the queued ones starts, InterruptedRun (143)."""
+    from stablenas.errors import InterruptedRun
+
+    tasks = [(f"t{i}", str(tmp_path)) for i in range(8)]
+    got: list[dict] = []
+
+    def send(pids):
+        time.sleep(0.3)
+        os.kill(os.getpid() if target == "parent" else pids[0], signal.SIGTERM)
+
+    watcher = _when_started(tmp_path, 2, send)
+    t0 = time.perf_counter()
+    with pytest.raises(InterruptedRun, match="run the same command again") as info:
+        LocalBackend(jobs=2).run(_run_until_signalled, tasks, got.append, key=lambda t: t[0])
+    watcher.join(5)
+    assert info.value.exit_code == 143
+    started = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".started"))
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".saved"))
+    assert len(started) == 2, started
+    assert [s.replace(".saved", "") for s in saved] == [s.replace(".started", "") for s in started]
+    assert got == []
+    assert time.perf_counter() - t0 < 25.0  # a task runs 30 s unless stopped
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def _kill_first_worker(run_dir, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the process writing ``run_dir`` once its first epoch is checkpointed (the pid is in run.lock)."""
     lock, metrics = run_dir / "run.lock", run_dir / "metrics.jsonl"

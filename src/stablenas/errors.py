@@ -87,6 +87,9 @@ class InterruptedRun(StablenasError):
         super().__init__(message)
         self.signum = int(signum)
 
+    def __reduce__(self):  # the signal survives the trip from a pool worker
+        return (type(self), (str(self), self.signum))
+
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         return 128 + self.signum

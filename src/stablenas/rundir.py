@@ -693,13 +693,72 @@ def write_plan(path: Path, plan: dict) -> None:
     atomic_write_text(Path(path), json.dumps(plan, indent=1) + "\n")
 
 
+# --------------------------------------------------------------------------------------------
+# process pools: stopping on a signal
+#
+# Why: a pool's workers are processes of their own. SIGTERM to the parent alone (a scheduler, `kill`)
+# killed it and left the workers running, each taking the tasks already handed to it; a worker
+# signalled alone (Ctrl-C reaches every process of the terminal's group) saved its checkpoint but
+# then started the next queued task, and the other workers ran their units to the end. Now a
+# signal to the parent is passed to every worker, a signalled worker starts no further task, and
+# the pool ends with InterruptedRun once every running task has saved its checkpoint.
+
+_WORKER_STOP: int | None = None  # in a pool worker: the signal that stopped it
+_IN_TASK = False  # in a pool worker: a task is running
+
+
+def _worker_signal(signum, frame) -> None:
+    """A pool worker's handler where no run has its own (a run checkpoints, then raises): inside a
+    task it stops the task (a second signal at once), between tasks it only keeps the next one from
+    starting."""
+    global _WORKER_STOP
+    first = _WORKER_STOP is None
+    if first:
+        _WORKER_STOP = signum
+    if _IN_TASK:
+        if not first:
+            raise KeyboardInterrupt
+        raise InterruptedRun(f"stopped by {signal.Signals(signum).name} between runs", signum)
+
+
+def _pool_worker_init() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _worker_signal)
+
+
+def _pool_call(fn: Callable[[Any], dict], task: Any) -> dict:
+    """``fn(task)`` in a pool worker, unless a signal stopped this worker already (then not started)."""
+    global _WORKER_STOP, _IN_TASK
+    if _WORKER_STOP is not None:
+        raise InterruptedRun("not started: the worker was stopped", _WORKER_STOP)
+    _IN_TASK = True
+    try:
+        return fn(task)
+    except InterruptedRun as e:
+        _WORKER_STOP = _WORKER_STOP or e.signum
+        raise
+    except KeyboardInterrupt:
+        _WORKER_STOP = _WORKER_STOP or signal.SIGINT
+        raise
+    finally:
+        _IN_TASK = False
+
+
+def _signal_workers(ex: Any, signum: int) -> None:
+    for p in list((getattr(ex, "_processes", None) or {}).values()):
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(p.pid, signum)
+
+
 def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callable[[dict], None], *,
              key: Callable[[Any], Any] | None = None, restarts: int = 4,
              log: Callable[[str], None] | None = None) -> None:
     """Run ``fn`` over ``tasks`` (in ``jobs`` spawned processes when > 1), calling ``on_done`` with
     each result as it arrives.  A worker killed from outside breaks the pool; with ``key`` (task ->
     result identity) the unfinished tasks are retried in a new pool up to ``restarts`` times (each
-    task resumes its own run directory)."""
+    task resumes its own run directory).  SIGINT/SIGTERM to this process, or a task interrupted by
+    one, stops every worker (each running task saves its checkpoint, no queued task starts) and
+    raises :class:`InterruptedRun`; a second signal raises ``KeyboardInterrupt`` at once."""
     if jobs <= 1:
         for t in tasks:
             on_done(fn(t))
@@ -711,30 +770,76 @@ def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callabl
     from concurrent.futures.process import BrokenProcessPool
 
     done: set = set()
-    for attempt in range(restarts + 1):
-        todo = [t for t in tasks if key is None or key(t) not in done]
-        try:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-                futures = {ex.submit(fn, t): t for t in todo}
-                for f in as_completed(futures):
-                    try:
-                        r = f.result()
-                    except BrokenProcessPool:
-                        raise
-                    except BaseException:
-                        # a task raised: stop now, not after the whole queue (leaving the `with` would
-                        # wait for every queued task); running tasks finish, the queued ones never start
-                        ex.shutdown(wait=True, cancel_futures=True)
-                        raise
-                    if key is not None:
-                        done.add(key(futures[f]))
-                    on_done(r)
-            return
-        except BrokenProcessPool:
-            if key is None or attempt == restarts:
-                raise
-            if log:
-                log(f"a worker process died; restarting the pool (attempt {attempt + 2}/{restarts + 1})")
+    finished = 0
+    stop: list[int] = []
+    signalled: list[bool] = []
+    current: list[Any] = []
+
+    def stop_workers(ex: Any) -> None:  # once: a second signal makes a worker's run give up its step
+        if not signalled:
+            signalled.append(True)
+            _signal_workers(ex, signal.SIGTERM)
+
+    def handler(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        for ex in current:
+            stop_workers(ex)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        for attempt in range(restarts + 1):
+            todo = [t for t in tasks if key is None or key(t) not in done]
+            try:
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                         initializer=_pool_worker_init) as ex:
+                    current[:] = [ex]
+                    futures = {ex.submit(_pool_call, fn, t): t for t in todo}
+                    for f in as_completed(futures):
+                        try:
+                            r = f.result()
+                        except BrokenProcessPool:
+                            raise
+                        except InterruptedRun as e:
+                            # one task was signalled (or this process was): every worker saves and stops
+                            if not stop:
+                                stop.append(e.signum)
+                            stop_workers(ex)
+                            ex.shutdown(wait=True, cancel_futures=True)
+                            break
+                        except BaseException:
+                            # a task raised: stop now, not after the whole queue (leaving the `with` would
+                            # wait for every queued task); running tasks finish, the queued ones never start
+                            ex.shutdown(wait=True, cancel_futures=True)
+                            raise
+                        if key is not None:
+                            done.add(key(futures[f]))
+                        finished += 1
+                        on_done(r)
+                    else:
+                        if not stop or finished == len(tasks):
+                            return
+                    ex.shutdown(wait=True, cancel_futures=True)
+                break
+            except BrokenProcessPool:
+                if stop:
+                    break
+                if key is None or attempt == restarts:
+                    raise
+                if log:
+                    log(f"a worker process died; restarting the pool (attempt {attempt + 2}/{restarts + 1})")
+            finally:
+                current.clear()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if stop:
+        name = signal.Signals(stop[0]).name
+        raise InterruptedRun(f"interrupted by {name}: every running task saved its checkpoint and no queued one "
+                             f"started ({finished} of {len(tasks)} finished); run the same command again to "
+                             "resume", stop[0])
 
 
 __all__ = [
