@@ -14,6 +14,8 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-conv-avg-pool  average pooling by torch's avg_pool2d instead of a ones-kernel depthwise conv
   no-phase-dilation dilated depthwise convs run as dilated convs, not as plain convs on polyphase inputs
   no-tiled-dw5      5x5 depthwise weight gradients on small maps by the library kernel
+  no-recompute      activations inside sep/dil convs stored for backward instead of recomputed
+  dense-grads       (off by default) node gradients made dense before the BN backwards that read them
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
   plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
 Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.
@@ -38,6 +40,8 @@ def main() -> None:
     B.add_size_arguments(p, "paper")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time (a machine shared with other jobs)")
     args = p.parse_args()
     bc = B.sized_from_args(args)
     cl = B.make_search(B._base_config(bc, args.update), bc)
@@ -65,9 +69,12 @@ def main() -> None:
         "no-conv-avg-pool": (it_cl, undo(conv_avg_pool=False)),
         "no-phase-dilation": (it_cl, undo(phase_dilation="never")),
         "no-tiled-dw5": (it_cl, undo(small_dw5="never")),
+        "no-recompute": (it_cl, undo(recompute=False)),
+        "dense-grads": (it_cl, undo(dense_grads=True)),
         "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),
         "plain-darts-cl": (lambda: plain_cl_step(tc, vc, unrolled=unrolled), contextlib.nullcontext),
     }
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(args.warmup + args.repeats):
@@ -75,14 +82,14 @@ def main() -> None:
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn, ctx = variants[name]
             with ctx():
-                t = time.perf_counter()
+                t = clock()
                 fn()
-                dt = time.perf_counter() - t
+                dt = clock() - t
             if r >= args.warmup:
                 times[name].append(dt)
     base = statistics.median(times["engine"])
     print(f"{bc.size}: {bc.cells} cells x {bc.channels} channels, batch {bc.batch}, input {bc.input}; "
-          f"{args.update}-order iteration; {torch.get_num_threads()} threads; load1 {B._load()}")
+          f"{args.update}-order iteration; {torch.get_num_threads()} threads; {args.clock} clock; load1 {B._load()}")
     print(f"| variant | s / {args.update}-order iteration (median) | min-max | x engine time (paired median) |")
     print("|---|---|---|---|")
     for name, ts in times.items():
