@@ -75,8 +75,9 @@ def like(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
-def dense_grad(x: torch.Tensor) -> torch.Tensor:
-    """``x``, with the gradient that reaches it made dense in ``x``'s layout before it flows on.
+def dense_grad(x: torch.Tensor, opts: EngineOptions = DEFAULT) -> torch.Tensor:
+    """``x``, with the gradient that reaches it made dense in ``x``'s layout before it flows on
+    (under ``opts.dense_grads``; otherwise ``x`` untouched).
 
     Why: a node's gradient arrives as a channel slice of the cell's concatenated output gradient
     (``torch.cat``'s backward), which in channels_last is not dense; the engine folds the op weight
@@ -86,7 +87,7 @@ def dense_grad(x: torch.Tensor) -> torch.Tensor:
     supernet never sees this because its ``w * op(x)`` multiplication makes a dense copy. One copy
     per node here, instead of one per op.
     """
-    if x.requires_grad:
+    if opts.dense_grads and x.requires_grad:
         fmt = like(x)
         x.register_hook(lambda g: g.contiguous(memory_format=fmt))
     return x

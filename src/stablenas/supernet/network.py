@@ -540,7 +540,7 @@ class SearchCell(nn.Module):
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
-            states.append(in1.derive(K.dense_grad(s) if in1.opts.dense_grads else s))
+            states.append(in1.derive(K.dense_grad(s, in1.opts)))
         return torch.cat([st.x for st in states[self.space.n_inputs:]], dim=1)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
@@ -667,7 +667,7 @@ class NB201SearchCell(nn.Module):
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
-            states.append(states[0].derive(K.dense_grad(s) if self.engine.dense_grads else s) if fast else s)
+            states.append(states[0].derive(K.dense_grad(s, self.engine)) if fast else s)
         return states[-1].x if fast else states[-1]
 
 
