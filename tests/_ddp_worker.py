@@ -238,6 +238,16 @@ def _train_case(rank: int, world: int) -> dict:
 
 
 def main(rank: int, world: int, port: int, out: str) -> None:
+    """One rank. Its C-level stderr goes to ``OUT.rankR.log`` with faulthandler on, so a rank that
+    dies by a signal leaves the Python stack it died in (the test shows it); rank 0 rewrites the
+    results after every case, so a crash shows how far the job got."""
+    import faulthandler
+    import sys
+
+    log = open(f"{out}.rank{rank}.log", "w", buffering=1)  # noqa: SIM115 (lives as long as the rank)
+    os.dup2(log.fileno(), 2)
+    sys.stderr = log
+    faulthandler.enable(log, all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
@@ -247,8 +257,12 @@ def main(rank: int, world: int, port: int, out: str) -> None:
     results = []
     import time
 
+    def stage(msg: str) -> None:
+        print(f"[rank {rank} {time.strftime('%H:%M:%S')}] {msg}", file=log)
+
     only = os.environ.get("DDP_CASES")
     for name in (only.split(",") if only else [*CASES, "train"]):
+        stage(f"case {name}")
         try:
             t = time.perf_counter()
             results.append(_train_case(rank, world) if name == "train" else _case(name, rank, world))
@@ -256,7 +270,15 @@ def main(rank: int, world: int, port: int, out: str) -> None:
         except Exception:
             results.append({"case": name, "error": traceback.format_exc()})
             break  # a failed collective leaves the ranks out of step: stop here
-    if rank == 0:
-        with open(out, "w") as f:
-            json.dump(results, f)
+        finally:
+            if rank == 0:
+                tmp = f"{out}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump(results, f)
+                os.replace(tmp, out)
+    stage("all cases done; barrier")
+    if "error" not in results[-1]:
+        dist.barrier()  # neither rank tears the group down while the other still talks to it
+    stage("shutdown")
     dist.shutdown()
+    stage("exit")

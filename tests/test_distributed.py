@@ -17,10 +17,12 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch.multiprocessing.spawn import ProcessException
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ddp_worker  # noqa: E402
@@ -35,11 +37,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_job(out: Path) -> tuple[dict, str | None]:
+    """Run the 2-rank job once: (rank 0's results by case, None) or, when a rank died, what the
+    ranks' logs say (stage lines, the faulthandler stack, gloo's messages)."""
+    try:
+        torch.multiprocessing.spawn(_ddp_worker.main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+        failure = None
+    except ProcessException as e:
+        logs = [f"--- rank {r} ---\n" + Path(f"{out}.rank{r}.log").read_text(errors="replace")[-4000:]
+                for r in range(2) if Path(f"{out}.rank{r}.log").exists()]
+        failure = f"{e}\n" + "\n".join(logs)
+    results = {r["case"]: r for r in json.loads(out.read_text())} if out.exists() else {}
+    return results, failure
+
+
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "results.json"
-    torch.multiprocessing.spawn(_ddp_worker.main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return {r["case"]: r for r in json.loads(out.read_text())}
+    """The job's results. A rank killed by a signal (seen: gloo's SIGABRT, 'terminate called without
+    an active exception', in about one full CI suite in three, never in isolation) fails nothing by
+    itself when every case had finished on both ranks (the tests below judge the results; the
+    launcher tests check a clean exit); a death mid-job gets one rerun, and its logs go out as a
+    warning so the crash stays visible."""
+    every = [*_ddp_worker.CASES, "train"]
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("ddp") / "results.json"
+        results, failure = _spawn_job(out)
+        if failure is None:
+            return results
+        finished = set(results) == set(every) and all("error" not in r for r in results.values()) and all(
+            "all cases done" in Path(f"{out}.rank{r}.log").read_text(errors="replace") for r in range(2))
+        warnings.warn(f"2-rank job, attempt {attempt + 1}: a rank died "
+                      f"({'after' if finished else 'before'} every case had finished): {failure}", stacklevel=1)
+        if finished:
+            return results
+    pytest.fail(f"the 2-rank job died twice; last time: {failure}")
 
 
 # finite-difference HVPs divide a difference by 2 eps: float32 round-off of the reduction order grows there
