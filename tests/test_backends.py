@@ -122,6 +122,38 @@ def test_a_signal_stops_every_worker_and_no_queued_task_starts(tmp_path, target)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def _sleep_without_handler(task: tuple[str, str]) -> dict:
+    """A stand-in for the moment between two runs of a study unit (search done, retraining not yet
+    begun): ~30 s with no run's signal handler on."""
+    name, folder = task
+    with open(os.path.join(folder, f"{name}.started"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(30)
+    return {"name": name}
+
+
+@pytest.mark.parametrize("task", ["in-a-run", "between-runs"])
+def test_one_job_stops_on_a_signal_with_the_resume_message(tmp_path, task):
+    """--jobs 1 runs the tasks in this process. SIGTERM inside a run: it saves and no further task
+    starts; between two runs (before: the default action, the process gone without a word, here the
+    test process itself): InterruptedRun at once, exit code 143, the handlers restored."""
+    from stablenas.errors import InterruptedRun
+
+    fn = _run_until_signalled if task == "in-a-run" else _sleep_without_handler
+    tasks = [(f"t{i}", str(tmp_path)) for i in range(3)]
+    got: list[dict] = []
+    watcher = _when_started(tmp_path, 1, lambda pids: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGTERM)))
+    t0 = time.perf_counter()
+    with pytest.raises(InterruptedRun, match=r"SIGTERM.*0 of 3 finished.*run the same command again") as info:
+        LocalBackend(jobs=1).run(fn, tasks, got.append, key=lambda t: t[0])
+    watcher.join(5)
+    assert info.value.exit_code == 143
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".started")) == ["t0.started"]
+    assert (tmp_path / "t0.saved").exists() == (task == "in-a-run")
+    assert got == [] and time.perf_counter() - t0 < 10.0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def _kill_first_worker(run_dir, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the process writing ``run_dir`` once its first epoch is checkpointed (the pid is in run.lock)."""
     lock, metrics = run_dir / "run.lock", run_dir / "metrics.jsonl"

@@ -750,6 +750,37 @@ def _signal_workers(ex: Any, signum: int) -> None:
             os.kill(p.pid, signum)
 
 
+def _stopped_message(signum: int, finished: int, total: int) -> str:
+    return (f"interrupted by {signal.Signals(signum).name}: every running task saved its checkpoint and no queued "
+            f"one started ({finished} of {total} finished); run the same command again to resume")
+
+
+def _run_here(fn: Callable[[Any], dict], tasks: list, on_done: Callable[[dict], None]) -> None:
+    """``run_pool`` with one job: the tasks one after another in this process, under the workers'
+    signal rule (before: a SIGTERM between two runs of a task, where no run had its handler on,
+    ended the process without a word). A run's own handler checkpoints and raises; between runs the
+    task stops at once; after a task no further one starts."""
+    global _WORKER_STOP
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, _worker_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    finished = 0
+    try:
+        for t in tasks:
+            r = _pool_call(fn, t)
+            finished += 1
+            on_done(r)
+            if _WORKER_STOP is not None:  # signalled while on_done ran: no further task
+                break
+        if _WORKER_STOP is not None and finished < len(tasks):
+            raise InterruptedRun(_stopped_message(_WORKER_STOP, finished, len(tasks)), _WORKER_STOP)
+    except InterruptedRun as e:
+        raise InterruptedRun(_stopped_message(e.signum, finished, len(tasks)), e.signum) from None
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        _WORKER_STOP = None
+
+
 def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callable[[dict], None], *,
              key: Callable[[Any], Any] | None = None, restarts: int = 4,
              log: Callable[[str], None] | None = None) -> None:
@@ -760,8 +791,7 @@ def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callabl
     one, stops every worker (each running task saves its checkpoint, no queued task starts) and
     raises :class:`InterruptedRun`; a second signal raises ``KeyboardInterrupt`` at once."""
     if jobs <= 1:
-        for t in tasks:
-            on_done(fn(t))
+        _run_here(fn, tasks, on_done)
         return
     if not tasks:
         return
@@ -836,10 +866,7 @@ def run_pool(fn: Callable[[Any], dict], tasks: list, jobs: int, on_done: Callabl
         for sig, h in old.items():
             signal.signal(sig, h)
     if stop:
-        name = signal.Signals(stop[0]).name
-        raise InterruptedRun(f"interrupted by {name}: every running task saved its checkpoint and no queued one "
-                             f"started ({finished} of {len(tasks)} finished); run the same command again to "
-                             "resume", stop[0])
+        raise InterruptedRun(_stopped_message(stop[0], finished, len(tasks)), stop[0])
 
 
 __all__ = [
