@@ -37,16 +37,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rank_logs(out: Path) -> list[str]:
+    """Each rank's log (stage lines, the faulthandler stack, gloo's messages); '' where none was written."""
+    return [Path(f"{out}.rank{r}.log").read_text(errors="replace") if Path(f"{out}.rank{r}.log").exists() else ""
+            for r in range(2)]
+
+
 def _spawn_job(out: Path) -> tuple[dict, str | None]:
     """Run the 2-rank job once: (rank 0's results by case, None) or, when a rank died, what the
-    ranks' logs say (stage lines, the faulthandler stack, gloo's messages)."""
+    ranks' logs say."""
     try:
         torch.multiprocessing.spawn(_ddp_worker.main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
         failure = None
     except ProcessException as e:
-        logs = [f"--- rank {r} ---\n" + Path(f"{out}.rank{r}.log").read_text(errors="replace")[-4000:]
-                for r in range(2) if Path(f"{out}.rank{r}.log").exists()]
-        failure = f"{e}\n" + "\n".join(logs)
+        failure = f"{e}\n" + "\n".join(f"--- rank {r} ---\n{log[-4000:]}" for r, log in enumerate(_rank_logs(out)))
     results = {r["case"]: r for r in json.loads(out.read_text())} if out.exists() else {}
     return results, failure
 
@@ -65,7 +69,7 @@ def job(tmp_path_factory):
         if failure is None:
             return results
         finished = set(results) == set(every) and all("error" not in r for r in results.values()) and all(
-            "all cases done" in Path(f"{out}.rank{r}.log").read_text(errors="replace") for r in range(2))
+            "all cases done" in log for log in _rank_logs(out))
         warnings.warn(f"2-rank job, attempt {attempt + 1}: a rank died "
                       f"({'after' if finished else 'before'} every case had finished): {failure}", stacklevel=1)
         if finished:
