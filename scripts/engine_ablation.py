@@ -15,7 +15,8 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-phase-dilation dilated depthwise convs run as dilated convs, not as plain convs on polyphase inputs
   no-tiled-dw5      5x5 depthwise weight gradients on small maps by the library kernel
   no-recompute      activations inside sep/dil convs stored for backward instead of recomputed
-  dense-grads       (off by default) node gradients made dense before the BN backwards that read them
+  no-dense-grads    node gradients reach the BN backwards that read them as channel slices (not dense)
+  conv-pointwise    1x1 convs by the library conv instead of a matrix product on the NHWC view
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
   plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
 Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.
@@ -70,7 +71,8 @@ def main() -> None:
         "no-phase-dilation": (it_cl, undo(phase_dilation="never")),
         "no-tiled-dw5": (it_cl, undo(small_dw5="never")),
         "no-recompute": (it_cl, undo(recompute=False)),
-        "dense-grads": (it_cl, undo(dense_grads=True)),
+        "no-dense-grads": (it_cl, undo(dense_grads=False)),
+        "conv-pointwise": (it_cl, undo(linear_pw="never")),
         "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),
         "plain-darts-cl": (lambda: plain_cl_step(tc, vc, unrolled=unrolled), contextlib.nullcontext),
     }

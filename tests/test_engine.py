@@ -53,11 +53,12 @@ def _grads(net, arch, x, y):
     return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
 
-@pytest.mark.parametrize("opts", [ALL_ON, N.EngineOptions(recompute=False), N.EngineOptions(dense_grads=True),
+@pytest.mark.parametrize("opts", [ALL_ON, N.EngineOptions(recompute=False), N.EngineOptions(dense_grads=False),
+                                  N.EngineOptions(linear_pw="never"), N.EngineOptions(linear_pw="always"),
                                   N.EngineOptions(shared_pools=False),
                                   N.EngineOptions(conv_avg_pool=False), N.EngineOptions(phase_dilation="never"),
                                   N.EngineOptions(small_dw5="never"), N.EngineOptions(double_backward=True)],
-                         ids=["all-on", "no-recompute", "dense-grads", "no-shared-pools", "no-conv-avg-pool",
+                         ids=["all-on", "no-recompute", "no-dense-grads", "conv-pw", "linear-pw-always", "no-shared-pools", "no-conv-avg-pool",
                               "no-phase", "no-tiled-dw5", "double-backward"])
 @pytest.mark.parametrize("space,kw", [("darts", {}), ("darts", {"partial_k": 2, "C": 8}), ("nb201", {"layers": 1})],
                          ids=["darts", "pc-darts", "nb201"])

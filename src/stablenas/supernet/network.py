@@ -269,13 +269,13 @@ def _recompute_here(inp: _Input) -> bool:
 
 
 def _pw_bn(pw: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor, gamma: torch.Tensor | None,
-           on: bool) -> torch.Tensor:
+           on: bool, opts: EngineOptions = DEFAULT) -> torch.Tensor:
     """``gamma * bn(pw(z))``; with ``on`` only ``z`` is kept for backward."""
     if not _plain_pw(pw):
         return _bn(bn, pw(z), gamma)
 
     def f(update, z, w, g, bw, bb):
-        return _bn(bn, F.conv2d(z, w), g, update=update, params=(bw, bb))
+        return _bn(bn, K.pointwise(z, w, opts), g, update=update, params=(bw, bb))
 
     return _recompute(on, f, z, pw.weight, gamma, bn.weight, bn.bias)
 
@@ -289,19 +289,19 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
             opts.where(opts.phase_dilation, inp.x):
         if s == 2:
             z = _depthwise(dw, inp.relu_even(), 1, (k - 1) // 2, 1, opts)
-            return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
+            return _pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts)
         xp = inp.relu_phases()
         b = inp.x.shape[0]
         z = _depthwise(dw, xp, 1, (k - 1) // 2, 1, opts)
         H, W = inp.x.shape[-2:]
         if H % 2 == 0 and W % 2 == 0:
             # pointwise conv and BN are per pixel: stay in phase layout (same BN statistics)
-            return _from_phases(_pw_bn(pw, bn, z, gamma, _recompute_here(inp)), b)
+            return _from_phases(_pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts), b)
         z = _from_phases(z, b)[:, :, :H, :W]
-        return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
+        return _pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts)
     x = inp.relu() if relu is None else relu
     z = _depthwise(dw, x, s, p, d, opts) if _square(dw) else dw(x)
-    return _pw_bn(pw, bn, z, gamma, _recompute_here(inp))
+    return _pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts)
 
 
 def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
@@ -321,17 +321,19 @@ def _sep_conv(op: SepConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Ten
         s2, p2, d2 = dw2.stride[0], dw2.padding[0], dw2.dilation[0]
 
         def mid(update, z, w, bw, bb, w2):
-            y = _bn(a[3], F.conv2d(z, w), None, update=update, params=(bw, bb))
+            y = _bn(a[3], K.pointwise(z, w, opts), None, update=update, params=(bw, bb))
             return K.depthwise(w2, F.relu(y), s2, p2, d2, opts)
 
         z2 = _recompute(on, mid, z1, a[2].weight, a[3].weight, a[3].bias, dw2.weight)
-        return _pw_bn(b[2], b[3], z2, gamma, on)
+        return _pw_bn(b[2], b[3], z2, gamma, on, opts)
     y = _dw_pw_bn(a[1], a[2], a[3], inp, None)
     return _dw_pw_bn(b[1], b[2], b[3], inp, gamma, relu=F.relu(y))
 
 
 def _relu_conv_bn(op: ReLUConvBN, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
     _, conv, bn = op
+    if _plain_pw(conv):
+        return _bn(bn, K.pointwise(inp.relu(), conv.weight, inp.opts), gamma)
     return _bn(bn, conv(inp.relu()), gamma)
 
 
