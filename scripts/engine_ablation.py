@@ -13,7 +13,7 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-shared-pools   every edge pools (and batch-normalises the pooled map) on its own
   no-conv-avg-pool  average pooling by torch's avg_pool2d instead of a ones-kernel depthwise conv
   no-phase-dilation dilated depthwise convs run as dilated convs, not as plain convs on polyphase inputs
-  no-tiled-dw5      5x5 depthwise weight gradients on small maps by the library kernel
+  tiled-dw5         (off by default) 5x5 depthwise weight gradients on small maps from four 3x3 tiles
   no-recompute      activations inside sep/dil convs stored for backward instead of recomputed
   no-dense-grads    node gradients reach the BN backwards that read them as channel slices (not dense)
   conv-pointwise    1x1 convs by the library conv instead of a matrix product on the NHWC view
@@ -69,7 +69,7 @@ def main() -> None:
         "no-shared-pools": (it_cl, undo(shared_pools=False)),
         "no-conv-avg-pool": (it_cl, undo(conv_avg_pool=False)),
         "no-phase-dilation": (it_cl, undo(phase_dilation="never")),
-        "no-tiled-dw5": (it_cl, undo(small_dw5="never")),
+        "tiled-dw5": (it_cl, undo(small_dw5="cpu")),
         "no-recompute": (it_cl, undo(recompute=False)),
         "no-dense-grads": (it_cl, undo(dense_grads=False)),
         "conv-pointwise": (it_cl, undo(linear_pw="never")),

@@ -57,9 +57,9 @@ def _grads(net, arch, x, y):
                                   N.EngineOptions(linear_pw="never"), N.EngineOptions(linear_pw="always"),
                                   N.EngineOptions(shared_pools=False),
                                   N.EngineOptions(conv_avg_pool=False), N.EngineOptions(phase_dilation="never"),
-                                  N.EngineOptions(small_dw5="never"), N.EngineOptions(double_backward=True)],
+                                  N.EngineOptions(small_dw5="always"), N.EngineOptions(double_backward=True)],
                          ids=["all-on", "no-recompute", "no-dense-grads", "conv-pw", "linear-pw-always",
-                              "no-shared-pools", "no-conv-avg-pool", "no-phase", "no-tiled-dw5", "double-backward"])
+                              "no-shared-pools", "no-conv-avg-pool", "no-phase", "tiled-dw5", "double-backward"])
 @pytest.mark.parametrize("space,kw", [("darts", {}), ("darts", {"partial_k": 2, "C": 8}), ("nb201", {"layers": 1})],
                          ids=["darts", "pc-darts", "nb201"])
 def test_every_option_setting_matches_plain(opts, space, kw):

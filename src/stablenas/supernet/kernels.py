@@ -31,8 +31,12 @@ class EngineOptions:
     * ``conv_avg_pool``: 3x3 average pooling as a depthwise conv with a ones kernel (CPU avg_pool2d
       on channels_last maps is slow).
     * ``phase_dilation``: dilated depthwise convs as plain convs on polyphase components.
-    * ``small_dw5`` / ``small_map``: 5x5 depthwise weight gradients from four 3x3 tiles on maps up
-      to ``small_map`` pixels a side.
+    * ``small_dw5`` / ``small_map`` (off): 5x5 depthwise weight gradients from four 3x3 tiles on
+      maps up to ``small_map`` pixels a side. Off by default since session 12: on this torch the
+      library's 5x5 weight gradient was as fast or faster at every supernet shape timed (one
+      thread, e.g. [64, 32, 7, 7] 1.41 vs 1.83 ms, [256, 32, 4, 4] 2.41 vs 2.92 ms), and undoing
+      the tiles made a cpu-study iteration 0.95x (first order) / 0.96x (second order) as long;
+      lambda_max unchanged (22.44 vs 22.47 s).
     * ``double_backward``: every depthwise conv through :class:`DWConv`, whose backward is made of
       depthwise convs again (set by code that differentiates twice: Hessian-vector products, the
       exact unrolled gradient).
@@ -51,7 +55,7 @@ class EngineOptions:
     shared_pools: bool = True
     conv_avg_pool: bool = True
     phase_dilation: Where = "cpu"
-    small_dw5: Where = "cpu"
+    small_dw5: Where = "never"
     small_map: int = 8
     double_backward: bool = False
     recompute: bool = True

@@ -206,9 +206,12 @@ class _Input:
         r = self._cache.get(key)
         if r is None:
             z = self.pooled(pool)
-            with torch.no_grad():
-                var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=1)
-            r = self._cache[key] = (F.batch_norm(z, None, None, None, None, True, 0.0, eps), mean, var)
+            # the BN kernel hands out its batch statistics through running buffers with momentum 1
+            # (mean, unbiased variance): one pass over z instead of a separate var_mean, which on
+            # channels_last maps took longer than the BN itself (1.9 ms/call at [64, 8, 28, 28])
+            mean = z.new_zeros(z.shape[1])
+            var = z.new_ones(z.shape[1])
+            r = self._cache[key] = (F.batch_norm(z, mean, var, None, None, True, 1.0, eps), mean, var)
         return r
 
     def head(self, c: int) -> _Input:
