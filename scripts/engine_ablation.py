@@ -15,6 +15,7 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-phase-dilation dilated depthwise convs run as dilated convs, not as plain convs on polyphase inputs
   tiled-dw5         (off by default) 5x5 depthwise weight gradients on small maps from four 3x3 tiles
   no-recompute      activations inside sep/dil convs stored for backward instead of recomputed
+  checkpoint-recompute  the recomputation by torch.utils.checkpoint instead of the PwBN/SepMid Functions
   no-dense-grads    node gradients reach the BN backwards that read them as channel slices (not dense)
   conv-pointwise    1x1 convs by the library conv instead of a matrix product on the NHWC view
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
@@ -71,6 +72,7 @@ def main() -> None:
         "no-phase-dilation": (it_cl, undo(phase_dilation="never")),
         "tiled-dw5": (it_cl, undo(small_dw5="cpu")),
         "no-recompute": (it_cl, undo(recompute=False)),
+        "checkpoint-recompute": (it_cl, undo(light_recompute="never")),
         "no-dense-grads": (it_cl, undo(dense_grads=False)),
         "conv-pointwise": (it_cl, undo(linear_pw="never")),
         "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),

@@ -242,3 +242,47 @@ def test_weights_frozen_gives_the_same_alpha_gradients_and_restores():
         raise RuntimeError("boom")
     assert all(p.requires_grad for p in fast.parameters() if p is not frozen_by_user)
     assert not frozen_by_user.requires_grad
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("seg", ["pw_bn", "sep_mid"])
+def test_light_recompute_segments_match_autograd(seg, affine):
+    """PwBN / SepMid (recompute without a checkpoint): output, running statistics, first derivatives
+    (their own backward: saved batch statistics, no depthwise rerun) and second derivatives (the
+    rerun-with-autograd backward under create_graph) equal the textbook ops' (float64 gradcheck)."""
+    torch.manual_seed(7)
+    C = 4
+    z = torch.randn(3, C, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    z.requires_grad_(True)
+    w = torch.randn(C, C, 1, 1, dtype=torch.float64, requires_grad=True)
+    wb = (torch.rand(C, dtype=torch.float64) + 0.5).requires_grad_(True) if affine else None
+    bb = torch.randn(C, dtype=torch.float64, requires_grad=True) if affine else None
+    wd = torch.randn(C, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    bn_a = torch.nn.BatchNorm2d(C, affine=False).double()
+    bn_b = torch.nn.BatchNorm2d(C, affine=False).double()
+
+    def light(z, w, wb, bb, wd):
+        if seg == "pw_bn":
+            return K.PwBN.apply(z, w, wb, bb, bn_a)
+        return K.SepMid.apply(z, w, wb, bb, wd, bn_a, (1, 1, 1))
+
+    def textbook(z, w, wb, bb, wd):
+        y = F.batch_norm(F.conv2d(z, w), bn_b.running_mean, bn_b.running_var, wb, bb, True, 0.1, 1e-5)
+        return y if seg == "pw_bn" else F.conv2d(F.relu(y), wd, None, 1, 1, 1, C)
+
+    args = (z, w, wb, bb, wd)
+    a, b = light(*args), textbook(*args)
+    assert torch.allclose(a, b)
+    assert torch.allclose(bn_a.running_mean, bn_b.running_mean) and torch.allclose(bn_a.running_var, bn_b.running_var)
+    g = torch.randn_like(b)
+    used = [t for t in args if t is not None and (seg == "sep_mid" or t is not wd)]
+    for x, y in zip(torch.autograd.grad(a, used, g), torch.autograd.grad(b, used, g)):
+        assert torch.allclose(x, y)
+    ins = tuple(t for t in args if t is not None)
+
+    def f(*ts):
+        it = iter(ts)
+        return light(*[next(it) if t is not None else None for t in args])
+
+    assert torch.autograd.gradcheck(f, ins)
+    assert torch.autograd.gradgradcheck(f, ins)

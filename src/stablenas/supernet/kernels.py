@@ -44,6 +44,12 @@ class EngineOptions:
       first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
       input) are recomputed in backward instead of stored, for ops on maps at least
       ``recompute_min_side`` pixels a side (peak memory; off stores them).
+    * ``light_recompute``: where ``recompute`` applies and nothing differentiates twice, the
+      recomputed segments are two autograd Functions (:class:`PwBN`, :class:`SepMid`) that keep
+      the same tensors as the checkpoint but, in backward, recompute only the pointwise product
+      and the normalisation from saved batch statistics (no second BN statistics pass, no rerun of
+      the depthwise conv whose output is already known, no checkpoint bookkeeping). Off (or under
+      ``double_backward``): ``torch.utils.checkpoint``, which supports double backward.
     * ``linear_pw``: 1x1 convs (stride 1, no groups, no bias) on channels_last maps as one matrix
       product over the pixels (``F.linear`` on the NHWC view, no copy), forward and backward.
     * ``dense_grads`` (off): each node's gradient made dense (:func:`dense_grad`) before it reaches
@@ -62,6 +68,7 @@ class EngineOptions:
     recompute_min_side: int = 16
     dense_grads: bool = True
     linear_pw: Where = "cpu"
+    light_recompute: Where = "cpu"
 
     def where(self, mode: Where, x: torch.Tensor) -> bool:
         return mode == "always" or (mode == "cpu" and x.device.type == "cpu")
@@ -103,6 +110,19 @@ def dense_grad(x: torch.Tensor, opts: EngineOptions = DEFAULT) -> torch.Tensor:
 # -- batch norm with a folded scale --------------------------------------------------------------
 
 
+def folded(bn: nn.BatchNorm2d, gamma: torch.Tensor | None,
+           params: tuple[torch.Tensor | None, torch.Tensor | None] | None = None):
+    """The affine (weight, bias) of ``gamma * bn(.)``: ``gamma`` folded into ``bn``'s own affine
+    (or ``params``, tensors captured earlier)."""
+    weight, bias = (bn.weight, bn.bias) if params is None else params
+    if gamma is not None:
+        # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
+        # weight when input and grad are channels_last (measured on torch 2.13)
+        weight = gamma.expand(bn.num_features).contiguous() if weight is None else weight * gamma
+        bias = None if bias is None else bias * gamma
+    return weight, bias
+
+
 def bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None, *, update: bool = True,
        params: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
     """``gamma * bn(x)`` with the scale applied inside the BN kernel (as its affine weight).
@@ -123,12 +143,7 @@ def bn(bn: nn.BatchNorm2d, x: torch.Tensor, gamma: torch.Tensor | None = None, *
         factor = 0.0  # running stats passed (same saved tensors as the first call) but unchanged
     use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
-    weight, bias = (bn.weight, bn.bias) if params is None else params
-    if gamma is not None:
-        # contiguous: torch's CPU BN backward returns wrong input grads for a stride-0 (expanded)
-        # weight when input and grad are channels_last (measured on torch 2.13)
-        weight = gamma.expand(x.shape[1]).contiguous() if weight is None else weight * gamma
-        bias = None if bias is None else bias * gamma
+    weight, bias = folded(bn, gamma, params)
     return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
                         weight, bias, use_batch, factor, bn.eps)
 
@@ -149,6 +164,143 @@ def pointwise(x: torch.Tensor, w: torch.Tensor, opts: EngineOptions = DEFAULT) -
     if is_channels_last(x) and opts.where(opts.linear_pw, x):
         return F.linear(x.permute(0, 2, 3, 1), w.flatten(1)).permute(0, 3, 1, 2)
     return F.conv2d(x, w)
+
+
+# -- recomputing segments without a checkpoint ----------------------------------------------
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] channels_last -> its [N*H*W, C] matrix view (no copy)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _nchw(m: torch.Tensor, like: torch.Tensor, c: int) -> torch.Tensor:
+    n, _, h, w = like.shape
+    return m.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _bn_train(u: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor | None, bias: torch.Tensor | None):
+    """Training-mode BN of ``u`` with ``bn``'s running-stat update (as :func:`bn`); returns the
+    output and the saved batch mean and inverse std."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    track = bn.track_running_stats and bn.running_mean is not None
+    if track and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    return torch.ops.aten.native_batch_norm(u, weight, bias, bn.running_mean if track else None,
+                                            bn.running_var if track else None, True, factor, bn.eps)
+
+
+def _bn_grads(dy: torch.Tensor, u: torch.Tensor, weight, mean, invstd, eps, need_w: bool, need_b: bool):
+    return torch.ops.aten.native_batch_norm_backward(
+        dy.contiguous(memory_format=torch.channels_last), u, weight, None, None, mean, invstd, True, eps,
+        [True, need_w and weight is not None, need_b])
+
+
+def light_ok(opts: EngineOptions, bn: nn.BatchNorm2d, z: torch.Tensor) -> bool:
+    """Whether :class:`PwBN` / :class:`SepMid` may replace the checkpoint for this segment."""
+    return (opts.where(opts.light_recompute, z) and not opts.double_backward and bn.training
+            and is_channels_last(z) and z.dtype == torch.float32 and torch.is_grad_enabled())
+
+
+def _graph_backward(ctx, fn, inputs: tuple, grad: torch.Tensor) -> tuple:
+    """The input gradients of ``fn(*inputs)`` for ``grad``, by rerunning ``fn`` with autograd: a
+    backward that is itself differentiable (used when backward runs under ``create_graph``). Batch
+    statistics are recomputed in the graph (training-mode BN without running stats), as in the
+    forward, so the result is the exact derivative of the segment."""
+    need = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        out = fn(*inputs)
+        gs = torch.autograd.grad(out, [inputs[i] for i in need], grad, create_graph=True, allow_unused=True)
+    res: list = [None] * len(inputs)
+    for i, gi in zip(need, gs):
+        res[i] = gi
+    return tuple(res)
+
+
+class PwBN(torch.autograd.Function):
+    """``bn(pw(z))`` in training mode, keeping only ``z`` (and the batch statistics) for backward.
+
+    Why: the pointwise output (the BN's input) is a full map; backward recomputes it with one
+    matrix product (the cheapest kernel of the segment) instead of rerunning the whole segment as
+    a checkpoint does. Under ``create_graph`` (a gradient that will be differentiated again)
+    backward reruns the segment with autograd instead (:func:`_graph_backward`), so second
+    derivatives stay exact."""
+
+    @staticmethod
+    def forward(ctx, z, w, weight, bias, bn):
+        w2 = w.flatten(1)
+        u = _nchw(_nhwc(z) @ w2.t(), z, w2.shape[0])
+        y, mean, invstd = _bn_train(u, bn, weight, bias)
+        ctx.save_for_backward(z, w, weight, bias, mean, invstd)
+        ctx.eps = bn.eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        z, w, weight, bias, mean, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_graph_backward(ctx, lambda z, w, weight, bias: F.batch_norm(
+                pointwise(z, w, EngineOptions(linear_pw="always")), None, None, weight, bias, True, 0.0, ctx.eps),
+                (z, w, weight, bias), dy), None)
+        w2 = w.flatten(1)
+        zm = _nhwc(z)
+        u = _nchw(zm @ w2.t(), z, w2.shape[0])
+        du, dweight, dbias = _bn_grads(dy, u, weight, mean, invstd, ctx.eps, ctx.needs_input_grad[2],
+                                       ctx.needs_input_grad[3])
+        dum = _nhwc(du)
+        dz = _nchw(dum @ w2, z, z.shape[1]) if ctx.needs_input_grad[0] else None
+        dw = (dum.t() @ zm).view_as(w) if ctx.needs_input_grad[1] else None
+        return dz, dw, dweight, dbias, None
+
+
+class SepMid(torch.autograd.Function):
+    """The middle of a sep conv, ``dw2(relu(bn(pw(z))))``, keeping only ``z`` and the batch
+    statistics: backward recomputes the pointwise product, normalises with the saved statistics
+    and rectifies, but never reruns the depthwise conv (its output is not needed). First
+    derivatives by rerunning the segment, as :class:`PwBN`."""
+
+    @staticmethod
+    def forward(ctx, z, w, weight, bias, w_dw, bn, geom):
+        stride, padding, dilation = geom
+        w2 = w.flatten(1)
+        u = _nchw(_nhwc(z) @ w2.t(), z, w2.shape[0])
+        y, mean, invstd = _bn_train(u, bn, weight, bias)
+        r = F.relu(y)
+        out = F.conv2d(r, w_dw, None, stride, padding, dilation, r.shape[1])
+        ctx.save_for_backward(z, w, weight, bias, w_dw, mean, invstd)
+        ctx.eps, ctx.geom = bn.eps, geom
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z, w, weight, bias, w_dw, mean, invstd = ctx.saved_tensors
+        stride, padding, dilation = ctx.geom
+        if torch.is_grad_enabled():
+            def seg(z, w, weight, bias, w_dw):
+                u = pointwise(z, w, EngineOptions(linear_pw="always"))
+                r = F.relu(F.batch_norm(u, None, None, weight, bias, True, 0.0, ctx.eps))
+                return F.conv2d(r, w_dw, None, stride, padding, dilation, r.shape[1])
+            return (*_graph_backward(ctx, seg, (z, w, weight, bias, w_dw), g), None, None)
+        w2 = w.flatten(1)
+        zm = _nhwc(z)
+        c = w2.shape[0]
+        um = zm @ w2.t()
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        r = _nchw(torch.addcmul(shift, um, scale).clamp_min_(0), z, c)
+        u = _nchw(um, z, c)
+        dr, dw_dw = torch.ops.aten.convolution_backward(
+            g.contiguous(memory_format=torch.channels_last), r, w_dw, None, [stride] * 2, [padding] * 2,
+            [dilation] * 2, False, [0, 0], c, [True, ctx.needs_input_grad[4], False])[:2]
+        dy = torch.ops.aten.threshold_backward(dr, r, 0)
+        du, dweight, dbias = _bn_grads(dy, u, weight, mean, invstd, ctx.eps, ctx.needs_input_grad[2],
+                                       ctx.needs_input_grad[3])
+        dum = _nhwc(du)
+        dz = _nchw(dum @ w2, z, z.shape[1]) if ctx.needs_input_grad[0] else None
+        dw = (dum.t() @ zm).view_as(w) if ctx.needs_input_grad[1] else None
+        return dz, dw, dweight, dbias, (dw_dw if ctx.needs_input_grad[4] else None), None, None
 
 
 # -- polyphase layout (dilation 2 without dilation) ---------------------------------------------

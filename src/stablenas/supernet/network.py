@@ -277,6 +277,9 @@ def _pw_bn(pw: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor, gamma: torch.Tens
     if not _plain_pw(pw):
         return _bn(bn, pw(z), gamma)
 
+    if on and K.light_ok(opts, bn, z):
+        return K.PwBN.apply(z, pw.weight, *K.folded(bn, gamma), bn)
+
     def f(update, z, w, g, bw, bb):
         return _bn(bn, K.pointwise(z, w, opts), g, update=update, params=(bw, bb))
 
@@ -327,7 +330,10 @@ def _sep_conv(op: SepConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Ten
             y = _bn(a[3], K.pointwise(z, w, opts), None, update=update, params=(bw, bb))
             return K.depthwise(w2, F.relu(y), s2, p2, d2, opts)
 
-        z2 = _recompute(on, mid, z1, a[2].weight, a[3].weight, a[3].bias, dw2.weight)
+        if K.light_ok(opts, a[3], z1) and s2 == 1:
+            z2 = K.SepMid.apply(z1, a[2].weight, a[3].weight, a[3].bias, dw2.weight, a[3], (s2, p2, d2))
+        else:
+            z2 = _recompute(on, mid, z1, a[2].weight, a[3].weight, a[3].bias, dw2.weight)
         return _pw_bn(b[2], b[3], z2, gamma, on, opts)
     y = _dw_pw_bn(a[1], a[2], a[3], inp, None)
     return _dw_pw_bn(b[1], b[2], b[3], inp, gamma, relu=F.relu(y))
