@@ -75,7 +75,7 @@ class BenchConfig:
     methods: list[str] | None = None  # None = every preset in configs/ that configures a method
     second_order: bool = True
     plain: bool = True
-    plain_cl: bool = True  # also the plain model in channels_last (needs plain)
+    plain_cl: bool = True  # also the plain model in channels_last (with or without plain)
     curvature: bool = True
     curvature_iters: int = 20
     exact: bool = True  # exact Hessian for the fast engine (one HVP per alpha entry)
@@ -90,9 +90,7 @@ class BenchConfig:
     notes: list[str] = field(default_factory=list)
 
     def engines(self) -> tuple[str, ...]:
-        if not self.plain:
-            return ("fast",)
-        return ENGINES if self.plain_cl else ("fast", "plain")
+        return ("fast",) + (("plain",) if self.plain else ()) + (("plain_cl",) if self.plain_cl else ())
 
 
 def sized(name: str, **overrides: Any) -> BenchConfig:

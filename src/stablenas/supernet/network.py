@@ -32,6 +32,11 @@ What the engine does, and why (kernel-level tricks live in ``supernet.kernels``)
   3x3 depthwise). A dilation-2 conv is exactly a plain conv on each of the 4 polyphase
   components of its input (stride 1), or on the even component alone (stride 2), so we run it
   that way; the pointwise conv and BN that follow are per-pixel and run on the phase layout too.
+* pointwise convs as matrix products on the NHWC view of a channels_last map (CPU; no copy).
+* inner activations of sep/dil convs on large maps recomputed in backward (memory), by two
+  small autograd Functions that redo only the pointwise product and the normalisation
+  (``kernels.PwBN``, ``kernels.SepMid``); ``torch.utils.checkpoint`` under double backward.
+* each node's gradient made dense once before the BN backwards of the ops that feed it.
 """
 
 from __future__ import annotations
