@@ -743,6 +743,8 @@ def bench(
                                            help="also time plain DARTS in channels_last")] = True,
     second_order: Annotated[bool, typer.Option("--second-order/--no-second-order")] = True,
     curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="lambda_max, Lanczos")] = True,
+    curvature_iters: Annotated[int, typer.Option("--curvature-iters", metavar="<int>",
+                                                 help="most Lanczos steps (HVPs) per lambda_max")] = 20,
     exact: Annotated[bool, typer.Option("--exact/--no-exact", help="exact Hessian (HVP per alpha)")] = True,
     plain_exact: Annotated[bool, typer.Option("--plain-exact/--no-plain-exact",
                                               help="exact Hessian of the plain model too (slow)")] = False,
@@ -764,7 +766,8 @@ def bench(
     if space not in SPACES:
         _fail(f"--space {space!r}: unknown; available: {', '.join(SPACES)}")
     for name, v, low in (("--cells", cells, 1), ("--channels", channels, 1), ("--batch", batch, 1),
-                         ("--repeats", repeats, 1), ("--warmup", warmup, 0)):
+                         ("--repeats", repeats, 1), ("--warmup", warmup, 0),
+                         ("--curvature-iters", curvature_iters, 1)):
         if v is not None and v < low:
             _fail(f"{name} must be >= {low}, got {v}")
     shape = None
@@ -790,7 +793,8 @@ def bench(
         names = [m.strip() for m in methods_.split(",") if m.strip()]
     common = dict(space=space, cells=cells, channels=channels, batch=batch, input=shape, repeats=repeats,
                   warmup=warmup, methods=names, plain=plain, plain_cl=plain_cl, second_order=second_order,
-                  curvature=curvature, exact=exact, plain_exact=plain_exact, memory=memory,
+                  curvature=curvature, curvature_iters=curvature_iters, exact=exact, plain_exact=plain_exact,
+                  memory=memory,
                   scaling=scaling, threads=threads, device=device, seed=seed)
     cfgs = []
     for n in sizes:
