@@ -701,6 +701,10 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
                 curv["exact_hessian"] = {"error": f"{type(e).__name__}: {str(e)[:240]}"}
         result["curvature"] = curv
 
+    # the timed objects (searches, plain models, retained curvature graphs) held ~21 GB at the paper
+    # size: drop them before the memory workers start, or parent + worker exceed a 24 GB machine
+    jobs = plain_models = first = second = obj_fast = plain_objs = obj_plain = series = step = s = None  # noqa: F841
+    gc.collect()
     if bc.memory:
         log("memory: one fresh subprocess per measurement")
         mem: dict[str, Any] = {}
