@@ -52,8 +52,23 @@ def test_memory_worker_reports_peak():
     assert res["peak_mb"] >= res["base_mb"] > 0 and res["growth_mb"] >= 0
 
 
+def test_no_plain_keeps_the_channels_last_baseline(tmp_path):
+    """--no-plain drops the channels-first plain model only; --curvature-iters caps the Lanczos steps."""
+    out = tmp_path / "out.json"
+    r = CliRunner().invoke(app, ["bench", *TINY, "--methods", "none", "--no-memory", "--no-exact", "--no-plain",
+                                 "--no-second-order", "--curvature-iters", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    t = res["timing"]["first_order"]
+    assert "plain" not in t and t["plain_cl"]["median_s"] > 0
+    if "curvature" in res:
+        lm = res["curvature"]["lambda_max"]
+        assert "plain" not in lm and 1 <= lm["fast"]["hvps"] <= 2 and lm["plain_cl"]["hvps"] <= 2
+
+
 @pytest.mark.parametrize("bad,msg", [(["--input", "3x32"], "CxHxW"), (["--space", "nope"], "unknown"),
-                                     (["--repeats", "0"], "--repeats")])
+                                     (["--repeats", "0"], "--repeats"),
+                                     (["--curvature-iters", "0"], "--curvature-iters")])
 def test_bench_rejects_bad_input(bad, msg):
     r = CliRunner().invoke(app, ["bench", *bad])
     assert r.exit_code == 2

@@ -428,6 +428,16 @@ def _worker(spec: dict) -> dict:
             "peak_mb": round(peak / 2**20, 1), "growth_mb": round(max(0, peak - base) / 2**20, 1)}
 
 
+def _release_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the RSS with them)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _json_subprocess(cmd: list[str], env: dict, timeout: float | None, what: str) -> dict:
     """Run a bench worker process and return the last JSON line it printed, or ``{"error": ...}``
     (timeout, non-zero exit or no result) with the last line of its output."""
@@ -703,8 +713,11 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
 
     # the timed objects (searches, plain models, retained curvature graphs) held ~21 GB at the paper
     # size: drop them before the memory workers start, or parent + worker exceed a 24 GB machine
+    # (``fn``/``out``: the timing loop's last callable and result, the plain lambda_max closure)
     jobs = plain_models = first = second = obj_fast = plain_objs = obj_plain = series = step = s = None  # noqa: F841
+    fn = out = None  # noqa: F841
     gc.collect()
+    _release_heap()
     if bc.memory:
         log("memory: one fresh subprocess per measurement")
         mem: dict[str, Any] = {}
