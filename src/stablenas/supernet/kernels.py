@@ -174,8 +174,9 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _nchw(m: torch.Tensor, like: torch.Tensor, c: int) -> torch.Tensor:
-    n, _, h, w = like.shape
+def _nchw(m: torch.Tensor, ref: torch.Tensor, c: int) -> torch.Tensor:
+    """[N*H*W, c] -> [N, c, H, W] channels_last view, N/H/W those of ``ref``."""
+    n, _, h, w = ref.shape
     return m.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
