@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -98,10 +99,12 @@ def test_partial_channels_on_odd_maps(side):
     assert all((a is None) == (b is None) and (a is None or _close(a, b)) for a, b in zip(gf, gp))
 
 
-def test_hvp_through_recomputed_activations_matches_plain():
-    """Double backward (alpha HVP) through the checkpointed segments equals the plain model's."""
+@pytest.mark.parametrize("recompute_double", [True, False], ids=["checkpointed", "stored"])
+def test_hvp_through_recomputed_activations_matches_plain(recompute_double):
+    """Double backward (alpha HVP) through the checkpointed segments (and, the default under
+    double backward, with them stored) equals the plain model's."""
     sp, fast, plain, arch = _pair()
-    N.set_engine(fast, ALL_ON)
+    N.set_engine(fast, replace(ALL_ON, recompute_double=recompute_double))
     x = torch.randn(4, 1, 8, 8)
     y = torch.randint(0, 10, (4,))
     v = torch.randn(arch.num_alpha())
@@ -286,3 +289,30 @@ def test_light_recompute_segments_match_autograd(seg, affine):
 
     assert torch.autograd.gradcheck(f, ins)
     assert torch.autograd.gradgradcheck(f, ins)
+
+
+def test_dwconv_keeps_only_what_the_requested_gradients_need():
+    """DWConv/DWWeight save x only for the weight gradient and w only for the input gradient: with
+    frozen weights (Hessian w.r.t. alpha) a create_graph backward must not hold every gradient map
+    it convolves. Gradients (first and second order) still equal torch's conv."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = K.DWConv.apply(x, w, 1, 1)
+    assert not any(t is x for t in saved) and any(t is w for t in saved)
+    ref = F.conv2d(x, w, None, 1, 1, 1, 3)
+    v = torch.randn_like(ref)
+    (gx,) = torch.autograd.grad((y * v).sum(), x)
+    (rx,) = torch.autograd.grad((ref * v).sum(), x)
+    assert torch.allclose(gx, rx)
+    wq = w.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: K.DWConv.apply(a, b, 1, 1), (x, wq))
+    assert torch.autograd.gradgradcheck(lambda a, b: K.DWConv.apply(a, b, 1, 1), (x, wq))
+    assert torch.autograd.gradgradcheck(lambda b: K.DWConv.apply(x.detach(), b, 2, 2), (wq,))

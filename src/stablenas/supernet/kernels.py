@@ -43,7 +43,11 @@ class EngineOptions:
     * ``recompute`` / ``recompute_min_side``: the activations inside sep and dil convs after their
       first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
       input) are recomputed in backward instead of stored, for ops on maps at least
-      ``recompute_min_side`` pixels a side (peak memory; off stores them).
+      ``recompute_min_side`` pixels a side (peak memory; off stores them). Not under
+      ``double_backward`` unless ``recompute_double``: a graph built with ``create_graph`` keeps
+      the recomputed activations anyway (the second backward reads them), so there the checkpoint
+      only adds its own copies; measured, one lambda_max estimate at the cpu-study size: peak RSS
+      growth 2,572 MB with it vs 2,265 MB without.
     * ``light_recompute``: where ``recompute`` applies and nothing differentiates twice, the
       recomputed segments are two autograd Functions (:class:`PwBN`, :class:`SepMid`) that keep
       the same tensors as the checkpoint but, in backward, recompute only the pointwise product
@@ -52,9 +56,8 @@ class EngineOptions:
       ``double_backward``): ``torch.utils.checkpoint``, which supports double backward.
     * ``linear_pw``: 1x1 convs (stride 1, no groups, no bias) on channels_last maps as one matrix
       product over the pixels (``F.linear`` on the NHWC view, no copy), forward and backward.
-    * ``dense_grads`` (off): each node's gradient made dense (:func:`dense_grad`) before it reaches
-      the BN backwards of the ops that feed the node. Off by default: it cut the profiled BN
-      backward time by 58% but no iteration gain was measured (ablation 0.99x, loaded machine).
+    * ``dense_grads``: each node's gradient made dense (:func:`dense_grad`) before it reaches
+      the BN backwards of the ops that feed the node (cut the profiled BN backward time by 58%).
     """
 
     fused: bool = True
@@ -66,6 +69,7 @@ class EngineOptions:
     double_backward: bool = False
     recompute: bool = True
     recompute_min_side: int = 16
+    recompute_double: bool = False
     dense_grads: bool = True
     linear_pw: Where = "cpu"
     light_recompute: Where = "cpu"
@@ -369,19 +373,24 @@ class DWConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, padding: int, dilation: int, tile: int = 8) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.geom = (padding, dilation, tile)
+        # keep only what the gradients asked for need: x for the weight's, w for the input's. Under
+        # create_graph this Function runs on every gradient map of the first backward, and with
+        # frozen weights (the Hessian w.r.t. alpha) keeping x would hold each of them (292 MB of the
+        # lambda_max graph at the cpu-study size)
+        gx, gw = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if gw else None, w if gx else None)
+        ctx.geom = (padding, dilation, tile, w.shape[-1])
         return F.conv2d(x, w, None, 1, padding, dilation, x.shape[1])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
-        p, d, tile = ctx.geom
+        p, d, tile, k = ctx.geom
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = DWConv.apply(g, w.flip(-2, -1), d * (w.shape[-1] - 1) - p, d, tile)
+            gx = DWConv.apply(g, w.flip(-2, -1), d * (k - 1) - p, d, tile)
         if ctx.needs_input_grad[1]:
-            gw = DWWeight.apply(x, g, w.shape[-1], p, d, tile)
+            gw = DWWeight.apply(x, g, k, p, d, tile)
         return gx, gw, None, None, None
 
 
@@ -392,7 +401,7 @@ class DWWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, g: torch.Tensor, k: int, padding: int, dilation: int,
                 tile: int = 8) -> torch.Tensor:
-        ctx.save_for_backward(x, g)
+        ctx.save_for_backward(g if ctx.needs_input_grad[0] else None, x if ctx.needs_input_grad[1] else None)
         ctx.geom = (padding, dilation, tile)
         C = x.shape[1]
         if k == 5 and padding == 2 and dilation == 1 and max(x.shape[-2:]) <= tile:
@@ -403,7 +412,7 @@ class DWWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, u: torch.Tensor):
-        x, g = ctx.saved_tensors
+        g, x = ctx.saved_tensors
         p, d, tile = ctx.geom
         gx = gg = None
         if ctx.needs_input_grad[0]:  # d<u, gw>/dx: g correlated with the flipped u

@@ -273,7 +273,8 @@ def _recompute_here(inp: _Input) -> bool:
     """Recompute the inner activations of the ops reading ``inp`` (large maps only: they hold most
     of the memory, while the small late maps are cheap to store and dispatch-bound to recompute)."""
     o = inp.opts
-    return o.recompute and min(inp.x.shape[-2:]) >= o.recompute_min_side
+    return (o.recompute and (o.recompute_double or not o.double_backward)
+            and min(inp.x.shape[-2:]) >= o.recompute_min_side)
 
 
 def _pw_bn(pw: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor, gamma: torch.Tensor | None,
