@@ -475,7 +475,7 @@ class MixedOp(nn.Module):
         for k in ks:
             kind = kinds[k]
             if kind == "identity":
-                out = inp.x * w[k] if out is None else torch.addcmul(out, inp.x, w[k])
+                out = inp.x * w[k] if out is None else out.addcmul_(inp.x, w[k])
                 continue
             fused = _FUSED.get(kind)
             if fused is not None:
@@ -487,7 +487,10 @@ class MixedOp(nn.Module):
                 if drop and self.droppable[k]:
                     y = drop_path(y, drop_prob)
                 y = w[k] * y
-            out = y if out is None else out + y
+            # in place: ``out`` is always a fresh tensor no backward reads (a product by an op
+            # weight, a BN output), so the running sum allocates nothing per op; autograd's version
+            # check would raise if that ever stopped holding
+            out = y if out is None else out.add_(y)
         if out is None:
             out = self._out_shape_zero(inp.x) * w.sum()
         return out
