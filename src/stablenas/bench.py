@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .utils import release_heap
+
 __all__ = ["BenchConfig", "SIZES", "format_dp", "format_table", "parse_input", "run_bench", "run_dp_bench", "sized"]
 
 SYNTHETIC_PREFIX = "bench-synthetic"
@@ -428,16 +430,6 @@ def _worker(spec: dict) -> dict:
             "peak_mb": round(peak / 2**20, 1), "growth_mb": round(max(0, peak - base) / 2**20, 1)}
 
 
-def _release_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the RSS with them)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _json_subprocess(cmd: list[str], env: dict, timeout: float | None, what: str) -> dict:
     """Run a bench worker process and return the last JSON line it printed, or ``{"error": ...}``
     (timeout, non-zero exit or no result) with the last line of its output."""
@@ -717,7 +709,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     jobs = plain_models = first = second = obj_fast = plain_objs = obj_plain = series = step = s = None  # noqa: F841
     fn = out = None  # noqa: F841
     gc.collect()
-    _release_heap()
+    release_heap()
     if bc.memory:
         log("memory: one fresh subprocess per measurement")
         mem: dict[str, Any] = {}

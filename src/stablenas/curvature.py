@@ -42,6 +42,7 @@ from torch.func import functional_call
 
 from . import distributed as dist
 from .supernet.network import double_backward_mode, weights_frozen
+from .utils import release_heap
 
 if TYPE_CHECKING:
     from .search.loop import Search
@@ -176,6 +177,12 @@ class HVP:
     def _build(self) -> None:
         if self._grads is None:
             self._grads = [self._grad(b) for b in self.obj.batches]
+            if self.alpha.device.type == "cpu":
+                # the create_graph backward frees its temporary gradient maps in growing sizes (last
+                # cell to first), so the products could not reuse the holes and glibc kept them
+                # resident: one lambda_max estimate at the cpu-study size, peak RSS growth 2,226 MB
+                # without this vs 1,798 MB with it (the retained graph itself is untouched)
+                release_heap()
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.alpha)

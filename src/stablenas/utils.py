@@ -145,3 +145,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def count_parameters(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> int:
     return sum(p.numel() for n, p in module.named_parameters() if not any(n.startswith(e) for e in exclude))
+
+
+def release_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them resident otherwise, and the RSS with
+    them); a no-op where there is no glibc. Why: a phase whose freed temporaries leave holes that the
+    next phase cannot fill (tensors allocated in growing sizes, as a backward from the last cell to
+    the first does) raises the peak RSS by all of them; see ``curvature.HVP``."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
