@@ -63,6 +63,20 @@ def test_alpha_moves_only_after_warmup(tiny_overrides):
     assert not torch.equal(a0["alphas.normal"], s.arch.state_dict()["alphas.normal"])
 
 
+@pytest.mark.parametrize("update", ["first", "second"])
+def test_step_returns_the_loss_without_its_graph(tiny_overrides, update):
+    """The weight loss a step hands back is detached: the caller keeps it until the next step, and
+    with its graph it would keep the graph's node objects alive too, small heap chunks among the
+    freed activations of the next step (measured +0.6 GB peak RSS, second order, cpu-study size)."""
+    cfg = sn.load_config("darts", tiny_overrides + [f"search.update={update}"])
+    s = Search(cfg, None, progress=False, log=lambda m: None)
+    s._start_epoch(0)
+    train, val = next(iter(s.train_loader)), next(s.val_stream)
+    loss = s.step(train, val)
+    assert loss.grad_fn is None and not loss.requires_grad
+    assert torch.isfinite(loss) and float(loss) > 0
+
+
 class _Crash(RuntimeError):
     pass
 
