@@ -38,19 +38,14 @@ def main() -> None:
     s = B.make_search(B._base_config(bc, "second" if args.what == "second_order" else "first"), bc)
     set_engine(s.net, replace(DEFAULT, **changes))
     train, val = B._batches(s)
-    if args.engine == "plain_cl":
-        model, step = B._plain_model(s, bc, channels_last=True)
-        t, v = B._cl(train), B._cl(val)
-        if args.what == "lambda_max":
-            cur = B._curvature_module()
-            obj = B._objective(cur, s, model.net, B._cl)
-            fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
-        else:
-            fn = lambda: step(t, v, unrolled=args.what == "second_order")  # noqa: E731
-    elif args.what == "lambda_max":
+    if args.what == "lambda_max":
         cur = B._curvature_module()
-        obj = B._objective(cur, s)
+        obj = B.engine_objective(cur, s, bc, args.engine)
         fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
+    elif args.engine == "plain_cl":
+        _, step = B._plain_model(s, bc, channels_last=True)
+        t, v = B._cl(train), B._cl(val)
+        fn = lambda: step(t, v, unrolled=args.what == "second_order")  # noqa: E731
     else:
         fn = B._search_iteration(s, train, val)
     gc.collect()

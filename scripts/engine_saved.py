@@ -59,11 +59,7 @@ def main() -> None:
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     if args.what == "lambda_max":
         cur = B._curvature_module()
-        if args.engine == "plain_cl":
-            model, _ = B._plain_model(s, bc, channels_last=True)
-            obj = B._objective(cur, s, model.net, B._cl)
-        else:
-            obj = B._objective(cur, s)
+        obj = B.engine_objective(cur, s, bc, args.engine)
         hvp = cur.HVP(obj)
         with hvp, hooks:
             loss = obj.batch_loss(hvp.alpha, obj.batches[0]) / obj.count

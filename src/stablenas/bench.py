@@ -334,6 +334,15 @@ def _objective(cur, search, net=None, to_batch=_cf):
                               edge_weights=search.arch.edge_weights())
 
 
+def engine_objective(cur, search, bc: BenchConfig, engine: str):
+    """The lambda_max objective of ``engine`` ("fast", "plain", "plain_cl") on the search's weights
+    and alpha (a plain model is built for it; the objective keeps it alive)."""
+    if engine in ("plain", "plain_cl"):
+        model, _ = _plain_model(search, bc, channels_last=(engine == "plain_cl"))
+        return _objective(cur, search, model.net, _plain_batch(engine))
+    return _objective(cur, search)
+
+
 # --------------------------------------------------------------------------------------------
 # memory: one measurement per fresh subprocess
 
@@ -393,23 +402,17 @@ def _worker(spec: dict) -> dict:
     search = make_search(_base_config(bc, update), bc)
     train, val = _batches(search)
     device = search.device
-    if engine in ("plain", "plain_cl"):
-        model, step = _plain_model(search, bc, channels_last=(engine == "plain_cl"))
+    if what == "lambda_max":
+        cur = _curvature_module()
+        obj = engine_objective(cur, search, bc, engine)
+        fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
+    elif engine in ("plain", "plain_cl"):
+        _, step = _plain_model(search, bc, channels_last=(engine == "plain_cl"))
         conv = _plain_batch(engine)
         train_p, val_p = conv(train), conv(val)
-        if what == "lambda_max":
-            cur = _curvature_module()
-            obj = _objective(cur, search, model.net, conv)
-            fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
-        else:
-            fn = lambda: step(train_p, val_p, unrolled=(what == "second_order"))  # noqa: E731
+        fn = lambda: step(train_p, val_p, unrolled=(what == "second_order"))  # noqa: E731
     else:
-        if what == "lambda_max":
-            cur = _curvature_module()
-            obj = _objective(cur, search)
-            fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
-        else:
-            fn = _search_iteration(search, train, val)
+        fn = _search_iteration(search, train, val)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -53,7 +53,8 @@ class EngineOptions:
       the same tensors as the checkpoint but, in backward, recompute only the pointwise product
       and the normalisation from saved batch statistics (no second BN statistics pass, no rerun of
       the depthwise conv whose output is already known, no checkpoint bookkeeping). Off (or under
-      ``double_backward``): ``torch.utils.checkpoint``, which supports double backward.
+      ``double_backward`` with ``recompute_double``): ``torch.utils.checkpoint``, which supports
+      double backward.
     * ``linear_pw``: 1x1 convs (stride 1, no groups, no bias) on channels_last maps as one matrix
       product over the pixels (``F.linear`` on the NHWC view, no copy), forward and backward.
     * ``dense_grads``: each node's gradient made dense (:func:`dense_grad`) before it reaches

@@ -35,7 +35,8 @@ What the engine does, and why (kernel-level tricks live in ``supernet.kernels``)
 * pointwise convs as matrix products on the NHWC view of a channels_last map (CPU; no copy).
 * inner activations of sep/dil convs on large maps recomputed in backward (memory), by two
   small autograd Functions that redo only the pointwise product and the normalisation
-  (``kernels.PwBN``, ``kernels.SepMid``); ``torch.utils.checkpoint`` under double backward.
+  (``kernels.PwBN``, ``kernels.SepMid``); stored under double backward, whose gradient graph keeps
+  them anyway (``recompute_double``: recomputed by ``torch.utils.checkpoint``).
 * each node's gradient made dense once before the BN backwards of the ops that feed it.
 """
 
