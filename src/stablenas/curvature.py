@@ -180,8 +180,8 @@ class HVP:
             if self.alpha.device.type == "cpu":
                 # the create_graph backward frees its temporary gradient maps in growing sizes (last
                 # cell to first), so the products could not reuse the holes and glibc kept them
-                # resident: one lambda_max estimate at the cpu-study size, peak RSS growth 2,226 MB
-                # without this vs 1,798 MB with it (the retained graph itself is untouched)
+                # resident: one lambda_max estimate at the cpu-study size, peak RSS growth 2,224-2,308 MB
+                # without this vs 1,788 MB with it (the retained graph itself is untouched)
                 release_heap()
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
