@@ -59,6 +59,13 @@ class EngineOptions:
       product over the pixels (``F.linear`` on the NHWC view, no copy), forward and backward.
     * ``dense_grads``: each node's gradient made dense (:func:`dense_grad`) before it reaches
       the BN backwards of the ops that feed the node (cut the profiled BN backward time by 58%).
+    * ``shared_subsample``: the even and odd pixels of a rectified input (all a FactorizedReduce
+      and a stride-2 dilated conv read) picked once per tensor by :class:`Subsample`, with one
+      backward, instead of two strided slices per branch and per edge (each slice's backward is a
+      zero fill and a strided copy of the full map).
+    * ``phase_sums``: the outputs of the dilated convs that run in polyphase layout are summed in
+      that layout over all edges into a node and converted back once per node, not once per op
+      (each conversion is a strided copy forward and backward).
     """
 
     fused: bool = True
@@ -74,6 +81,8 @@ class EngineOptions:
     dense_grads: bool = True
     linear_pw: Where = "cpu"
     light_recompute: Where = "cpu"
+    shared_subsample: bool = True
+    phase_sums: bool = True
 
     def where(self, mode: Where, x: torch.Tensor) -> bool:
         return mode == "always" or (mode == "cpu" and x.device.type == "cpu")
@@ -333,6 +342,38 @@ def from_phases(y: torch.Tensor, b: int) -> torch.Tensor:
         z = y.permute(0, 2, 3, 1).reshape(2, 2, b, h, w, c).permute(2, 3, 0, 4, 1, 5)
         return z.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
     return y.reshape(2, 2, b, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h, 2 * w)
+
+
+class Subsample(torch.autograd.Function):
+    """``(x[..., 0::2, 0::2], x[..., 1::2, 1::2])`` of ``x`` zero-padded to even size, both in ``x``'s
+    layout: the two pixel sets a FactorizedReduce reads (the first also all a stride-2 dilated conv
+    reads). One backward for both picks: one zero map with both gradients written into it, where
+    the four slices and their copies took two zero fills and two strided copies per pick. The
+    backward is made of differentiable ops (double backward works)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        fmt = like(x)
+        H, W = x.shape[-2:]
+        ctx.shape, ctx.fmt = x.shape, fmt
+        ctx.set_materialize_grads(False)
+        even = x[:, :, 0::2, 0::2].contiguous(memory_format=fmt)
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, W % 2, 0, H % 2))
+        return even, x[:, :, 1::2, 1::2].contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, g_even, g_odd):
+        if g_even is None and g_odd is None:
+            return None
+        ref = g_even if g_even is not None else g_odd
+        gx = torch.empty(ctx.shape, dtype=ref.dtype, device=ref.device, memory_format=ctx.fmt).zero_()
+        if g_even is not None:
+            gx[:, :, 0::2, 0::2] = g_even
+        if g_odd is not None:
+            H, W = ctx.shape[-2:]
+            gx[:, :, 1::2, 1::2] = g_odd[:, :, :H // 2, :W // 2]
+        return gx
 
 
 # -- depthwise convs with a depthwise backward ------------------------------------------------

@@ -177,9 +177,19 @@ class _Input:
 
     def relu_even(self) -> torch.Tensor:
         """relu(x)[..., ::2, ::2]: all a stride-2, dilation-2 conv ever reads."""
+        if self.opts.shared_subsample:
+            return self.relu_even_odd()[0]
         r = self._cache.get("even")
         if r is None:
             r = self._cache["even"] = self.relu()[:, :, ::2, ::2].contiguous(memory_format=K.like(self.x))
+        return r
+
+    def relu_even_odd(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The even and odd pixels of relu(x) (zero-padded to even size), once per tensor
+        (:class:`kernels.Subsample`): what FactorizedReduce's two branches read."""
+        r = self._cache.get("even_odd")
+        if r is None:
+            r = self._cache["even_odd"] = K.Subsample.apply(self.relu())
         return r
 
     def relu_phases(self) -> torch.Tensor:
@@ -227,6 +237,55 @@ class _Input:
         if r is None:
             r = self._cache[key] = self.derive(self.x[:, :c])
         return r
+
+
+class _Phased:
+    """An op output left in polyphase layout (``kernels.to_phases`` of a ``b``-sample map): summed
+    in that layout with the other such outputs into the same node, converted back once."""
+
+    __slots__ = ("y", "b")
+
+    def __init__(self, y: torch.Tensor, b: int):
+        self.y, self.b = y, b
+
+    def tensor(self) -> torch.Tensor:
+        return _from_phases(self.y, self.b)
+
+
+class _Sum:
+    """A running sum of op (or edge) outputs, with a separate part for outputs in polyphase layout.
+
+    Sums in place: the first term of each part must be a fresh tensor no backward reads (a product
+    by an op weight, a BN output), which holds for every term the fused path makes; autograd's
+    version check would raise if that ever stopped holding."""
+
+    __slots__ = ("plain", "phased", "b")
+
+    def __init__(self):
+        self.plain: torch.Tensor | None = None
+        self.phased: torch.Tensor | None = None
+        self.b = 0
+
+    def empty(self) -> bool:
+        return self.plain is None and self.phased is None
+
+    def add(self, y: torch.Tensor | _Phased) -> None:
+        if isinstance(y, _Phased):
+            self.b = y.b
+            self.phased = y.y if self.phased is None else self.phased.add_(y.y)
+        else:
+            self.plain = y if self.plain is None else self.plain.add_(y)
+
+    def addcmul(self, x: torch.Tensor, w: torch.Tensor) -> None:
+        self.plain = x * w if self.plain is None else self.plain.addcmul_(x, w)
+
+    def tensor(self) -> torch.Tensor:
+        if self.phased is None:
+            return self.plain
+        y = _from_phases(self.phased, self.b)
+        # into the plain part: it keeps the layout (a 1x1 phase map is contiguous in both layouts,
+        # so from_phases cannot tell which one it came from)
+        return y if self.plain is None else self.plain.add_(y)
 
 
 def _depthwise(dw: nn.Conv2d, x: torch.Tensor, stride: int, padding: int, dilation: int,
@@ -294,8 +353,9 @@ def _pw_bn(pw: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor, gamma: torch.Tens
 
 
 def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gamma: torch.Tensor | None,
-              relu: torch.Tensor | None = None) -> torch.Tensor:
-    """DilConv's body on a shared ReLU: depthwise (maybe dilated) -> pointwise -> BN(gamma)."""
+              relu: torch.Tensor | None = None, phased: bool = False) -> torch.Tensor | _Phased:
+    """DilConv's body on a shared ReLU: depthwise (maybe dilated) -> pointwise -> BN(gamma).
+    ``phased``: an output computed in polyphase layout may stay there (:class:`_Phased`)."""
     k, d, p, s = dw.kernel_size[0], dw.dilation[0], dw.padding[0], dw.stride[0]
     opts = inp.opts
     if relu is None and d == 2 and p == k - 1 and s in (1, 2) and _square(dw) and \
@@ -309,7 +369,8 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
         H, W = inp.x.shape[-2:]
         if H % 2 == 0 and W % 2 == 0:
             # pointwise conv and BN are per pixel: stay in phase layout (same BN statistics)
-            return _from_phases(_pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts), b)
+            y = _Phased(_pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts), b)
+            return y if phased else y.tensor()
         z = _from_phases(z, b)[:, :, :H, :W]
         return _pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts)
     x = inp.relu() if relu is None else relu
@@ -317,9 +378,14 @@ def _dw_pw_bn(dw: nn.Conv2d, pw: nn.Conv2d, bn: nn.BatchNorm2d, inp: _Input, gam
     return _pw_bn(pw, bn, z, gamma, _recompute_here(inp), opts)
 
 
-def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+def _dil_conv(op: DilConv, inp: _Input, gamma: torch.Tensor | None, phased: bool = False) -> torch.Tensor | _Phased:
     _, dw, pw, bn = op
-    return _dw_pw_bn(dw, pw, bn, inp, gamma)
+    return _dw_pw_bn(dw, pw, bn, inp, gamma, phased=phased)
+
+
+def _dil_conv_term(op: DilConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor | _Phased:
+    """A dil conv as a term of a node's sum: left in phase layout under ``phase_sums``."""
+    return _dil_conv(op, inp, gamma, phased=inp.opts.phase_sums)
 
 
 def _sep_conv(op: SepConv, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
@@ -354,6 +420,11 @@ def _relu_conv_bn(op: ReLUConvBN, inp: _Input, gamma: torch.Tensor | None) -> to
 
 
 def _factorized_reduce(op: FactorizedReduce, inp: _Input, gamma: torch.Tensor | None) -> torch.Tensor:
+    if inp.opts.shared_subsample and _plain_pw(op.conv_1) and _plain_pw(op.conv_2):
+        even, odd = inp.relu_even_odd()
+        opts = inp.opts
+        y = torch.cat([K.pointwise(even, op.conv_1.weight, opts), K.pointwise(odd, op.conv_2.weight, opts)], dim=1)
+        return _bn(op.bn, y, gamma)
     return _bn(op.bn, op.reduce(inp.relu()), gamma)
 
 
@@ -371,7 +442,7 @@ def _pool_bn(op: nn.Sequential, inp: _Input, gamma: torch.Tensor | None) -> torc
     return _bn(bn, inp.pooled(pool), gamma)
 
 
-_FUSED = {"sep": _sep_conv, "dil": _dil_conv, "rcb": _relu_conv_bn, "fr": _factorized_reduce,
+_FUSED = {"sep": _sep_conv, "dil": _dil_conv_term, "rcb": _relu_conv_bn, "fr": _factorized_reduce,
           "pool_bn": _pool_bn}
 
 
@@ -466,56 +537,59 @@ class MixedOp(nn.Module):
         return out
 
     # -- fast path ---------------------------------------------------------------------------
-    def _mix_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float) -> torch.Tensor:
+    def _mix_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float, acc: _Sum) -> None:
+        """Add ``sum_k w_k op_k(x)`` into ``acc`` (in place: see :class:`_Sum`)."""
         kinds = self.__dict__.get("_kinds")
         if kinds is None or len(kinds) != len(self.ops):
             kinds = self.__dict__["_kinds"] = [_kind(op) for op in self.ops]
         ks = self.active if hard is None else ([hard] if hard in self.active else [])
         drop = drop_prob > 0.0 and self.training
-        out = None
+        added = False
         for k in ks:
             kind = kinds[k]
+            added = True
             if kind == "identity":
-                out = inp.x * w[k] if out is None else out.addcmul_(inp.x, w[k])
+                acc.addcmul(inp.x, w[k])
                 continue
             fused = _FUSED.get(kind)
             if fused is not None:
                 y = fused(self.ops[k], inp, w[k])
                 if drop and self.droppable[k]:
-                    y = drop_path(y, drop_prob)
+                    y = drop_path(y.tensor() if isinstance(y, _Phased) else y, drop_prob)
             else:
                 y = self.ops[k](inp.x)
                 if drop and self.droppable[k]:
                     y = drop_path(y, drop_prob)
                 y = w[k] * y
-            # in place: ``out`` is always a fresh tensor no backward reads (a product by an op
-            # weight, a BN output), so the running sum allocates nothing per op; autograd's version
-            # check would raise if that ever stopped holding
-            out = y if out is None else out.add_(y)
-        if out is None:
-            out = self._out_shape_zero(inp.x) * w.sum()
-        return out
+            acc.add(y)
+        if not added:
+            acc.add(self._out_shape_zero(inp.x) * w.sum())
 
     def _forward_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float,
-                      edge_w: torch.Tensor | None = None) -> torch.Tensor:
-        """The edge output, times ``edge_w`` when given (folded into the op weights)."""
+                      edge_w: torch.Tensor | None = None, acc: _Sum | None = None) -> _Sum:
+        """The edge output, times ``edge_w`` when given (folded into the op weights), added into
+        ``acc`` (a new sum when None), which is returned."""
+        acc = _Sum() if acc is None else acc
         if edge_w is not None:
             w = w * edge_w
         if self.partial_k == 1:
-            return self._mix_fast(inp, w, hard, drop_prob)
+            self._mix_fast(inp, w, hard, drop_prob, acc)
+            return acc
         c = inp.x.shape[1] // self.partial_k
-        ya = self._mix_fast(inp.head(c), w, hard, drop_prob)
+        part = _Sum()
+        self._mix_fast(inp.head(c), w, hard, drop_prob, part)
         xb = inp.x[:, c:]
         if self.bypass_pool is not None:
             xb = self.bypass_pool(xb)
         if edge_w is not None:
             xb = xb * edge_w
-        return channel_shuffle(torch.cat([ya, xb], dim=1), self.partial_k)
+        acc.add(channel_shuffle(torch.cat([part.tensor(), xb], dim=1), self.partial_k))
+        return acc
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, hard: int | None = None,
                 drop_prob: float = 0.0) -> torch.Tensor:
         if self.engine.fused:
-            return self._forward_fast(_Input(x, self.engine), w, hard, drop_prob)
+            return self._forward_fast(_Input(x, self.engine), w, hard, drop_prob).tensor()
         if self.partial_k == 1:
             return self._mix(x, w, hard, drop_prob)
         c = x.shape[1] // self.partial_k
@@ -553,12 +627,11 @@ class SearchCell(nn.Module):
                       hard: Sequence[int] | None, drop_prob: float) -> torch.Tensor:
         states = [in0.derive(_preprocess(self.preprocess0, in0)), in1.derive(_preprocess(self.preprocess1, in1))]
         for i, edges in enumerate(self.node_edges):
-            s = None
+            acc = _Sum()
             for e in edges:
-                y = self.edges[e]._forward_fast(states[self.sources[e]], w[e],
-                                                None if hard is None else hard[e], drop_prob,
-                                                None if edge_w is None else edge_w[e])
-                s = y if s is None else s + y
+                self.edges[e]._forward_fast(states[self.sources[e]], w[e], None if hard is None else hard[e],
+                                            drop_prob, None if edge_w is None else edge_w[e], acc)
+            s = acc.tensor()
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
             states.append(in1.derive(K.dense_grad(s, in1.opts)))
@@ -676,16 +749,19 @@ class NB201SearchCell(nn.Module):
         states = [_Input(x, self.engine) if fast else x]
         for i, edges in enumerate(self.node_edges):
             s = None
+            acc = _Sum()
             for e in edges:
                 h = None if hard is None else hard[e]
                 if fast:
-                    y = self.edges[e]._forward_fast(states[self.sources[e]], w[e], h, drop_prob,
-                                                    None if edge_w is None else edge_w[e])
+                    self.edges[e]._forward_fast(states[self.sources[e]], w[e], h, drop_prob,
+                                                None if edge_w is None else edge_w[e], acc)
                 else:
                     y = self.edges[e](states[self.sources[e]], w[e], h, drop_prob)
                     if edge_w is not None:
                         y = edge_w[e] * y
-                s = y if s is None else s + y
+                    s = y if s is None else s + y
+            if fast:
+                s = acc.tensor()
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
             states.append(states[0].derive(K.dense_grad(s, self.engine)) if fast else s)
