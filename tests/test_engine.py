@@ -58,9 +58,11 @@ def _grads(net, arch, x, y):
                                   N.EngineOptions(linear_pw="never"), N.EngineOptions(linear_pw="always"),
                                   N.EngineOptions(shared_pools=False),
                                   N.EngineOptions(conv_avg_pool=False), N.EngineOptions(phase_dilation="never"),
-                                  N.EngineOptions(small_dw5="always"), N.EngineOptions(double_backward=True)],
+                                  N.EngineOptions(small_dw5="always"), N.EngineOptions(double_backward=True),
+                                  N.EngineOptions(shared_subsample=False), N.EngineOptions(phase_sums=False)],
                          ids=["all-on", "no-recompute", "no-dense-grads", "conv-pw", "linear-pw-always",
-                              "no-shared-pools", "no-conv-avg-pool", "no-phase", "tiled-dw5", "double-backward"])
+                              "no-shared-pools", "no-conv-avg-pool", "no-phase", "tiled-dw5", "double-backward",
+                              "no-shared-subsample", "no-phase-sums"])
 @pytest.mark.parametrize("space,kw", [("darts", {}), ("darts", {"partial_k": 2, "C": 8}), ("nb201", {"layers": 1})],
                          ids=["darts", "pc-darts", "nb201"])
 def test_every_option_setting_matches_plain(opts, space, kw):
@@ -316,3 +318,55 @@ def test_dwconv_keeps_only_what_the_requested_gradients_need():
     assert torch.autograd.gradcheck(lambda a, b: K.DWConv.apply(a, b, 1, 1), (x, wq))
     assert torch.autograd.gradgradcheck(lambda a, b: K.DWConv.apply(a, b, 1, 1), (x, wq))
     assert torch.autograd.gradgradcheck(lambda b: K.DWConv.apply(x.detach(), b, 2, 2), (wq,))
+
+
+@pytest.mark.parametrize("side", [6, 7])
+@pytest.mark.parametrize("cl", [True, False])
+def test_subsample_picks_even_and_odd_pixels_with_one_exact_backward(side, cl):
+    """kernels.Subsample against the slices FactorizedReduce takes (odd sizes zero-padded), in both
+    layouts: values, layout, gradients of either pick alone or both, and second derivatives."""
+    x = torch.randn(2, 3, side, side, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    even, odd = K.Subsample.apply(x)
+    xp = F.pad(x, (0, side % 2, 0, side % 2))
+    ref_even, ref_odd = x[:, :, 0::2, 0::2], xp[:, :, 1::2, 1::2]
+    assert torch.equal(even, ref_even) and torch.equal(odd, ref_odd)
+    assert K.is_channels_last(even) == cl and K.is_channels_last(odd) == cl
+    ge, go = torch.randn_like(even), torch.randn_like(odd)
+    for use in ("even", "odd", "both"):
+        e, o = K.Subsample.apply(x)
+        loss = (e * ge).sum() * (use != "odd") + (o * go).sum() * (use != "even")
+        ref = (ref_even * ge).sum() * (use != "odd") + (ref_odd * go).sum() * (use != "even")
+        (g,) = torch.autograd.grad(loss, x)
+        (gr,) = torch.autograd.grad(ref, x, retain_graph=True)
+        assert torch.equal(g, gr), use
+    assert torch.autograd.gradcheck(lambda t: K.Subsample.apply(t), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: K.Subsample.apply(t), (x,))
+
+
+def test_phase_sums_convert_once_per_node():
+    """Under phase_sums the dil convs' phase-layout outputs are summed per node: one conversion back
+    per node (4 per cell here), not one per dil op, with the same result as converting each."""
+    sp, fast, plain, arch = _pair(layers=1, C=4)
+    x = torch.randn(4, 1, 8, 8)
+    calls = []
+    orig = K.from_phases
+
+    def counting(y, b):
+        calls.append(1)
+        return orig(y, b)
+
+    outs = []
+    try:
+        N._from_phases = counting
+        for on in (True, False):
+            calls.clear()
+            with N.engine_options(fast, phase_sums=on):
+                outs.append(fast(x, arch.op_weights()))
+            n_dil = sum(1 for e in fast.cells[0].edges for name in e.op_names if name.startswith("dil_conv"))
+            assert len(calls) == (sp.n_nodes if on else n_dil)
+    finally:
+        N._from_phases = orig
+    assert _close(outs[0], outs[1])
