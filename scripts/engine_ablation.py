@@ -20,6 +20,7 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   conv-pointwise    1x1 convs by the library conv instead of a matrix product on the NHWC view
   no-shared-subsample  FactorizedReduce and stride-2 dil convs slice the rectified input per op
   no-phase-sums     each dil conv's phase-layout output converted back on its own, not once per node
+  no-scaled-terms   each shared pool output multiplied by the op weight into a new map, then added
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
   plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
 Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.
@@ -79,6 +80,7 @@ def main() -> None:
         "conv-pointwise": (it_cl, undo(linear_pw="never")),
         "no-shared-subsample": (it_cl, undo(shared_subsample=False)),
         "no-phase-sums": (it_cl, undo(phase_sums=False)),
+        "no-scaled-terms": (it_cl, undo(scaled_terms=False)),
         "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),
         "plain-darts-cl": (lambda: plain_cl_step(tc, vc, unrolled=unrolled), contextlib.nullcontext),
     }

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stablenas.spaces.registry import get_space
 from stablenas.supernet import kernels as K
@@ -59,10 +60,11 @@ def _grads(net, arch, x, y):
                                   N.EngineOptions(shared_pools=False),
                                   N.EngineOptions(conv_avg_pool=False), N.EngineOptions(phase_dilation="never"),
                                   N.EngineOptions(small_dw5="always"), N.EngineOptions(double_backward=True),
-                                  N.EngineOptions(shared_subsample=False), N.EngineOptions(phase_sums=False)],
+                                  N.EngineOptions(shared_subsample=False), N.EngineOptions(phase_sums=False),
+                                  N.EngineOptions(scaled_terms=False)],
                          ids=["all-on", "no-recompute", "no-dense-grads", "conv-pw", "linear-pw-always",
                               "no-shared-pools", "no-conv-avg-pool", "no-phase", "tiled-dw5", "double-backward",
-                              "no-shared-subsample", "no-phase-sums"])
+                              "no-shared-subsample", "no-phase-sums", "no-scaled-terms"])
 @pytest.mark.parametrize("space,kw", [("darts", {}), ("darts", {"partial_k": 2, "C": 8}), ("nb201", {"layers": 1})],
                          ids=["darts", "pc-darts", "nb201"])
 def test_every_option_setting_matches_plain(opts, space, kw):
@@ -370,3 +372,42 @@ def test_phase_sums_convert_once_per_node():
     finally:
         N._from_phases = orig
     assert _close(outs[0], outs[1])
+
+
+def test_scaled_terms_add_pool_outputs_without_product_maps():
+    """Under scaled_terms a shared pool's output enters each edge's node sum by one addcmul_: the
+    forward makes no full-map product per pool op and edge (here 2 pools x 14 edges) beyond each
+    node sum's first term, and gives the
+    same output and gradients as the product maps."""
+    sp, fast, plain, arch = _pair(layers=1, C=4)
+    x = torch.randn(4, 1, 8, 8)
+    n_pool = sum(1 for e in fast.cells[0].edges for name in e.op_names if "pool" in name)
+    assert n_pool == 28
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mul.Tensor and args[0].dim() == 4 and args[1].dim() == 0:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counts, outs, grads = [], [], []
+    for on in (True, False):
+        with N.engine_options(fast, scaled_terms=on), Count() as c:
+            w = arch.op_weights()
+            out = fast(x, w)
+        counts.append(c.n)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [*arch.alphas.values(), *fast.parameters()],
+                                         allow_unused=True))
+    # on: one product per node, its sum's first term (max pool is the first op of every edge);
+    # off: one per pool op and edge
+    assert counts == [sp.n_nodes, n_pool]
+    assert _close(outs[0], outs[1])
+    for a, b in zip(grads[0], grads[1]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert _close(a, b)

@@ -43,7 +43,11 @@ class EngineOptions:
     * ``recompute`` / ``recompute_min_side``: the activations inside sep and dil convs after their
       first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
       input) are recomputed in backward instead of stored, for ops on maps at least
-      ``recompute_min_side`` pixels a side (peak memory; off stores them). Not under
+      ``recompute_min_side`` pixels a side (peak memory; off stores them). 24: the first stage
+      of both bench sizes (32x32, 28x28), where most of the memory is; storing the 16x16 stage of
+      the paper size instead of recomputing it measured 2.6% faster per first-order iteration for
+      559 MB more peak RSS growth (3,310 -> 3,869 MB, ``scripts/engine_memory.py --size paper
+      --opts recompute_min_side=16`` vs 24). Not under
       ``double_backward`` unless ``recompute_double``: a graph built with ``create_graph`` keeps
       the recomputed activations anyway (the second backward reads them), so there the checkpoint
       only adds its own copies; measured, one lambda_max estimate at the cpu-study size: peak RSS
@@ -66,6 +70,8 @@ class EngineOptions:
     * ``phase_sums``: the outputs of the dilated convs that run in polyphase layout are summed in
       that layout over all edges into a node and converted back once per node, not once per op
       (each conversion is a strided copy forward and backward).
+    * ``scaled_terms``: a shared pool's normalised output enters each edge's node sum as
+      ``sum.addcmul_(z, w)`` (one pass) rather than as a product map ``w * z`` added afterwards.
     """
 
     fused: bool = True
@@ -76,13 +82,14 @@ class EngineOptions:
     small_map: int = 8
     double_backward: bool = False
     recompute: bool = True
-    recompute_min_side: int = 16
+    recompute_min_side: int = 24
     recompute_double: bool = False
     dense_grads: bool = True
     linear_pw: Where = "cpu"
     light_recompute: Where = "cpu"
     shared_subsample: bool = True
     phase_sums: bool = True
+    scaled_terms: bool = True
 
     def where(self, mode: Where, x: torch.Tensor) -> bool:
         return mode == "always" or (mode == "cpu" and x.device.type == "cpu")
