@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from stablenas.bench import BenchConfig, _run_worker, parse_input
@@ -117,3 +118,36 @@ def test_plain_channels_last_baseline_is_the_same_computation():
             assert model.new().memory_format == torch.channels_last
     for a, b in zip(out["plain"], out["plain_cl"]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_each_measurement_holds_only_its_own_models(monkeypatch):
+    """Measurements run one after another, each with only its own models alive: while any step is
+    timed, at most one plain model per plain engine exists (timed beside every earlier
+    measurement's models and graphs, the paper-size steps ran 1.2-1.3x slower), and each
+    measurement's models start from the same weights."""
+    import gc
+    import weakref
+
+    from stablenas import bench as B
+    from stablenas.supernet.reference import PlainNetwork
+
+    live, seen, starts = [], weakref.WeakSet(), []
+    timer = B._time
+
+    def counting(fn, device):
+        gc.collect()
+        models = [o for o in gc.get_objects() if isinstance(o, PlainNetwork)]
+        live.append(len(models))
+        for m in models:  # every plain model is built from the start weights of its measurement
+            if m not in seen:
+                seen.add(m)
+                starts.append(m.stem[0].weight.detach().clone())
+        return timer(fn, device)
+
+    monkeypatch.setattr(B, "_time", counting)
+    cfg = BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), repeats=2, warmup=0,
+                      methods=["none"], exact=False, memory=False, curvature_iters=2, threads=1)
+    res = B.run_bench(cfg, log=lambda _: None)
+    assert max(live) == 2 and len(live) == 3 * 2 * 3  # 3 measurements x 2 repeats x 3 engines
+    assert len(starts) == 6 and all(torch.equal(s, starts[0]) for s in starts)  # 3 measurements x 2 plain
+    assert res["timing"]["second_order"]["plain_cl"]["median_s"] > 0

@@ -39,8 +39,8 @@ def _free_port() -> int:
 
 def _rank_logs(out: Path) -> list[str]:
     """Each rank's log (stage lines, the faulthandler stack, gloo's messages); '' where none was written."""
-    return [Path(f"{out}.rank{r}.log").read_text(errors="replace") if Path(f"{out}.rank{r}.log").exists() else ""
-            for r in range(2)]
+    paths = [Path(f"{out}.rank{r}.log") for r in range(2)]
+    return [p.read_text(errors="replace") if p.exists() else "" for p in paths]
 
 
 def _spawn_job(out: Path) -> tuple[dict, str | None]:

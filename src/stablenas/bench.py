@@ -1,14 +1,16 @@
 """``stablenas bench``: how fast and how big a search step is, against plain DARTS, in one run.
 
-Every figure is measured three times in the same process, interleaved repeat by repeat: with the
-library's engine (``search.loop.Search`` on the fast supernet), with the plain reimplementation
-of the original DARTS search model (``supernet.reference``: per-op Python loop, ``none``
-computed, channels-first, DARTS's architect), and with that same plain model after the one line a
-user tries first, ``model.to(memory_format=torch.channels_last)`` with channels_last inputs
-("plain_cl", the fair baseline: it is most of what the engine's layout work buys for free). All
-start from the same weights and alpha and see the same seeded synthetic batches, so each figure
-comes with same-run ratios, which is what survives a shared, noisy machine (the 1-minute load
-average is recorded next to each repeat).
+Every figure is measured in the same process, one measurement after another (first order, second
+order, each method preset, lambda_max), each with its engines interleaved repeat by repeat and only
+its own models and graphs alive: with the library's engine (``search.loop.Search`` on the fast
+supernet), with the plain reimplementation of the original DARTS search model
+(``supernet.reference``: per-op Python loop, ``none`` computed, channels-first, DARTS's
+architect), and with that same plain model after the one line a user tries first,
+``model.to(memory_format=torch.channels_last)`` with channels_last inputs ("plain_cl", the fair
+baseline: it is most of what the engine's layout work buys for free). All start from the same
+weights and alpha and see the same seeded synthetic batches, so each figure comes with same-run
+ratios, which is what survives a shared, noisy machine (the 1-minute load average is recorded
+next to each repeat).
 
 Two sizes are named (``SIZES``, ``--size``): ``paper`` (DARTS's search network: 8 cells x 16
 channels, 3x32x32, batch 64) and ``cpu-study`` (5 cells x 8 channels, 1x28x28, batch 64, the
@@ -561,22 +563,63 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
         t, v = pbatch[eng]
         return lambda: step(t, v, unrolled=unrolled)
 
-    # (name, callable, images per call); the engines of a measurement sit next to each other in
-    # every repeat
-    jobs: list[tuple[str, Callable[[], Any], int | None]] = [
-        ("first_order/fast", _search_iteration(first, train, val), bc.batch)]
-    plain_models: dict[str, Any] = {}
-    for eng in plain_engines:
-        plain_models[eng], step = _plain_model(first, bc, channels_last=(eng == "plain_cl"))
-        jobs.append((f"first_order/{eng}", plain_job(step, eng, False), bc.batch))
+    series: dict[str, _Series] = {}
+    images: dict[str, int | None] = {}
+    values: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    total = bc.warmup + bc.repeats
+
+    def timed(jobs: list[tuple[str, Callable[[], Any], int | None]]) -> None:
+        """One measurement: its jobs (the engines side by side) interleaved repeat by repeat."""
+        for name, _, img in jobs:
+            series[name], images[name] = _Series(), img
+        for r in range(total):
+            for name, fn, _img in jobs:
+                if name in failed:
+                    continue
+                try:
+                    wall, cpu, out = _time(fn, device)
+                except Exception as e:
+                    failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
+                    log(f"  {name}: failed ({failed[name]})")
+                    continue
+                if r >= bc.warmup:
+                    series[name].add(wall, cpu, _load())
+                    if out is not None and hasattr(out, "lambda_max"):
+                        values.setdefault(name, []).append({"lambda_max": out.lambda_max, "hvps": out.hvps})
+                log(f"  repeat {r + 1}/{total} {'(warm-up) ' if r < bc.warmup else ''}{name}: {wall:.3f} s "
+                    f"(load {_load()})")
+
+    def dropped() -> None:
+        """Between measurements: what the last one built is unreachable by now; return its heap, so
+        each measurement runs in a process that holds only its own models and graphs (a real search
+        does), not every earlier measurement's (at the paper size all of them held ~21 GB; timed
+        beside them, the engine's first-order step took 7.34 s instead of 5.56 s, plain_cl's 13.89 s
+        instead of 11.28 s: 1.89x instead of 2.03x)."""
+        gc.collect()
+        release_heap()
+
+    # every measurement starts from the same weights and alpha
+    net0 = {k: v.clone() for k, v in first.net.state_dict().items()}
+    arch0 = {k: v.clone() for k, v in first.arch.state_dict().items()}
+
+    def side_by_side(key: str, search, unrolled: bool) -> list[tuple[str, Callable[[], Any], int | None]]:
+        jobs: list[tuple[str, Callable[[], Any], int | None]] = [
+            (f"{key}/fast", _search_iteration(search, train, val), bc.batch)]
+        for eng in plain_engines:
+            _, step = _plain_model(search, bc, channels_last=(eng == "plain_cl"))
+            jobs.append((f"{key}/{eng}", plain_job(step, eng, unrolled), bc.batch))
+        return jobs
+
+    timed(side_by_side("first_order", first, False))
+    dropped()
     if bc.second_order:
         second = make_search(_base_config(bc, "second"), bc)
-        second.net.load_state_dict(first.net.state_dict())
-        second.arch.load_state_dict(first.arch.state_dict())
-        jobs.append(("second_order/fast", _search_iteration(second, train, val), bc.batch))
-        for eng in plain_engines:
-            _, step = _plain_model(second, bc, channels_last=(eng == "plain_cl"))
-            jobs.append((f"second_order/{eng}", plain_job(step, eng, True), bc.batch))
+        second.net.load_state_dict(net0)
+        second.arch.load_state_dict(arch0)
+        timed(side_by_side("second_order", second, True))
+        second = None
+        dropped()
 
     methods_out: dict[str, dict] = {}
     for name, raw, reason in _method_presets(bc.methods):
@@ -590,51 +633,29 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
             continue
         tb, vb = _batches(s)
         methods_out[name] = {"methods": [m.name for m in s.cfg.methods], "update": s.cfg.search.update}
-        jobs.append((f"preset/{name}", _search_iteration(s, tb, vb), bc.batch))
+        timed([(f"preset/{name}", _search_iteration(s, tb, vb), bc.batch)])
+        s = tb = vb = None
+        dropped()
 
     cur = _curvature_module() if bc.curvature else None
     if bc.curvature and cur is None:
         result["notes"].append("stablenas.analysis.curvature not available: lambda_max and exact Hessian "
                                "skipped")
     curv: dict[str, Any] = {}
+    obj_fast = obj_plain = None
     if cur is not None:
-        obj_fast = _objective(cur, first)
+        first.net.load_state_dict(net0)
+        first.arch.load_state_dict(arch0)
         iters = bc.curvature_iters
-
-        def lam(obj) -> Callable[[], Any]:
-            return lambda: cur.dominant_eigenvalue(obj, iters=iters)
-
-        jobs.append(("lambda_max/fast", lam(obj_fast), None))
-        plain_objs = {eng: _objective(cur, first, plain_models[eng].net, _plain_batch(eng))
-                      for eng in plain_engines}
-        for eng in plain_engines:
-            jobs.append((f"lambda_max/{eng}", lam(plain_objs[eng]), None))
-        obj_plain = plain_objs.get("plain")
-
-    series = {name: _Series() for name, _, _ in jobs}
-    values: dict[str, Any] = {}
-    failed: dict[str, str] = {}
-    total = bc.warmup + bc.repeats
-    for r in range(total):
-        for name, fn, _img in jobs:
-            if name in failed:
-                continue
-            try:
-                wall, cpu, out = _time(fn, device)
-            except Exception as e:
-                failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
-                log(f"  {name}: failed ({failed[name]})")
-                continue
-            if r >= bc.warmup:
-                series[name].add(wall, cpu, _load())
-                if out is not None and hasattr(out, "lambda_max"):
-                    values.setdefault(name, []).append({"lambda_max": out.lambda_max, "hvps": out.hvps})
-            log(f"  repeat {r + 1}/{total} {'(warm-up) ' if r < bc.warmup else ''}{name}: {wall:.3f} s "
-                f"(load {_load()})")
+        objs = {eng: engine_objective(cur, first, bc, eng) for eng in bc.engines()}
+        obj_fast, obj_plain = objs["fast"], objs.get("plain")
+        timed([(f"lambda_max/{eng}", (lambda o=o: cur.dominant_eigenvalue(o, iters=iters)), None)
+               for eng, o in objs.items()])
+        objs = None
 
     def pair(key: str) -> dict:
         f, p, pc = (series.get(f"{key}/{eng}") for eng in ENGINES)
-        img = next((i for n, _, i in jobs if n == f"{key}/fast"), None)
+        img = images.get(f"{key}/fast")
         d: dict[str, Any] = {}
         for eng in ENGINES:
             s = series.get(f"{key}/{eng}")
@@ -706,13 +727,9 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
                 curv["exact_hessian"] = {"error": f"{type(e).__name__}: {str(e)[:240]}"}
         result["curvature"] = curv
 
-    # the timed objects (searches, plain models, retained curvature graphs) held ~21 GB at the paper
-    # size: drop them before the memory workers start, or parent + worker exceed a 24 GB machine
-    # (``fn``/``out``: the timing loop's last callable and result, the plain lambda_max closure)
-    jobs = plain_models = first = second = obj_fast = plain_objs = obj_plain = series = step = s = None  # noqa: F841
-    fn = out = None  # noqa: F841
-    gc.collect()
-    release_heap()
+    # nothing timed stays alive while the memory workers run (parent + worker on a 24 GB machine)
+    first = obj_fast = obj_plain = None  # noqa: F841
+    dropped()
     if bc.memory:
         log("memory: one fresh subprocess per measurement")
         mem: dict[str, Any] = {}
