@@ -4,6 +4,7 @@ interleaved in one process.
 
     python scripts/engine_ablation.py [--size cpu-study | --cells 8 --channels 16 --batch 64 --input 3x32x32]
                                       [--update first|second] [--repeats 3] [--threads 1]
+                                      [--only no-recompute,plain-darts-cl]
 
 Variants (each undoes one change; the rest of the engine stays on; engine options are
 ``supernet.kernels.EngineOptions``, switched with ``supernet.network.engine_options``):
@@ -21,6 +22,7 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-shared-subsample  FactorizedReduce and stride-2 dil convs slice the rectified input per op
   no-phase-sums     each dil conv's phase-layout output converted back on its own, not once per node
   no-scaled-terms   each shared pool output multiplied by the op weight into a new map, then added
+  recompute-from-16 recomputation also on 16x16 maps (recompute_min_side 16, the default before session 15)
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
   plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
 Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.
@@ -45,6 +47,7 @@ def main() -> None:
     B.add_size_arguments(p, "paper")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--only", default="", help="comma-separated variants to run (engine always runs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this process's CPU time (a machine shared with other jobs)")
     args = p.parse_args()
@@ -81,9 +84,16 @@ def main() -> None:
         "no-shared-subsample": (it_cl, undo(shared_subsample=False)),
         "no-phase-sums": (it_cl, undo(phase_sums=False)),
         "no-scaled-terms": (it_cl, undo(scaled_terms=False)),
+        "recompute-from-16": (it_cl, undo(recompute_min_side=16)),
         "plain-darts": (lambda: plain_step(tp, vp, unrolled=unrolled), contextlib.nullcontext),
         "plain-darts-cl": (lambda: plain_cl_step(tc, vc, unrolled=unrolled), contextlib.nullcontext),
     }
+    if args.only:
+        wanted = {"engine", *args.only.split(",")}
+        unknown = wanted - variants.keys()
+        if unknown:
+            p.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(variants)}")
+        variants = {k: v for k, v in variants.items() if k in wanted}
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)

@@ -44,10 +44,10 @@ class EngineOptions:
       first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
       input) are recomputed in backward instead of stored, for ops on maps at least
       ``recompute_min_side`` pixels a side (peak memory; off stores them). 24: the first stage
-      of both bench sizes (32x32, 28x28), where most of the memory is; storing the 16x16 stage of
-      the paper size instead of recomputing it measured 2.6% faster per first-order iteration for
-      559 MB more peak RSS growth (3,310 -> 3,869 MB, ``scripts/engine_memory.py --size paper
-      --opts recompute_min_side=16`` vs 24). Not under
+      of both bench sizes (32x32, 28x28), where most of the memory is; recomputing the paper
+      size's 16x16 stage too (16) measured 1.03x the first-order time (``scripts/engine_ablation.py
+      --size paper --threads 2 --only recompute-from-16``) for 559 MB less peak RSS growth (3,869
+      -> 3,310 MB, ``scripts/engine_memory.py --size paper --opts recompute_min_side=16``). Not under
       ``double_backward`` unless ``recompute_double``: a graph built with ``create_graph`` keeps
       the recomputed activations anyway (the second backward reads them), so there the checkpoint
       only adds its own copies; measured, one lambda_max estimate at the cpu-study size: peak RSS
