@@ -377,8 +377,7 @@ def test_phase_sums_convert_once_per_node():
 def test_scaled_terms_add_pool_outputs_without_product_maps():
     """Under scaled_terms a shared pool's output enters each edge's node sum by one addcmul_: the
     forward makes no full-map product per pool op and edge (here 2 pools x 14 edges) beyond each
-    node sum's first term, and gives the
-    same output and gradients as the product maps."""
+    node sum's first term, and gives the same output and gradients as the product maps."""
     sp, fast, plain, arch = _pair(layers=1, C=4)
     x = torch.randn(4, 1, 8, 8)
     n_pool = sum(1 for e in fast.cells[0].edges for name in e.op_names if "pool" in name)
