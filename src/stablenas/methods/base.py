@@ -8,6 +8,10 @@ the loop calls at fixed points; it never copies the loop. The hooks, in call ord
 - ``on_epoch_start(search, epoch)``: schedules (perturbation radius, temperature, ...).
 - ``arch_step(search, train_batch, val_batch) -> bool``: replace the alpha update of this step;
   return False to leave it to the configured rule (first/second order, single-level).
+- ``arch_penalty(search) -> Tensor | None``: a term added to the alpha objective, a function of
+  alpha alone (beta-DARTS's smoothmax, FairDARTS's zero-one loss, DrNAS's prior, a resource budget).
+  The loop adds its gradient to every alpha step (first order, second order, a method's own
+  ``arch_step`` through ``search.apply_arch_grads``) and adds the term to the single-level loss.
 - ``transform(search, mix, phase, batch) -> Mix``: edit the op weights that reach the supernet in
   a phase: ``"weights"`` (the weight step: SDARTS perturbations, MS-DARTS shift, GDAS/RS-ws
   sampling), ``"arch"`` (the alpha step), ``"eval"`` (validation passes). Methods compose in
@@ -104,6 +108,9 @@ class Method:
 
     def arch_step(self, search: Search, train_batch: Batch, val_batch: Batch) -> bool:
         return False
+
+    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+        return None
 
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         return mix
