@@ -1,0 +1,82 @@
+"""The documentation site builds with warnings as errors (a broken link, a missing page in the
+navigation, an API object that does not exist fail here), and its generated reference pages cover
+every method, command, config key and exit code the code has."""
+
+import html
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stablenas import errors
+from stablenas.config import SearchConfig
+from stablenas.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
+                        "-d", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={"NO_MKDOCS_2_WARNING": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(out)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "WARNING" not in r.stderr, r.stderr[-3000:]
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _text(site: Path, page: str) -> str:
+    s = (site / page / "index.html").read_text()
+    return html.unescape(re.sub(r"<[^>]+>", " ", s))
+
+
+def test_every_marker_is_replaced(site):
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 10
+    for f in pages:
+        assert "<!-- ref:" not in f.read_text(), f
+
+
+def test_methods_page_documents_every_method_and_its_options(site):
+    text = _text(site, "methods")
+    for name, cls in METHODS.items():
+        assert name in text, name
+        if cls.preset:
+            assert f"stablenas search {cls.preset}" in text, name
+        for opt in cls.Options.model_fields:
+            assert opt in text, (name, opt)
+
+
+def test_cli_page_has_every_command(site):
+    import typer
+
+    from stablenas.cli import app
+
+    text = _text(site, "cli")
+    group = typer.main.get_command(app)
+    for name in group.list_commands(None):
+        assert f"stablenas {name}" in text, name
+        assert "Usage: stablenas " + name in " ".join(text.split()), name
+
+
+def test_configuration_page_has_every_key(site):
+    text = _text(site, "configuration")
+    for key, f in SearchConfig.model_fields.items():
+        assert key in text
+        sub = f.annotation
+        for k in getattr(sub, "model_fields", {}):
+            assert k in text, (key, k)
+
+
+def test_exit_code_page_lists_every_error(site):
+    text = " ".join(_text(site, "exit-codes").split())
+    for name, cls in vars(errors).items():
+        if isinstance(cls, type) and issubclass(cls, errors.StablenasError):
+            assert name in text, name
+    for code in (errors.EXIT_USER, errors.EXIT_DIVERGED, errors.EXIT_NO_SPACE):
+        assert f" {code} " in text
