@@ -59,7 +59,7 @@ def test_sweep_errors_are_one_line(tmp_path, capsys):
 
 def test_help_shows_flags_as_flags():
     """Every command's --help in plain click layout: a boolean flag reads ``--resume``, never ``--resume <bool>``
-    (typer's rich help printed a value placeholder after every flag, issue 16), and no box drawing."""
+    (typer's rich help prints a value placeholder after every flag), and no box drawing."""
     from typer.main import get_command
     from typer.testing import CliRunner
 

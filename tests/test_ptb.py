@@ -1,4 +1,4 @@
-"""Penn Treebank data, the recurrent cell, its discretisation and genotype (issue 14)."""
+"""Penn Treebank data, the recurrent cell, its discretisation and genotype."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Cells drawn as graphs: Graphviz ``dot`` when it is on PATH, a matplotlib drawing otherwise.
 
-Graphviz set-up is a recurring stumbling block (field notes), so it is never required: the
+Graphviz set-up is a common stumbling block of DARTS code, so it is never required: the
 fallback lays nodes out by depth and draws labelled arrows with matplotlib alone.
 """
 

@@ -3,8 +3,7 @@
 Everything here computes exactly what the textbook op computes (up to float rounding), only with
 fewer or faster kernels; ``supernet.network`` decides where to use it, ``EngineOptions`` (an
 attribute of every supernet module, ``net.engine``) says which tricks are on. The bench and the
-ablation (``scripts/engine_ablation.py``) switch them off one at a time with
-:func:`supernet.network.engine_options`.
+ablation switch them off one at a time with :func:`supernet.network.engine_options`.
 """
 
 from __future__ import annotations
@@ -21,57 +20,43 @@ Where = Literal["cpu", "always", "never"]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Which engine optimisations run (all on by default; each can be undone on its own).
+    """Which engine optimisations run; each can be undone on its own (the ablation on the
+    performance page of the docs measures what each buys).
 
     * ``fused``: shared ReLU per tensor, op weight folded into the op's last BN, `none` skipped
-      without a module call (off: every op module is called as written, so forward hooks see
-      every op output; `none` is still skipped).
+      without a module call (off: every op module is called as written, so forward hooks see every
+      op output).
     * ``shared_pools``: the pooling ops of all edges leaving a node pool the same input once and,
       in training mode, share their static BN (identical batch statistics).
     * ``conv_avg_pool``: 3x3 average pooling as a depthwise conv with a ones kernel (CPU avg_pool2d
       on channels_last maps is slow).
     * ``phase_dilation``: dilated depthwise convs as plain convs on polyphase components.
     * ``small_dw5`` / ``small_map`` (off): 5x5 depthwise weight gradients from four 3x3 tiles on
-      maps up to ``small_map`` pixels a side. Off by default since session 12: on this torch the
-      library's 5x5 weight gradient was as fast or faster at every supernet shape timed (one
-      thread, e.g. [64, 32, 7, 7] 1.41 vs 1.83 ms, [256, 32, 4, 4] 2.41 vs 2.92 ms), and undoing
-      the tiles made a cpu-study iteration 0.95x (first order) / 0.96x (second order) as long;
-      lambda_max unchanged (22.44 vs 22.47 s).
+      maps up to ``small_map`` pixels a side; off because the library's kernel is as fast at every
+      supernet shape measured.
     * ``double_backward``: every depthwise conv through :class:`DWConv`, whose backward is made of
       depthwise convs again (set by code that differentiates twice: Hessian-vector products, the
       exact unrolled gradient).
     * ``recompute`` / ``recompute_min_side``: the activations inside sep and dil convs after their
-      first depthwise conv (pointwise outputs, BN output and its ReLU, the second depthwise
-      input) are recomputed in backward instead of stored, for ops on maps at least
-      ``recompute_min_side`` pixels a side (peak memory; off stores them). 24: the first stage
-      of both bench sizes (32x32, 28x28), where most of the memory is; recomputing the paper
-      size's 16x16 stage too (16) measured 1.03x the first-order time (``scripts/engine_ablation.py
-      --size paper --threads 2 --only recompute-from-16``) for 559 MB less peak RSS growth (3,869
-      -> 3,310 MB, ``scripts/engine_memory.py --size paper --opts recompute_min_side=16``). Not under
-      ``double_backward`` unless ``recompute_double``: a graph built with ``create_graph`` keeps
-      the recomputed activations anyway (the second backward reads them), so there the checkpoint
-      only adds its own copies; measured, one lambda_max estimate at the cpu-study size: peak RSS
-      growth 2,572 MB with it vs 2,265 MB without.
+      first depthwise conv are recomputed in backward instead of stored, on maps at least
+      ``recompute_min_side`` pixels a side (24: the first stage of both bench sizes, where most of
+      the memory is). Not under ``double_backward`` unless ``recompute_double``: a graph built with
+      ``create_graph`` keeps the recomputed activations anyway, so a checkpoint there only adds
+      copies.
     * ``light_recompute``: where ``recompute`` applies and nothing differentiates twice, the
-      recomputed segments are two autograd Functions (:class:`PwBN`, :class:`SepMid`) that keep
-      the same tensors as the checkpoint but, in backward, recompute only the pointwise product
-      and the normalisation from saved batch statistics (no second BN statistics pass, no rerun of
-      the depthwise conv whose output is already known, no checkpoint bookkeeping). Off (or under
-      ``double_backward`` with ``recompute_double``): ``torch.utils.checkpoint``, which supports
-      double backward.
+      recomputed segments are two autograd Functions (:class:`PwBN`, :class:`SepMid`) that
+      recompute only the pointwise product and the normalisation from saved batch statistics
+      (off: ``torch.utils.checkpoint``, which also supports double backward).
     * ``linear_pw``: 1x1 convs (stride 1, no groups, no bias) on channels_last maps as one matrix
-      product over the pixels (``F.linear`` on the NHWC view, no copy), forward and backward.
-    * ``dense_grads``: each node's gradient made dense (:func:`dense_grad`) before it reaches
-      the BN backwards of the ops that feed the node (cut the profiled BN backward time by 58%).
-    * ``shared_subsample``: the even and odd pixels of a rectified input (all a FactorizedReduce
-      and a stride-2 dilated conv read) picked once per tensor by :class:`Subsample`, with one
-      backward, instead of two strided slices per branch and per edge (each slice's backward is a
-      zero fill and a strided copy of the full map).
-    * ``phase_sums``: the outputs of the dilated convs that run in polyphase layout are summed in
-      that layout over all edges into a node and converted back once per node, not once per op
-      (each conversion is a strided copy forward and backward).
+      product over the pixels (``F.linear`` on the NHWC view, no copy).
+    * ``dense_grads``: each node's gradient made dense (:func:`dense_grad`) before the BN backwards
+      of the ops that feed the node read it.
+    * ``shared_subsample``: the even and odd pixels of a rectified input (what FactorizedReduce and
+      stride-2 dilated convs read) picked once per tensor by :class:`Subsample`.
+    * ``phase_sums``: polyphase dil-conv outputs summed in that layout per node and converted back
+      once per node, not once per op.
     * ``scaled_terms``: a shared pool's normalised output enters each edge's node sum as
-      ``sum.addcmul_(z, w)`` (one pass) rather than as a product map ``w * z`` added afterwards.
+      ``sum.addcmul_(z, w)`` rather than as a product map ``w * z`` added afterwards.
     """
 
     fused: bool = True
