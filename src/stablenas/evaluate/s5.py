@@ -48,7 +48,7 @@ __all__ = [
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
-# The fixed ground-truth protocol (see the module docstring of scripts/s5_calibrate.py and the
+# The fixed ground-truth protocol (see the module docstring of benchmarks/s5_calibrate.py and the
 # report in the table file for why these values): a small network trained briefly, all 10,000 test
 # images for the accuracy. No augmentation or regularisers: over a few epochs they only slow
 # convergence and add variance, and the point is a ranking of the 81 cells, not a record accuracy.

@@ -7,7 +7,7 @@ recording the test accuracy after every epoch (so one run shows how the ranking 
 training length). Prints one JSON line per run and a summary (spread between architectures vs.
 spread between seeds).
 
-    nice -n 10 python scripts/s5_calibrate.py --out runs/s5-calibrate --jobs 2 \
+    nice -n 10 python benchmarks/s5_calibrate.py --out runs/s5-calibrate --jobs 2 \
         [--set epochs=4 --set subset=4000 ...]   # protocol changes on top of S5_PROTOCOL
 """
 
@@ -20,8 +20,6 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-
-import yaml
 
 ARCHS = (0, 17, 40, 74)
 
@@ -45,6 +43,7 @@ def _one(args: tuple[int, int, dict, str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stablenas.config import apply_overrides
     from stablenas.evaluate.s5 import S5_PROTOCOL
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args(argv)
-    protocol = dict(S5_PROTOCOL)
-    for item in a.overrides:
-        k, v = item.split("=", 1)
-        protocol[k] = yaml.safe_load(v)
+    protocol = apply_overrides(dict(S5_PROTOCOL), a.overrides, example="epochs=8")  # the one --set parser
     tasks = [(i, s, protocol, f"{a.out}/arch{i:02d}-seed{s}") for s in a.seeds for i in ARCHS]
     with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as ex:
         results = list(ex.map(_one, tasks))

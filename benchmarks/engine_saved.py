@@ -1,14 +1,14 @@
 """What a forward keeps for backward, by the function that kept it: the tensors autograd saves (unique
 storages, so a map shared by several ops counts once), summed per source line of the supernet code.
 
-    python scripts/engine_saved.py [--size cpu-study|paper] [--engine fast|plain_cl]
+    python benchmarks/engine_saved.py [--size cpu-study|paper] [--engine fast|plain_cl]
                                    [--what alpha|weights|both|lambda_max] [--top 15]
 
 ``alpha``: the first-order alpha step's forward (weights frozen); ``weights``: the weight step's (alpha
 detached); ``both``: the unrolled step's validation pass (alpha and the virtual weights); ``lambda_max``:
 the forward plus the ``create_graph`` backward of one Hessian-vector-product graph (``curvature.HVP``),
 the backward's savings named by the autograd node that made them. Peak memory is this plus the
-temporaries of the pass and whatever the allocator keeps (``scripts/engine_memory.py`` measures that
+temporaries of the pass and whatever the allocator keeps (``benchmarks/engine_memory.py`` measures that
 peak); this script shows which part of it is the graph, and whose. Tensors saved inside a
 ``torch.utils.checkpoint`` region are held by the checkpoint and not seen here.
 """

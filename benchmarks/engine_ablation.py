@@ -2,7 +2,7 @@
 against the full engine and the plain DARTS reimplementation (channels-first and channels_last),
 interleaved in one process.
 
-    python scripts/engine_ablation.py [--size cpu-study | --cells 8 --channels 16 --batch 64 --input 3x32x32]
+    python benchmarks/engine_ablation.py [--size cpu-study | --cells 8 --channels 16 --batch 64 --input 3x32x32]
                                       [--update first|second] [--repeats 3] [--threads 1]
                                       [--only no-recompute,plain-darts-cl]
 
@@ -22,7 +22,7 @@ Variants (each undoes one change; the rest of the engine stays on; engine option
   no-shared-subsample  FactorizedReduce and stride-2 dil convs slice the rectified input per op
   no-phase-sums     each dil conv's phase-layout output converted back on its own, not once per node
   no-scaled-terms   each shared pool output multiplied by the op weight into a new map, then added
-  recompute-from-16 recomputation also on 16x16 maps (recompute_min_side 16, the default before session 15)
+  recompute-from-16 recomputation also on 16x16 maps (recompute_min_side 16)
   plain-darts       supernet.reference: per-op Python loop, `none` computed, channels-first
   plain-darts-cl    the same after model.to(memory_format=torch.channels_last), channels_last inputs
 Writes a JSON line per variant and a markdown table (median, min-max, x engine) to stdout.

@@ -1,10 +1,10 @@
-"""How far DARTS's finite-difference unrolled gradient is from the exact one (README, 2nd order).
+"""How far DARTS's finite-difference unrolled gradient is from the exact one (docs: methods, 2nd order).
 
 Exact: d/d alpha L_val(w - xi * grad_w L_train(w, alpha), alpha) by double backward, float64, one
 training and one validation batch. Prints the relative error ||g - g*|| / ||g*|| and the cosine of
 the finite-difference (default) and the autograd (``search.unrolled_hvp: autograd``) variants.
 
-    OMP_NUM_THREADS=1 python scripts/hypergradient_error.py [--seeds 2 3]
+    OMP_NUM_THREADS=1 python benchmarks/hypergradient_error.py [--seeds 2 3] [--preset quickstart] [--set key=value]
 """
 
 import argparse
@@ -35,13 +35,15 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
     p.add_argument("--preset", default="quickstart")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="a config override (repeatable)")
     args = p.parse_args()
     for seed in args.seeds:
-        cfg = sn.load_config(args.preset, ["search.update=second", f"seed={seed}", "network.channels_last=false"])
+        cfg = sn.load_config(args.preset, ["search.update=second", f"seed={seed}", "network.channels_last=false",
+                                           *args.overrides])
         s = Search(cfg, None, progress=False, log=lambda m: None)
         s.net.double()
         s.arch.double()
-        s._start_epoch(0)
+        s.start_epoch(0)
         xt, yt = next(iter(s.train_loader))
         xv, yv = next(s.val_stream)
         train, val = (xt.double(), yt), (xv.double(), yv)

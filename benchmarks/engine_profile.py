@@ -1,7 +1,7 @@
 """Where a search iteration's time goes: operator dispatches and the top operators by self time, for the
 engine and the plain DARTS model in channels_last (bench's ``plain_cl``), on the same weights and batches.
 
-    python scripts/engine_profile.py [--size cpu-study | --cells 5 --channels 8 --batch 64 --input 1x28x28]
+    python benchmarks/engine_profile.py [--size cpu-study | --cells 5 --channels 8 --batch 64 --input 1x28x28]
                                      [--update first|second] [--threads 1] [--top 15]
 
 Issue 17 asks for fewer, larger kernels; this counts them (aten calls seen by torch.profiler in one

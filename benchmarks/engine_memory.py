@@ -1,7 +1,7 @@
 """Peak memory growth of one search iteration (or one lambda_max estimate) in this fresh process, with
 engine options changed: what each memory-relevant option costs or saves.
 
-    python scripts/engine_memory.py [--size cpu-study|paper] --what first_order|second_order|lambda_max
+    python benchmarks/engine_memory.py [--size cpu-study|paper] --what first_order|second_order|lambda_max
                                     [--engine fast|plain_cl] [--opts linear_pw=never,light_recompute=never]
 
 The procedure of ``stablenas bench``'s memory worker (``bench._worker``: build, reset the RSS high-water
