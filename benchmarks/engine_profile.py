@@ -4,7 +4,7 @@ engine and the plain DARTS model in channels_last (bench's ``plain_cl``), on the
     python benchmarks/engine_profile.py [--size cpu-study | --cells 5 --channels 8 --batch 64 --input 1x28x28]
                                      [--update first|second] [--threads 1] [--top 15]
 
-Issue 17 asks for fewer, larger kernels; this counts them (aten calls seen by torch.profiler in one
+Fewer, larger kernels make a faster step; this counts them (aten calls seen by torch.profiler in one
 iteration, forward + backward + optimiser steps; on CUDA also the kernel launches) so a change can be
 judged by its count as well as by its time. Profiling adds overhead per call: compare counts and
 shares, take times from ``stablenas bench``.
