@@ -29,11 +29,19 @@ CASES = {
     "ms-darts": ("ms-darts", []),
     "single-darts": ("single-darts", []),
     "gdas": ("gdas", []),
+    "drnas": ("drnas", []),
+    "snas": ("snas", []),
     "pc-darts": ("pc-darts", []),
     "idarts": ("idarts", ["methods.0.images=48", "methods.0.batch_size=16"]),
     "hessian": ("darts", ["methods=[{name: hessian, iters: 6}]"]),
     "rs-ws": ("rs-ws", []),
     "darts-es": ("darts-es", ["methods.0.iters=4"]),
+    "beta-darts": ("beta-darts", ["methods.0.start=5.0"]),  # lambda > 0 from epoch 0: the term in play
+    "fair-darts": ("fair-darts", []),
+    "budget": ("darts", ["methods=[{name: budget, max_madds: 0.01}]"]),  # over budget: the penalty in play
+    "darts-minus": ("darts-minus", ["network.layers=3"]),  # 3 cells: the reduction edges' FactorizedReduce path
+    "oles": ("oles", ["methods.0.window=1"]),  # a freeze decision at every step, from the reduced gradients
+    "lambda-darts": ("lambda-darts", ["methods.0.ramp=false"]),  # the term in play from step 1
 }
 K = 3
 

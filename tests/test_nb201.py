@@ -187,3 +187,92 @@ def test_search_record_uses_a_covering_file(tmp_path, tiny_overrides, monkeypatc
     assert res.metrics[0]["nb201_test_acc"] == pytest.approx(
         {"cifar10": 0.80, "cifar100": 0.59, "ImageNet16-120": 0.39}
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the reduction block on every input side
+
+
+def test_reduction_block_even_sides_are_the_benchmark_block():
+    """On even sides the shortcut pool is the NB201 code's floor-mode AvgPool2d(2, 2): the block's output
+    is bit-identical with that pool swapped in."""
+    import copy
+
+    from stablenas.spaces.ops import ResNetBasicBlock
+
+    torch.manual_seed(0)
+    block = ResNetBasicBlock(4, 8, 2).eval()
+    floor = copy.deepcopy(block)
+    floor.downsample[0] = torch.nn.AvgPool2d(2, stride=2, padding=0)
+    for side in (4, 8, 16, 32):
+        x = torch.randn(2, 4, side, side)
+        assert torch.equal(block(x), floor(x))
+
+
+def test_reduction_block_odd_side_by_hand():
+    """7x7 -> 4x4 on both paths; the shortcut's last row and column average the pixels they have."""
+    from stablenas.spaces.ops import ResNetBasicBlock
+
+    block = ResNetBasicBlock(1, 2, 2).eval()
+    x = torch.randn(1, 1, 7, 7)
+    assert block(x).shape == (1, 2, 4, 4)
+    pooled = block.downsample[0](x)
+    want = torch.tensor([[x[0, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() for j in range(4)] for i in range(4)])
+    torch.testing.assert_close(pooled[0, 0], want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [7, 14])
+def test_supernet_and_plain_reference_on_odd_sides(side):
+    """The NB201 supernet and its plain reference on sides that turn odd after a reduction (14 -> 7 -> 4):
+    the same loss and gradients."""
+    import torch.nn.functional as F
+
+    from stablenas.spaces.registry import get_space
+    from stablenas.supernet import network as N
+    from stablenas.supernet.arch import ArchParams
+    from stablenas.supernet.reference import build_plain
+
+    torch.manual_seed(0)
+    sp = get_space("nb201")
+    fast = N.build_supernet(sp, C=4, layers=1, in_channels=1)
+    plain = build_plain(sp, C=4, layers=1, in_channels=1)
+    plain.load_state_dict(fast.state_dict())
+    arch = ArchParams(sp, init_scale=1.0, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(3, 1, side, side), torch.randint(0, 10, (3,))
+    out = []
+    for net in (fast, plain):
+        loss = F.cross_entropy(net(x, arch.op_weights()), y)
+        out.append((loss.detach(), torch.autograd.grad(loss, [*net.parameters(), *arch.parameters()])))
+    (lf, gf), (lp, gp) = out
+    torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
+    for a, b in zip(gf, gp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_search_and_train_on_fashion_mnist_14(tmp_path, capsys):
+    """End to end on the study's proxy (14x14: 14 -> 7 -> 4): a 1-epoch nb201 search, then its cell
+    trained from scratch in the evaluation network, and counted by ``info`` at that input size."""
+    from stablenas.cli import main
+
+    def cli(argv):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as e:
+            assert e.code in (0, None), capsys.readouterr().err
+        return capsys.readouterr().out
+
+    run = tmp_path / "search"
+    cli(["search", "darts", "--set", "space=nb201", "--set", "data.dataset=fashion-mnist-14", "--set",
+         "data.subset=256", "--set", "data.batch_size=32", "--set", "network.layers=1", "--set", "network.channels=8",
+         "--set", "optim.epochs=1", "--set", "search.steps_per_epoch=2", "--set", "search.val_batches=1",
+         "--set", "threads=1", "--no-progress", "--out", run])
+    g = Genotype.load(run / "genotype.json")
+    assert g.space == "nb201" and g.arch
+    cli(["train", run, "--epochs", "1", "--channels", "8", "--layers", "1", "--batch", "32", "--set",
+         "steps_per_epoch=2", "--set", "subset=256", "--set", "evaluate_test=false", "--threads", "1",
+         "--no-progress", "--out", tmp_path / "train"])
+    res = json.loads((tmp_path / "train" / "result.json").read_text())
+    assert res["epochs"] == 1 and res["params"] > 0
+    out = cli(["info", g.arch, "--input-size", "1,14,14", "--channels", "8", "--layers", "1"])
+    assert "input 1x14x14" in out and f"{res['params']:,}" in out

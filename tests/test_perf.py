@@ -244,7 +244,7 @@ def _search(update: str) -> Search:
                                 "network.channels=4", "network.layers=3", "network.stem_multiplier=2",
                                 "optim.weight_decay=0", f"search.update={update}", "evaluation.lookup=false"])
     s = Search(cfg, None, progress=False, log=lambda m: None)
-    s._start_epoch(0)
+    s.start_epoch(0)
     return s
 
 

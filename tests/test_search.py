@@ -54,11 +54,11 @@ def test_alpha_moves_only_after_warmup(tiny_overrides):
     cfg = sn.load_config("darts", tiny_overrides + ["space=s5", "optim.warmup_epochs=1", "network.layers=3"])
     s = Search(cfg, None, progress=False, log=lambda m: None)
     a0 = {k: v.clone() for k, v in s.arch.state_dict().items()}
-    s._start_epoch(0)
+    s.start_epoch(0)
     s.train_epoch()
     assert all(torch.equal(a0[k], v) for k, v in s.arch.state_dict().items())
     s._end_epoch()
-    s._start_epoch(1)
+    s.start_epoch(1)
     s.train_epoch()
     assert not torch.equal(a0["alphas.normal"], s.arch.state_dict()["alphas.normal"])
 
@@ -70,7 +70,7 @@ def test_step_returns_the_loss_without_its_graph(tiny_overrides, update):
     freed activations of the next step (measured +0.6 GB peak RSS, second order, cpu-study size)."""
     cfg = sn.load_config("darts", tiny_overrides + [f"search.update={update}"])
     s = Search(cfg, None, progress=False, log=lambda m: None)
-    s._start_epoch(0)
+    s.start_epoch(0)
     train, val = next(iter(s.train_loader)), next(s.val_stream)
     loss = s.step(train, val)
     assert loss.grad_fn is None and not loss.requires_grad

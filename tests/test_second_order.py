@@ -26,7 +26,7 @@ def _search(tiny_overrides, space, hvp="finite-difference"):
     s = Search(cfg, None, progress=False)
     s.net.double()
     s.arch.double()
-    s._start_epoch(0)
+    s.start_epoch(0)
     g = torch.Generator().manual_seed(0)
     _, yt = next(iter(s.train_loader))
     _, yv = next(s.val_stream)

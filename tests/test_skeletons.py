@@ -74,8 +74,30 @@ def test_a_skeleton_without_a_capability_refuses_it_in_one_line(nopc_space):
     with pytest.raises(ConfigError, match=r"network.partial_channels > 1 needs partial channels, which the "
                                           r"test-nopc skeleton does not have"):
         sn.config_from_dict({"space": nopc_space, "network": {"partial_channels": 2}})
-    with pytest.raises(ConfigError, match="method pc-darts needs partial channels"):
+    with pytest.raises(ConfigError, match="method pc-darts needs partial channels") as e:
         sn.config_from_dict({"space": nopc_space, "methods": [{"name": "pc-darts"}]})
+    # the line ends with the spaces whose skeleton has it, or with what to do instead
+    assert str(e.value).endswith("(it supports: reduction_cells); spaces with it: " + ", ".join(
+        n for n in SPACES if SPACES[n].skeleton in ("darts", "nb201") and n != nopc_space))
+    with pytest.raises(ConfigError, match=r"^x needs op modules, which the test-nopc skeleton does not have "
+                                          r"\(it supports: reduction_cells\); do y$"):
+        SKELETONS["test-nopc"].require("op_modules", "x", "do y")
+
+
+def test_the_discrete_structure_methods_ask_for():
+    nb, s3 = sn.get_space("nb201"), sn.get_space("s3")
+    darts, nb201 = SKELETONS["darts"], SKELETONS["nb201"]
+    # every kept connection `none`: NB201 every edge, DARTS two inputs (c_{k-2}, c_{k-1}) per node
+    assert nb201.zero_genotype(nb).arch == "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    z = darts.zero_genotype(s3)
+    assert z.normal == z.reduce == (("none", 0), ("none", 1)) * 4 and z.normal_concat == (2, 3, 4, 5)
+    # per node (edge, op index) slots keep their order; outputs set the concat of the cell they name
+    per_node = [[(1, 2), (0, 1)], [(2, 2), (4, 1)], [(5, 2), (6, 2)], [(9, 1), (13, 0)]]
+    g = darts.genotype_of(s3, {"normal": per_node, "reduce": per_node}, outputs={"normal": (2, 3)})
+    assert g.normal[:4] == (("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("skip_connect", 2))
+    assert g.normal[-1] == ("none", 4) and g.normal_concat == (2, 3) and g.reduce_concat == (2, 3, 4, 5)
+    assert nb201.genotype_of(nb, {"cell": [[(0, 1)], [(2, 0), (1, 4)], [(5, 2), (3, 3), (4, 0)]]}).arch == \
+        "|skip_connect~0|+|avg_pool_3x3~0|none~1|+|nor_conv_3x3~0|none~1|nor_conv_1x1~2|"
 
 
 def test_skeleton_options_section():

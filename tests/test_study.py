@@ -267,3 +267,74 @@ def test_summary_of_committed_records_runs_nothing(tmp_path, tiny, finished, mon
     assert "complete: all 4 units" in md and md in capsys.readouterr().out
     again = json.loads((tmp_path / "view" / "results.json").read_text())
     assert _strip_times(again["rows"]) == _strip_times(s["rows"])
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        cli.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_summary_refuses_what_it_cannot_summarise(tmp_path, tiny, finished, monkeypatch, capsys):
+    """--summary writes a table only of this protocol's units: records that are no directory, a
+    directory holding no study (or a foreign one), and another protocol's study are refused in one
+    line, every file left as it was."""
+    _, out, rec_dir = finished
+    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(yaml.safe_dump(TINY, sort_keys=False))
+    base = ["study", str(proto), "--summary"]
+    (tmp_path / "records.txt").write_text("not a directory\n")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.md").write_text("mine\n")
+    view = tmp_path / "view"
+    assert _cli([*base, "--out", str(view), "--records", str(rec_dir)], capsys)[0] == 0
+    before = {"foreign": _files(foreign), "view": _files(view), "out": _files(out)}
+    cases = [
+        ([*base, "--out", str(tmp_path / "v1"), "--records", str(tmp_path / "records.txt")], "is a file"),
+        ([*base, "--out", str(tmp_path / "v2"), "--records", str(tmp_path / "none")], "no such directory"),
+        ([*base, "--out", str(foreign)], "holds no study"),
+        ([*base, "--out", str(tmp_path / "v3")], "holds no study"),
+        ([*base, "--out", str(view), "--set", "set=[optim.epochs=5]"], "different protocol (set)"),
+        ([*base, "--out", str(out), "--set", "set=[optim.epochs=5]"], "different protocol (set)"),
+    ]
+    for argv, what in cases:
+        code, stdout, err = _cli(argv, capsys)
+        errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert code == 2 and len(errors) == 1 and what in errors[0] and not stdout, (argv, err)
+    assert {"foreign": _files(foreign), "view": _files(view), "out": _files(out)} == before
+    assert not any((tmp_path / v).exists() for v in ("v1", "v2", "v3"))
+
+
+def test_summary_names_every_record_it_leaves_out(tmp_path, tiny, finished, monkeypatch, capsys):
+    """A truncated record and an edited one (other settings) are left out of the table, each named."""
+    import shutil
+
+    _, _, rec_dir = finished
+    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(st, "load_protocol", lambda *a, **k: tiny)
+    rec = tmp_path / "rec"
+    shutil.copytree(rec_dir, rec)
+    cut = rec / "s3-darts-seed0" / "result.json"
+    cut.write_text(cut.read_text()[:100])
+    edited = rec / "s5-sdarts-rs-seed0" / "result.json"
+    res = json.loads(edited.read_text())
+    res["search_config"]["optim"]["epochs"] = 5
+    edited.write_text(json.dumps(res))
+    code, stdout, err = _cli(["study", "tiny", "--out", str(tmp_path / "view"), "--records", str(rec), "--summary"],
+                             capsys)
+    assert code == 0 and "PARTIAL: 2 of 4 units finished" in stdout
+    notes = err.splitlines()
+    assert len(notes) == 2, err
+    assert f"record {cut} is unreadable" in notes[0]
+    assert f"record {edited.parent} was made with other settings (search.optim.epochs)" in notes[1]

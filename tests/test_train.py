@@ -129,7 +129,7 @@ def test_resolve_genotype_sources(tmp_path):
     assert resolve_genotype("DARTS_V2").normal[0] == ("sep_conv_3x3", 0)
     assert resolve_genotype(
         "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|none~2|"
-    ).is_nb201
+    ).skeleton.name == "nb201"
     g = _s5()
     g.save(tmp_path / "genotype.json")
     assert resolve_genotype(tmp_path) == g

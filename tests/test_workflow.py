@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 import stablenas as sn
 from stablenas.cli import app
 from stablenas.estimate import estimate_search, estimate_train, format_estimate
-from stablenas.evaluate.published import PUBLISHED
 from stablenas.evaluate.train import resolve_genotype, train_config
 from stablenas.genotype import GenotypeError
+from stablenas.networks.published import PUBLISHED
 
 DARTS_V2_PY = """DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0),
  ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)],
@@ -96,7 +96,7 @@ def test_search_then_train_and_info_follow_the_run(tmp_path, tiny_overrides):
     assert res.exit_code == 0, res.output
     assert "input 1x8x8" in res.output
     g = sn.Genotype.load(run / "genotype.json")
-    from stablenas.evaluate.profile import info as profile_info
+    from stablenas.networks.profile import info as profile_info
 
     want = profile_info(g, "cifar", input_size=(1, 8, 8), num_classes=10)
     assert f"({want['macs']:,})" in res.output

@@ -27,6 +27,16 @@ def run_search(config, out_dir=None, *, resume: bool = False, progress=None, log
     return _run(config, out_dir, resume=resume, progress=progress, log=log, loggers=loggers)
 
 
+def build_network(genotype, network="auto", **sizes):
+    """The evaluation network of a genotype (a Genotype, genotype.json, run directory, NB201 arch string
+    or published name): ``network`` auto | cifar | imagenet | nb201 | ptb (recurrent), ``sizes`` its
+    constructor's (``C``, ``layers``, ``num_classes``, ``auxiliary``, ``in_channels``; ptb: ``ntoken``,
+    ``nhid``). ``stablenas export`` writes it as a file that runs without stablenas."""
+    from .export import build_network as _build
+
+    return _build(genotype, network, **sizes)
+
+
 def load_run(path):
     """Read a run directory: config, metrics and genotype."""
     from .analysis.run import load_run as _load
@@ -36,7 +46,7 @@ def load_run(path):
 
 __all__ = [
     "ArchParams", "ConfigError", "Genotype", "GenotypeError", "METHODS", "Method", "MethodOptions", "Mix", "OPS",
-    "SPACES", "SearchConfig", "SearchSpace", "build_supernet", "config_from_dict", "derive", "get_space",
-    "list_presets", "list_spaces", "load_config", "load_run", "register_activation", "register_method",
+    "SPACES", "SearchConfig", "SearchSpace", "build_network", "build_supernet", "config_from_dict", "derive",
+    "get_space", "list_presets", "list_spaces", "load_config", "load_run", "register_activation", "register_method",
     "register_op", "register_space", "run_search",
 ]

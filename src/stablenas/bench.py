@@ -108,7 +108,7 @@ def sized(name: str, **overrides: Any) -> BenchConfig:
 
 
 def add_size_arguments(parser: Any, default_size: str) -> None:
-    """The size options of the engine scripts (scripts/engine_*.py): a named size, each field overridable,
+    """The size options of the engine benchmarks (benchmarks/engine_*.py): a named size, each field overridable,
     the update rule and the thread count; read back with :func:`sized_from_args`."""
     parser.add_argument("--space", default="darts")
     parser.add_argument("--size", default=default_size, choices=sorted(SIZES))
@@ -507,9 +507,7 @@ def _scaling(bc: BenchConfig, log: Callable[[str], None]) -> list[dict]:
 
 def _method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str | None]]:
     """(preset, raw config or None, reason when skipped)."""
-    import yaml
-
-    from .config import PRESET_DIR, list_presets
+    from .config import PRESET_DIR, list_presets, read_yaml
 
     out = []
     available = list_presets()
@@ -518,7 +516,7 @@ def _method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str
         if name not in available:
             out.append((name, None, f"no preset {name!r} in configs/"))
             continue
-        raw = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
+        raw = read_yaml(PRESET_DIR / f"{name}.yaml") or {}
         if names is None and not raw.get("methods"):
             continue  # plain DARTS presets are the first/second-order rows
         out.append((name, raw, None))

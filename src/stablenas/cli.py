@@ -8,8 +8,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+INTERRUPTED = "interrupted; the last checkpoint is kept (resume with --resume)"
+
+
+class _Commands(TyperGroup):
+    """Typer turns a ``KeyboardInterrupt`` escaping a command into a silent exit 130; say the line
+    first (a second Ctrl-C during a run, a Ctrl-C outside any run's own handler)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            typer.echo(INTERRUPTED, err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="stablenas: stable differentiable architecture search (DARTS and friends).")
 
 
@@ -22,7 +39,13 @@ def _version(value: bool) -> None:
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    """The one way a command ends on a user error: ``error: <one line>`` on stderr, exit ``code``."""
+    """The one way a command ends on a user error: ``error: <one line>`` on stderr, exit ``code``
+    (naming the run's plug-ins left out, when the error may need them)."""
+    from .plugins import declined_plugins
+
+    declined = declined_plugins()
+    if declined:
+        msg = f"{msg} (plug-in(s) not loaded: {', '.join(declined)}; pass --trust-plugins if the run needs them)"
     typer.echo(f"error: {_one_line(msg)}", err=True)
     raise typer.Exit(code)
 
@@ -43,17 +66,37 @@ def _code(e: BaseException) -> int:
     return int(getattr(e, "exit_code", 2))
 
 
+# commands that read a run directory: they import the plug-ins it names only with --trust-plugins
+_READING = ("show", "report", "info", "analyze", "train", "export")
+TrustOpt = Annotated[bool, typer.Option("--trust-plugins", help="import the plug-ins the run's config names "
+                                                                "(code: only for runs you trust)")]
+
+
+def _trust(trust: bool) -> None:
+    """A reading command's own --trust-plugins (the global one is read in the callback)."""
+    if trust:
+        from .plugins import trust_run_plugins
+
+        trust_run_plugins(True)
+
+
 @app.callback()
 def _global(
+    ctx: typer.Context,
     plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", help="a Python file or module that registers methods, ops, spaces, skeletons or datasets "
-                         "(repeatable); runs record it, so analyze/report/train/--resume find it again")] = None,
+                         "(repeatable); runs record it, so search --resume finds it again")] = None,
+    trust_plugins: Annotated[bool, typer.Option(
+        "--trust-plugins", help="show, report, info, analyze and train import the plug-ins a run's config "
+                                "names (code: only for runs you trust)")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print the version and exit")] = False,
 ) -> None:
     """stablenas: stable differentiable architecture search (DARTS and friends)."""
-    from .plugins import add_session_plugins, load_entry_points
+    from .plugins import add_session_plugins, load_entry_points, trust_run_plugins
 
+    trust_run_plugins(trust_plugins or ctx.invoked_subcommand not in _READING)
+    ctx.call_on_close(lambda: trust_run_plugins(True))  # the library's default again after the command
     try:
         load_entry_points()
         add_session_plugins(plugin or [])
@@ -75,6 +118,9 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster: 
                                                                   "ray://HOST:10001; default: a local Ray instance")]
 CpusOpt = Annotated[float | None, typer.Option("--cpus-per-task", help="Ray: CPUs each run declares (default 1)")]
 GpusOpt = Annotated[float, typer.Option("--gpus-per-task", help="Ray: GPUs each run declares (fractions: 0.25)")]
+DataRootOpt = Annotated[str | None, typer.Option("--data-root", help="dataset directory (default: "
+                                                                  "$STABLENAS_DATA_ROOT, else ./data, then the "
+                                                                  "download cache)")]
 LogOpt = Annotated[str, typer.Option("--log", help="live logging: auto (TensorBoard when installed) | none | "
                                                    "comma-separated tensorboard, wandb, mlflow")]
 
@@ -83,6 +129,11 @@ def _backend(name: str, jobs: int, address: str | None, cpus: float | None, gpus
     from .evaluate.backends import get_backend
 
     return get_backend(name, jobs=jobs, address=address, num_cpus=cpus, num_gpus=gpus)
+
+
+def _root_set(data_root: str | None) -> list[str]:
+    """--data-root as the config override it stands for (the same key as --set data.root=DIR)."""
+    return [] if data_root is None else [f"data.root={Path(data_root).expanduser().absolute()}"]
 
 
 def _runtime_sets(seed: int | None, device: str | None, threads: int | None) -> list[str]:
@@ -108,8 +159,9 @@ def search(
     log: LogOpt = "auto",
     dry_run: DryRunOpt = False,
     print_config: PrintConfigOpt = False,
-    nproc: Annotated[int | None, typer.Option("--nproc", help="data-parallel ranks on this machine: starts "
-                                                               "torchrun --standalone --nproc_per_node N")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="data-parallel ranks on this machine (as torchrun "
+                                                               "--standalone --nproc_per_node N)")] = None,
+    data_root: DataRootOpt = None,
 ) -> None:
     """Run an architecture search and write config.yaml, metrics.jsonl, genotype.json, checkpoint.pt
     (and live TensorBoard scalars in tensorboard/ when tensorboard is installed). Under torchrun
@@ -121,7 +173,11 @@ def search(
     if out is None and not (dry_run or print_config):
         _fail("--out DIR is required (the run directory); --dry-run and --print-config need none")
     try:
-        cfg = load_config(config, [*(set_ or []), *_runtime_sets(seed, device, threads)])
+        if resume and out is not None and not (distributed.launched() and distributed.env_rank() != 0):
+            from .rundir import RunDir  # a resumable run, before its config loads the plug-ins it names
+
+            RunDir(out, kind="search", config_name="config.yaml").check(True, None)
+        cfg = load_config(config, [*(set_ or []), *_runtime_sets(seed, device, threads), *_root_set(data_root)])
         if print_config:
             typer.echo(cfg.to_yaml(), nl=False)
             return
@@ -137,6 +193,10 @@ def search(
         finally:
             distributed.shutdown()
     except _user_errors() as e:
+        from .errors import RankDiedError
+
+        if distributed.launched() and distributed.env_rank() != 0 and not isinstance(e, RankDiedError):
+            raise typer.Exit(_code(e)) from None  # rank 0 says the job's error; every survivor names a dead rank
         _fail(str(e), _code(e))
     if distributed.launched() and distributed.env_rank() != 0:
         return  # rank 0 reports for the job
@@ -146,17 +206,20 @@ def search(
 
 def _launch(nproc: int, cfg, out: Path, resume: bool) -> None:
     """``--nproc N``: check what can be checked here (config, run directory), then run this very
-    command under ``torchrun --standalone --nproc_per_node N`` (without --nproc) and exit with its code."""
-    import subprocess
-
+    command (without --nproc) as N ranks (stablenas.launch) and exit with the job's code; N = 1 runs
+    here."""
+    from .launch import run_ranks
     from .rundir import RunDir
-    from .search.loop import RUNTIME_KEYS
+    from .search.loop import RUNTIME_KEYS, check_data_parallel
 
     if nproc < 1:
         _fail(f"--nproc {nproc}: give the number of ranks, 1 or more")
     if not _ARGV:
-        _fail("--nproc re-runs the stablenas command line under torchrun; run it from a shell (or call torchrun)")
+        _fail("--nproc re-runs the stablenas command line as N ranks; run it from a shell (or call torchrun)")
+    check_data_parallel(cfg, nproc)
     RunDir(out, kind="search", config_name="config.yaml", runtime_keys=RUNTIME_KEYS).check(resume, cfg.to_dict())
+    if nproc == 1:
+        return
     argv, skip = [], False
     for a in _ARGV:
         if skip:
@@ -165,10 +228,8 @@ def _launch(nproc: int, cfg, out: Path, resume: bool) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    # "--": torchrun's parser must not read this command's options (it rejects --log as ambiguous)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "stablenas", "--", *argv]
-    raise typer.Exit(subprocess.call(cmd))
+    again = f"`stablenas search {out / 'config.yaml'} --out {out} --resume --nproc {nproc}`"
+    raise typer.Exit(run_ranks(argv, nproc, out, again))
 
 
 @app.command()
@@ -186,12 +247,10 @@ def spaces() -> None:
 @app.command()
 def presets() -> None:
     """List the YAML presets shipped with the package."""
-    import yaml
-
-    from .config import PRESET_DIR, list_presets
+    from .config import PRESET_DIR, list_presets, read_yaml
 
     for name in list_presets():
-        raw = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {}
+        raw = read_yaml(PRESET_DIR / f"{name}.yaml") or {}
         typer.echo(f"{name:18s} {raw.get('description', '')}")
 
 
@@ -207,10 +266,12 @@ def methods() -> None:
 
 
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="a search or training run directory")]) -> None:
+def show(run_dir: Annotated[Path, typer.Argument(help="a search or training run directory")],
+         trust_plugins: TrustOpt = False) -> None:
     """Summarise a run: config, progress, last metrics and the genotype."""
     from .analysis.run import load_run
 
+    _trust(trust_plugins)
     try:
         run = load_run(run_dir)
     except _user_errors() as e:
@@ -287,7 +348,7 @@ def train(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="dataset directory")] = None,
+    data_root: DataRootOpt = None,
     network: Annotated[str | None, typer.Option("--network", help="auto | cifar | imagenet | nb201")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="any field of stablenas.evaluate.train.TrainConfig, e.g. --set cutout=0")] = None,
@@ -298,12 +359,14 @@ def train(
     dry_run: DryRunOpt = False,
     print_config: PrintConfigOpt = False,
     amp: Annotated[str | None, typer.Option("--amp", help="mixed precision: bf16 | fp16 (CUDA) | off")] = None,
+    trust_plugins: TrustOpt = False,
 ) -> None:
     """Train a genotype from scratch (DARTS recipe) and write result.json with test accuracy,
     parameters and multiply-adds; checkpointed every epoch (--resume continues). Under torchrun every
     rank trains on its slice of each batch (the batch size is global)."""
     from . import distributed
 
+    _trust(trust_plugins)
     if amp is not None:
         set_ = [*(set_ or []), f"amp={amp}"]
     from .evaluate.train import (
@@ -365,12 +428,14 @@ def info(
     classes: Annotated[int | None, typer.Option("--classes")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="side, or C,H,W: 1,28,28")] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the published genotypes")] = False,
+    trust_plugins: TrustOpt = False,
 ) -> None:
     """Parameters (auxiliary head excluded, as the papers count) and multiply-adds of a genotype."""
-    from .evaluate.profile import info as profile_info
-    from .evaluate.published import PUBLISHED
     from .evaluate.train import DATASET_SHAPES, resolve_genotype, run_data
+    from .networks.profile import info as profile_info
+    from .networks.published import PUBLISHED
 
+    _trust(trust_plugins)
     if list_ or genotype is None:
         if not list_:
             _fail("give a GENOTYPE (or --list for the published ones)")
@@ -543,6 +608,7 @@ def sweep(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="a bar per stage (default: when a terminal, not CI)")] = None,
     dry_run: DryRunOpt = False,
+    data_root: DataRootOpt = None,
 ) -> None:
     """Protocol of the papers' tables: searches over seeds (R-DARTS: and regularisation strengths),
     selection of the final architecture by a short retraining on a held-out validation split
@@ -561,7 +627,8 @@ def sweep(
         kind, values = "drop-path", list(drop_path)
     try:
         dev = [f"device={device}"] if device is not None else []
-        plan = SweepPlan(config=config, seeds=list(seeds), overrides=[*(set_ or []), *dev], reg=kind,
+        plan = SweepPlan(config=config, seeds=list(seeds), overrides=[*(set_ or []), *dev, *_root_set(data_root)],
+                         reg=kind,
                          reg_values=values, train_preset=train_preset, train_overrides=[*(train_set or []), *dev],
                          retrain_epochs=retrain_epochs, holdout=holdout, final_epochs=final_epochs,
                          final_seeds=list(final_seeds or [0]), final=final)
@@ -627,10 +694,8 @@ def study(
                           if est["retrain_unpriced"] else "")
                        + (f"; figures: {est['measured']}" if est["measured"] else ""))
             return
-        if summary_only and records is not None:  # the table of committed records: import them, run nothing
-            st.run_study(proto, out, records=records, max_units=0, log=lambda _m: None)
-        elif summary_only:
-            st.summarise(proto, out)
+        if summary_only:  # runs nothing (with --records: the table of committed records)
+            st.summary_only(proto, out, records, warn=lambda m: typer.echo(m, err=True))
         else:
             st.run_study(proto, out, backend=_backend(backend, jobs, address, cpus_per_task, gpus_per_task),
                          records=records, threads=threads, max_units=max_units)
@@ -665,11 +730,14 @@ def analyze(
     threads: ThreadsOpt = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="progress bars (default: when a terminal, not CI)")] = None,
+    trust_plugins: TrustOpt = False,
+    data_root: DataRootOpt = None,
 ) -> None:
     """Curvature, discretisation drop, landscape, alpha distance, cell statistics and gradient
     correlation of a run; writes RUN_DIR/analysis.json and RUN_DIR/plots/*.png."""
     from .analysis.analyze import analyze_run
 
+    _trust(trust_plugins)
     if spectrum not in ("auto", "yes", "no"):
         _fail(f"--spectrum {spectrum!r}: use auto, yes or no")
     if grid < 2:
@@ -680,7 +748,8 @@ def analyze(
     try:
         a = analyze_run(run_dir, batches=batches, curvature_batches=curvature_batches, iters=iters,
                         spectrum=spectrum, landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr,
-                        tensorboard=tensorboard, overrides=[*(set_ or []), *_runtime_sets(None, device, threads)],
+                        tensorboard=tensorboard, overrides=[*(set_ or []), *_runtime_sets(None, device, threads),
+                                                            *_root_set(data_root)],
                         log=lambda m: typer.echo(m, err=True), progress=progress, seed=seed)
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
@@ -702,12 +771,14 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="comparison page for several runs (default: "
                                                                  "FIRST_RUN/comparison-A-vs-B.html); a file "
                                                                  "holding anything else is never replaced")] = None,
+    trust_plugins: TrustOpt = False,
 ) -> None:
     """Self-contained HTML report per run (RUN_DIR/report.html, images inlined) and, for several
     runs, a comparison page (the config keys that differ, curves, cells). Uses analysis.json when
     `stablenas analyze` has been run."""
     from .analysis.report import check_comparison_target, write_comparison, write_report
 
+    _trust(trust_plugins)
     if out is not None and len(run_dirs) < 2:
         _fail("--out names the comparison page: give two or more run directories")
     try:
@@ -825,20 +896,93 @@ def bench(
         typer.echo(f"json: {json_out}")
 
 
+data_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                       help="public datasets: fetch them into the cache (data download NAME)")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="cifar10 | cifar100 | svhn | fashion-mnist | mnist; imagenet and "
+                                             "nb201 say what to fetch by hand")],
+    data_root: Annotated[str | None, typer.Option("--data-root", help="target directory (default: "
+                                                                      "$STABLENAS_DATA_ROOT, else "
+                                                                      "~/.cache/stablenas/data)")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="progress bar (default: when a terminal)")] = None,
+) -> None:
+    """Download a dataset's published files, check their MD5, and unpack them where the loaders look
+    (search, train and the rest find the cache by themselves; STABLENAS_DOWNLOAD=1 fetches on first use)."""
+    from .data.download import download
+
+    try:
+        root = download(name, data_root, progress=progress)
+    except _user_errors() as e:
+        _fail(str(e), _code(e))
+    typer.echo(f"{name}: ready in {root}")
+
+
+@app.command()
+def export(
+    genotype: Annotated[str, typer.Argument(help="genotype.json, a run directory, an NB201 arch string or a "
+                                                 "published name (see `stablenas info --list`)")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="pytorch (NAME.py + NAME.pt) | torchscript | "
+                                                                "onnx (pip install 'stablenas[export]')")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the file to write (never overwritten)")],
+    network: Annotated[str, typer.Option("--network", help="auto | cifar | imagenet | nb201 | ptb")] = "auto",
+    channels: Annotated[int | None, typer.Option("--channels", help="initial channels C (recurrent: the hidden "
+                                                                    "size)")] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="cells (nb201: cells per stage)")] = None,
+    classes: Annotated[int | None, typer.Option("--classes", help="output classes (recurrent: the vocabulary)")] = None,
+    in_channels: Annotated[int | None, typer.Option("--in-channels", help="input image channels")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="image side (recurrent: sequence length) of "
+                                                                         "the check batch and of the ONNX graph "
+                                                                         "(default: the run's, else 32, imagenet 224, "
+                                                                         "recurrent 35)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the weights and the check batch")] = 0,
+    trust_plugins: TrustOpt = False,
+) -> None:
+    """Write a genotype's evaluation network (no auxiliary tower) as a file that runs without stablenas,
+    checked against the stablenas network on a random batch before it is written."""
+    _trust(trust_plugins)
+    from .export import export_network
+
+    sizes = {"C": channels, "layers": layers, "num_classes": classes, "in_channels": in_channels}
+    try:
+        res = export_network(genotype, format_, out, network=network, sizes=sizes, input_size=input_size, seed=seed)
+    except (*_user_errors(), ValueError, KeyError) as e:
+        _fail(_err(e), _code(e))
+    weights = "trained weights" if res.trained else f"fresh weights (seed {seed})"
+    typer.echo(f"{format_}: {', '.join(map(str, res.files))}  ({res.network} network, {weights}; max |exported - "
+               f"stablenas| = {res.max_abs_diff:.1e} on a random {'x'.join(map(str, res.input_shape))} batch)")
+
+
 _ARGV: list[str] = []  # this command line (``--nproc`` re-runs it under torchrun)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .launch import die_with_parent
+
+    die_with_parent()  # a rank never outlives its launcher
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # torchrun ... -m stablenas -- search ... (see _launch)
         argv = argv[1:]
     argv = _expand_multi(argv)
     _ARGV[:] = argv
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app(argv)
+        code = app(argv, prog_name="stablenas", standalone_mode=False)
+    except click_error as e:  # usage errors (typer >= 0.20 vendors click) in the project's one-line form
+        if type(e).__name__ == "NoArgsIsHelpError":  # `stablenas` alone: the help, as click prints it
+            e.show()
+            sys.exit(e.exit_code)
+        where = f"; see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) is not None else ""
+        typer.echo(f"error: {_one_line(e.format_message()).rstrip('.')}{where}", err=True)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted; the last checkpoint is kept (resume with --resume)", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,34 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError  # re-exported: ``from stablenas.config import ConfigError`` keeps working
+from .errors import ConfigError, StablenasError  # ConfigError re-exported for ``from stablenas.config import``
 from .plugins import load_plugins, session_plugins
 from .registry import ACTIVATIONS, DISCRETIZERS, METHODS, SKELETONS, SPACES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class ConfigModel(BaseModel):
+    """The base of every settings model a user writes (search and training configs, skeleton and
+    method options, study protocols): an unknown key is an error rather than an ignored typo, and so
+    is a non-finite number (YAML's ``.nan``, ``.inf``), which no setting means and which would only
+    surface later as a "diverged" run blaming the learning rate."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Every seed's range: numpy's legacy seeding takes 0..2**32-1, and the streams derived from a seed
+# (``seed * 104729 + 3`` and the like) then stay inside the 64 bits torch.manual_seed accepts.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+class _Section(ConfigModel):
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class DataConfig(_Section):
@@ -68,6 +82,13 @@ class OptimConfig(_Section):
     arch_weight_decay: float = Field(1e-3, ge=0.0)
     warmup_epochs: int = Field(0, ge=0)  # epochs with alpha frozen (weights only)
 
+    @field_validator("arch_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):  # Adam's decay rates (Kingma & Ba 2015, Alg. 1)
+            raise ValueError(f"Adam's betas must each lie in [0, 1), got {list(v)}")
+        return v
+
 
 class SearchSection(_Section):
     update: Literal["first", "second", "single", "none"] = "first"
@@ -96,7 +117,7 @@ class EvaluationConfig(_Section):
     nb201_hp: Literal["200", "12"] = "200"  # the benchmark's training schedule (epochs); papers quote 200
 
 
-class MethodEntry(BaseModel):
+class MethodEntry(ConfigModel):
     """One method: its registered name plus its own options (validated by the method)."""
 
     model_config = ConfigDict(extra="allow")
@@ -106,7 +127,7 @@ class MethodEntry(BaseModel):
 class SearchConfig(_Section):
     name: str = "darts"
     description: str = ""
-    seed: int = 2
+    seed: Seed = 2
     device: str = "auto"
     threads: int | None = Field(None, gt=0)
     deterministic: bool = True
@@ -139,6 +160,9 @@ class SearchConfig(_Section):
         if self.network.channels % self.network.partial_channels:
             raise ValueError(f"network.channels ({self.network.channels}) must be divisible by "
                              f"network.partial_channels ({self.network.partial_channels})")
+        if self.optim.lr_min > self.optim.lr:
+            raise ValueError(f"optim.lr_min ({self.optim.lr_min}) exceeds optim.lr ({self.optim.lr}): the cosine "
+                             "schedule anneals from optim.lr down to optim.lr_min")
         if self.optim.warmup_epochs > self.optim.epochs:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) exceeds optim.epochs "
                              f"({self.optim.epochs})")
@@ -158,7 +182,9 @@ class SearchConfig(_Section):
             cls = METHODS[m.name]
             cls.validate(self, cls.parse_options(m.model_extra or {}))  # declared requirements
         _check_device(self.device)
-        _check_data_sizes(self)
+        n = TRAIN_SIZES.get(self.data.dataset)
+        if n is not None:
+            check_data_sizes(self.data, n)
         if self.search.discretizer not in DISCRETIZERS:
             raise ValueError(f"search.discretizer: {DISCRETIZERS.unknown_message(self.search.discretizer)}")
         return self
@@ -203,26 +229,68 @@ def _check_device(name: str) -> None:
             raise ValueError("device: 'mps' requested but MPS is not available here; use cpu or auto")
 
 
-def _check_data_sizes(cfg: SearchConfig) -> None:
-    """data.subset / data.batch_size against the dataset's training-set size, when it is known
-    without loading (the built-in datasets; user files are checked after loading, still before
-    anything is written)."""
-    d = cfg.data
-    n = TRAIN_SIZES.get(d.dataset)
-    if n is None:
-        return
+def check_data_sizes(d: DataConfig, n: int) -> None:
+    """data.subset / data.batch_size against a training set of ``n`` images: at config load where
+    the size is known without loading (the built-in datasets), and again once the files are loaded
+    (a data.root of the user's may hold any number), still before anything is written."""
     if d.subset is not None and d.subset > n:
-        raise ValueError(f"data.subset: {d.subset} exceeds the {n} training images of {d.dataset}; lower it "
-                         "or set data.subset: null (all of them)")
+        raise ConfigError(f"data.subset: {d.subset} exceeds the {n} training images of {d.dataset}; use 2..{n} "
+                          "or set data.subset: null (all of them)")
     total = d.subset if d.subset is not None else n
     n_train = int(d.train_portion * total)
     if d.batch_size > n_train:
-        raise ValueError(f"data.batch_size: {d.batch_size} exceeds the {n_train} images of the weight split "
-                         f"({d.dataset}, {total} images x data.train_portion {d.train_portion}); lower it")
+        raise ConfigError(f"data.batch_size: {d.batch_size} exceeds the {n_train} images of the weight split "
+                          f"({d.dataset}, {total} images x data.train_portion {d.train_portion}); lower it")
 
 
 # --------------------------------------------------------------------------------------------
 # loading
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that gives a key twice (PyYAML would keep the last one without a word)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (merge keys ``<<`` still
+    override, as YAML defines)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(None, None, f"key {key!r} appears twice (lines {seen[key]} and "
+                                                        f"{line}); keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as the safe loader reads it, a key given twice refused (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds no Python objects
+
+
+def read_yaml(path: str | Path, what: str = "config", error: type[StablenasError] = ConfigError) -> dict | None:
+    """The one reader of the YAML files users hand over (configs, a run's config.yaml, study
+    protocols): a mapping, or None for an empty file. Unreadable bytes, invalid YAML, a key given
+    twice and a top level that is not a mapping are ``error`` with one line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or ("not UTF-8 text" if isinstance(e, UnicodeDecodeError)
+                                               else type(e).__name__)
+        raise error(f"{path}: cannot read the {what} ({why})") from None
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise error(f"{path}: the {what} must be a mapping of keys, not a {type(raw).__name__}")
+    return raw
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "invalid config",
@@ -278,7 +346,9 @@ def apply_overrides(raw: dict, overrides: list[str] | None, example: str = "opti
         if not all(parts):
             raise ConfigError(f"--set {item!r}: empty key segment")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
+        except DuplicateKeyError as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
         except yaml.YAMLError:
             parsed = value
         node = raw
@@ -327,13 +397,18 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, *,
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
+    """A config file, else the preset of that name. A directory is never a config, so a bare name
+    that is a directory here (``search quickstart --out quickstart`` made one) and a preset is the
+    preset; ``./quickstart`` names the directory."""
     p = Path(name_or_path)
+    cand = PRESET_DIR / f"{name_or_path}.yaml"
     if p.is_dir():
+        if isinstance(name_or_path, str) and "/" not in name_or_path and cand.exists():
+            return cand
         raise ConfigError(f"config {str(name_or_path)!r} is a directory, not a YAML file (to resume a run "
                           f"give its config: {p / 'config.yaml'})")
     if p.exists():
         return p
-    cand = PRESET_DIR / f"{name_or_path}.yaml"
     if cand.exists():
         return cand
     raise ConfigError(f"no config file {str(name_or_path)!r} and no preset of that name; "
@@ -347,15 +422,7 @@ def list_presets() -> list[str]:
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     """A YAML file path or a preset name (``darts``, ``sdarts-adv``, ...), plus ``--set`` overrides."""
     path = resolve_preset(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or type(e).__name__
-        raise ConfigError(f"{path}: cannot read the config ({why})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    raw = read_yaml(path)
     if raw is None:  # an empty file must not silently run the defaults (a 50-epoch CIFAR search)
         raise ConfigError(f"{path}: the config file is empty; start from a preset (`stablenas presets`)")
     try:

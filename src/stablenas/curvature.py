@@ -3,7 +3,7 @@
 Everything here works on the *flat* alpha vector (``ArchParams.flat`` / ``unflatten``: the valid,
 unpadded entries of every cell type in one vector) and only ever touches the Hessian through
 Hessian-vector products computed by double backward. Finite differences in alpha are not an
-option: ReLU and max-pool kinks make them wrong by large factors (field notes), whereas double
+option: ReLU and max-pool kinks make them wrong by large factors, whereas double
 backward is exact for the piecewise-smooth function autograd differentiates.
 
 * :class:`AlphaObjective` is ``L_val(w, softmax(alpha))`` on a fixed list of batches, with the
@@ -71,10 +71,10 @@ def measuring_mode(net: nn.Module, bn: str):
             net.drop_path_prob = drop
 
 
-def forward_keep_buffers(net: nn.Module, *args) -> torch.Tensor:
+def forward_keep_buffers(net: nn.Module, *args, **kwargs) -> torch.Tensor:
     """Forward with cloned buffers: train-mode BN updates the clones, never the network."""
     buffers = {n: b.clone() for n, b in net.named_buffers()}
-    return functional_call(net, buffers, args)
+    return functional_call(net, buffers, args, kwargs)
 
 
 class AlphaObjective:
@@ -83,10 +83,12 @@ class AlphaObjective:
     ``edge_weights`` (PC-DARTS betas) are held fixed: curvature is taken w.r.t. alpha only.
     ``alpha_l2`` adds ``alpha_l2/2 * ||alpha||^2`` (the RobustDARTS code adds the architecture
     weight decay's gradient before differentiating again, i.e. ``+ alpha_l2 * I`` on H).
+    ``skip``: the weight of DARTS-'s auxiliary skip path (``Mix.skip``), part of the supernet's function.
     """
 
     def __init__(self, net: nn.Module, arch: ArchParams, batches: Sequence[Batch], *, bn: str = "train",
-                 edge_weights: dict[str, torch.Tensor] | None = None, alpha_l2: float = 0.0):
+                 edge_weights: dict[str, torch.Tensor] | None = None, alpha_l2: float = 0.0,
+                 skip: float | None = None):
         if not batches:
             raise ValueError("AlphaObjective needs at least one batch")
         if bn not in BN_MODES:
@@ -97,6 +99,7 @@ class AlphaObjective:
         self.bn = bn
         self.edge_weights = None if edge_weights is None else {k: v.detach() for k, v in edge_weights.items()}
         self.alpha_l2 = float(alpha_l2)
+        self.skip = skip
         self.count = sum(int(y.shape[0]) for _, y in self.batches)
 
     @classmethod
@@ -104,7 +107,11 @@ class AlphaObjective:
                     bn: str = "train", alpha_l2: float = 0.0) -> AlphaObjective:
         data = validation_batches(search, batches, batch_size)
         ew = search.arch.edge_weights()
-        return cls(search.net, search.arch, data, bn=bn, edge_weights=ew, alpha_l2=alpha_l2)
+        # the auxiliary skip weight the search's validation passes use (DARTS-); a sampling
+        # transform (GDAS eval: sample) must not consume the search's RNG for it
+        with torch.random.fork_rng(devices=[search.device] if search.device.type == "cuda" else []):
+            skip = search.mix("eval").skip
+        return cls(search.net, search.arch, data, bn=bn, edge_weights=ew, alpha_l2=alpha_l2, skip=skip)
 
     def alpha0(self) -> torch.Tensor:
         return self.arch.flat().detach().clone()
@@ -113,7 +120,8 @@ class AlphaObjective:
         """Summed cross-entropy of one batch (divide by ``count`` for the mean)."""
         x, y = batch
         weights = self.arch.op_weights(self.arch.unflatten(flat))
-        logits = forward_keep_buffers(self.net, x, weights, self.edge_weights, None)
+        kw = {} if self.skip is None else {"skip": self.skip}
+        logits = forward_keep_buffers(self.net, x, weights, self.edge_weights, None, **kw)
         return F.cross_entropy(logits, y, reduction="sum")
 
     def l2(self, flat: torch.Tensor) -> torch.Tensor:

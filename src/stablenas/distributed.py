@@ -1,7 +1,7 @@
 """Data parallelism over ranks (torch.distributed): the few choke points where ranks meet.
 
 A search or a training run launched by ``torchrun`` (or ``stablenas search --nproc N``, which starts
-the same launcher) runs one copy per rank. Each rank takes a disjoint slice of every batch
+the ranks the same way: :mod:`stablenas.launch`) runs one copy per rank. Each rank takes a disjoint slice of every batch
 (``data.batch_size`` is the *global* batch; see :meth:`stablenas.data.TensorLoader.set_shard`),
 and everything else is identical on every rank: the same seed seeds the same global RNGs, so the
 randomness that acts on the architecture (SDARTS-RS delta, MS-DARTS samples, GDAS Gumbel noise,
@@ -18,16 +18,20 @@ single-process run is bit-for-bit what it was.
 
 After each weight step every rank holds identical weights, alpha, optimiser states and (averaged)
 BN running statistics, so rank 0 alone writes the run directory and a resume restores every rank
-from its checkpoint.
+from its checkpoint. A rank that dies breaks its peers' next collective: :func:`lost_ranks` tells
+that apart from other errors and names the dead rank (the search then stops with its last checkpoint).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -57,6 +61,7 @@ class Dist:
 
 _CURRENT = Dist()
 _SUSPENDED = False  # inside local(): helpers act as in one process (tests build references)
+_PEERS: list[tuple[str, int]] = []  # (host, pid) of every rank, gathered at setup: who died (lost_ranks)
 
 
 def current() -> Dist:
@@ -95,6 +100,9 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> tuple[Dist, torch.
         td.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
                               device_id=dev if dev.type == "cuda" else None)
     _CURRENT = Dist(td.get_rank(), td.get_world_size(), local)
+    peers: list = [None] * _CURRENT.world
+    td.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _PEERS[:] = peers
     return _CURRENT, dev
 
 
@@ -107,6 +115,7 @@ def shutdown() -> None:
         if td.is_initialized():
             td.destroy_process_group()
     _CURRENT = Dist()
+    _PEERS.clear()
 
 
 @contextmanager
@@ -259,6 +268,48 @@ def check_same(tensors: Sequence[torch.Tensor], what: str) -> None:
                                 "or a rank-dependent random draw); the last checkpoint is kept")
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` of this machine has ended (no such process, or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def lost_ranks(error: BaseException, wait_s: float = 3.0) -> str | None:
+    """``"rank N died (...)"`` when ``error`` is a collective that broke because other ranks of the
+    job died (killed, crashed), else ``None``. Ranks on this machine are looked up by the pids
+    gathered at :func:`setup` (a dying process closes its sockets a moment before it ends: wait up
+    to ``wait_s``); in a 2-rank job a peer on another machine is the other rank."""
+    d = current()
+    if not d.active or not isinstance(error, RuntimeError) or len(_PEERS) != d.world:
+        return None
+    host = socket.gethostname()
+    local = {r: pid for r, (h, pid) in enumerate(_PEERS) if h == host and r != d.rank}
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [r for r, pid in local.items() if _gone(pid)]
+        if dead or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if dead:
+        which = ", ".join(f"rank {r}" for r in dead)
+        pids = ", ".join(str(local[r]) for r in dead)
+        return f"{which} died (process {pids} ended mid-step)"
+    if d.world == 2 and 1 - d.rank not in local:
+        return f"rank {1 - d.rank} died (its connection closed: {' '.join(str(error).split())[:120]})"
+    return None
+
+
 __all__ = ["Dist", "RankMismatchError", "agree", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_",
-           "broadcast_object", "check_same", "current", "env_rank", "grad", "launched", "local", "reduce_grads_",
-           "setup", "shutdown"]
+           "broadcast_object", "check_same", "current", "env_rank", "grad", "launched", "local", "lost_ranks",
+           "reduce_grads_", "setup", "shutdown"]

@@ -7,17 +7,21 @@ explanation on one line: what was wrong, the key or path, and what is allowed.  
 documents another), so no traceback ever reaches the user for these.  Anything else escaping is a
 bug.
 
-The subclasses keep the builtin bases the older, module-local classes had (``ConfigError`` is a
-``ValueError``, ``DatasetNotFoundError`` a ``FileNotFoundError``, ...), so ``except ValueError``
-written against earlier versions still catches them.
+The subclasses also derive from the builtin exception they refine (``ConfigError`` is a
+``ValueError``, ``DatasetNotFoundError`` a ``FileNotFoundError``, ...), so library callers can catch
+them by the builtin as well.
 
 This module imports nothing from the package, so anything may import it.
 
-Exit codes (documented in the README):
+Exit codes (the docs' exit-code page is generated from this module):
 
 ====  =====================================================================
-2     user error (every class below unless noted)
+2     user error (every class below unless noted), :class:`PluginError` included
 3     :class:`DivergedError`: a non-finite loss, gradient or alpha stopped the run
+74    :class:`DiskFullError`: a write found the file system full (or over quota); the last
+      checkpoint is intact (74 is ``EX_IOERR`` of BSD's sysexits.h)
+75    :class:`RankDiedError`: a rank of a data-parallel job died; the last checkpoint is intact
+      (75 is ``EX_TEMPFAIL``: the same command with ``--resume`` continues)
 130   :class:`InterruptedRun` after SIGINT (Ctrl-C); a checkpoint was saved
 143   :class:`InterruptedRun` after SIGTERM; a checkpoint was saved
 ====  =====================================================================
@@ -29,6 +33,8 @@ import signal
 
 EXIT_USER = 2
 EXIT_DIVERGED = 3
+EXIT_NO_SPACE = 74
+EXIT_RANK_DIED = 75
 
 
 class StablenasError(Exception):
@@ -39,6 +45,12 @@ class StablenasError(Exception):
 
 class ConfigError(StablenasError, ValueError):
     """A config that cannot run; the message is the whole explanation."""
+
+
+class PluginError(ConfigError):
+    """A plug-in that cannot be loaded: missing, not Python, or its import raised (any exception,
+    ``SystemExit`` and ``KeyboardInterrupt`` included, so a plug-in's ``sys.exit(3)`` never reads as
+    another exit code of the map)."""
 
 
 class RunDirError(StablenasError):
@@ -65,8 +77,18 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset's files are not where we looked; the message says exactly what to put where."""
 
 
+class DownloadError(DataError):
+    """A dataset download that failed: server unreachable, HTTP error, connection broken, a
+    truncated file or a wrong checksum; nothing that would pass a check is left behind."""
+
+
 class GenotypeError(StablenasError, ValueError):
     """A genotype file or string that does not describe an architecture of its space."""
+
+
+class ExportError(StablenasError):
+    """An export that cannot be made (the output exists, a format's package is missing, an op has no
+    standalone form, a recurrent genotype) or whose file does not reproduce the network."""
 
 
 class DivergedError(StablenasError):
@@ -76,6 +98,15 @@ class DivergedError(StablenasError):
     """
 
     exit_code = EXIT_DIVERGED
+
+
+class DiskFullError(StablenasError):
+    """A write found no space left (``ENOSPC``) or the quota used up (``EDQUOT``). Writes are atomic
+    (temp file + rename), so every file the run had is intact; the message names the file system and
+    the file, and the run adds how to resume. Exit code 74, distinct from a user error: the input was
+    valid, the disk was not."""
+
+    exit_code = EXIT_NO_SPACE
 
 
 class InterruptedRun(StablenasError):
@@ -95,16 +126,31 @@ class InterruptedRun(StablenasError):
         return 128 + self.signum
 
 
+class RankDiedError(InterruptedRun):
+    """Another rank of a data-parallel job died (killed, crashed) and this rank's collective broke:
+    it stops without saving (its state may be mid-step), the last checkpoint is intact, and the
+    message names the dead rank and the resume command. Exit code 75."""
+
+    exit_code = EXIT_RANK_DIED  # type: ignore[assignment]
+
+
 __all__ = [
     "EXIT_DIVERGED",
+    "EXIT_NO_SPACE",
+    "EXIT_RANK_DIED",
     "EXIT_USER",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "DatasetNotFoundError",
+    "DiskFullError",
+    "DownloadError",
     "DivergedError",
+    "ExportError",
     "GenotypeError",
     "InterruptedRun",
+    "PluginError",
+    "RankDiedError",
     "RunDirError",
     "RunExistsError",
     "RunLockedError",

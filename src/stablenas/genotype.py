@@ -47,11 +47,6 @@ class Genotype:
         """The :class:`~stablenas.skeletons.base.Skeleton` this genotype belongs to."""
         return genotype_skeleton(self)
 
-    @property
-    def is_nb201(self) -> bool:
-        """Kept for callers of earlier versions; package code asks ``self.skeleton``."""
-        return self.arch is not None
-
     def cell_types(self) -> list[str]:
         return self.skeleton.cell_types(self)
 
@@ -107,7 +102,15 @@ class Genotype:
             path = path / "genotype.json"
         if not path.exists():
             raise GenotypeError(f"no genotype at {path}")
-        return cls.from_text(path.read_text())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = getattr(e, "strerror", None) or "not UTF-8 text: a genotype is a JSON file"
+            raise GenotypeError(f"{path}: cannot read the genotype ({why})") from None
+        try:
+            return cls.from_text(text)
+        except GenotypeError as e:
+            raise GenotypeError(f"{path}: {e}") from None
 
     def validate(self) -> None:
         """The skeleton's structural checks (DARTS: every node takes inputs from earlier nodes)."""

@@ -10,7 +10,9 @@ Weights & Biases (``wandb``) and MLflow (``mlflow``) are optional and imported o
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,30 @@ def parse_backends(spec: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def check_backends(spec: str | Sequence[str] | None) -> list[str]:
+    """:func:`parse_backends`, refusing a backend whose package is not installed: a run calls it
+    before it writes anything, so a failed start leaves no run directory behind."""
+    names = parse_backends(spec)
+    for b in names:
+        if not _installed(b):
+            raise ConfigError(f"logger {b}: the {b} package is not installed (pip install {b}); choose another "
+                              "logger or --log none")
+    return names
+
+
+def _installed(name: str) -> bool:
+    """Importable, found without importing it (wandb and mlflow take seconds to import)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
 def make_loggers(spec: str | Sequence[str] | None, run_dir: str | Path | None,
                  name: str | None = None) -> list[Logger]:
-    """Backends for ``spec`` (see :func:`parse_backends`); TensorBoard writes into
+    """Backends for ``spec`` (see :func:`check_backends`); TensorBoard writes into
     ``RUN_DIR/tensorboard`` and is skipped without a run directory."""
     out: list[Logger] = []
-    for b in parse_backends(spec):
+    for b in check_backends(spec):
         if b == "tensorboard":
             if run_dir is not None:
                 out.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))

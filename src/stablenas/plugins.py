@@ -6,13 +6,21 @@ Three ways in, all ending in :func:`load_plugin`:
 - the command line: ``stablenas --plugin my_method.py search ...`` (repeatable);
 - a config: ``plugins: [my_method.py, mypkg.nas_ops]`` (files resolve relative to the config
   file). The saved ``config.yaml`` of a run records them resolved (absolute paths, module
-  names), so ``analyze``, ``report``, ``train`` and ``--resume`` on that run load them again;
+  names), so ``search --resume`` of that run loads them again;
 - Python packaging: an entry point in the group ``stablenas.plugins`` (loaded once, on the first
   config load or CLI command).
 
 A plug-in is a Python file or an importable module; importing it is all that happens, so it
 registers with the usual decorators (``@register_method``, ``register_op(...)``, ...). Each is
-imported at most once per process (by resolved path or module name).
+imported at most once per process (by resolved path or module name). Any failure of the import,
+``SystemExit`` and ``KeyboardInterrupt`` included, is a :class:`PluginError` naming the plug-in.
+
+A run directory is data that may come from anyone, and importing a plug-in runs its code. So the
+commands that read a run (``show``, ``report``, ``info``, ``analyze``, ``train``) call
+:func:`trust_run_plugins` with ``False`` unless the user passes ``--trust-plugins``: the plug-ins
+the run's config names are then imported only when already loaded (``--plugin``, an entry point),
+and :func:`run_plugins` says on stderr which it left out. The Python API trusts by default (sweeps
+and studies read back runs they wrote themselves).
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "stablenas.plugins"
 _LOADED: dict[str, ModuleType] = {}
 _entry_points_loaded = False
+_TRUST_RUNS = True  # import the plug-ins a run directory names (see trust_run_plugins)
+_DECLINED: dict[str, str] = {}  # plug-in -> the run that named it, not imported
 
 
 def _is_path(spec: str) -> bool:
@@ -58,11 +68,11 @@ def load_plugin(spec: str, base: str | Path | None = None) -> str:
         if _is_path(key):
             path = Path(key)
             if not path.is_file():
-                raise ConfigError(f"plugin {spec!r}: no such file {path}")
+                raise PluginError(f"plugin {spec!r}: no such file {path}")
             name = f"stablenas_plugin_{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
             mspec = importlib.util.spec_from_file_location(name, path)
             if mspec is None or mspec.loader is None:
-                raise ConfigError(f"plugin {spec!r}: {path} cannot be imported as Python")
+                raise PluginError(f"plugin {spec!r}: {path} cannot be imported as Python")
             module = importlib.util.module_from_spec(mspec)
             sys.modules[name] = module
             try:
@@ -72,27 +82,74 @@ def load_plugin(spec: str, base: str | Path | None = None) -> str:
                 raise
         else:
             module = importlib.import_module(key)
-    except ConfigError:
+    except PluginError:
         raise
     except ModuleNotFoundError as e:
         if not _is_path(key) and e.name and key.startswith(e.name):
-            raise ConfigError(f"plugin {spec!r}: no module named {e.name!r} (give a .py path or an importable "
+            raise PluginError(f"plugin {spec!r}: no module named {e.name!r} (give a .py path or an importable "
                               "module)") from None
-        raise ConfigError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from None
-    except Exception as e:  # the user's code raised while registering
-        raise ConfigError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from None
+        raise PluginError(f"plugin {spec!r} failed to import: {_what(e)}") from None
+    except BaseException as e:  # noqa: BLE001 - the user's code raised (or exited) while registering
+        raise PluginError(f"plugin {spec!r} failed to import: {_what(e)}") from None
     _LOADED[key] = module
     return key
 
 
+def _what(e: BaseException) -> str:
+    """``SystemExit: 3``, ``KeyboardInterrupt``, ``RuntimeError: boom``: the exception in a few words."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _check_list(specs: object) -> None:
+    if isinstance(specs, str) or not isinstance(specs, Iterable):
+        raise ConfigError(f"plugins: expected a list of file paths or module names, got {specs!r}")
+
+
 def load_plugins(specs: Iterable[str] | None, base: str | Path | None = None) -> list[str]:
-    """Import several plug-ins (plus the installed entry points); returns their resolved specs."""
+    """Import several plug-ins (plus the installed entry points); returns their resolved specs.
+    Plug-ins that :func:`run_plugins` declined in this command are left out."""
     load_entry_points()
     if specs is None:
         return []
-    if isinstance(specs, str) or not isinstance(specs, Iterable):
-        raise ConfigError(f"plugins: expected a list of file paths or module names, got {specs!r}")
-    return [load_plugin(s, base) for s in specs]
+    _check_list(specs)
+    return [load_plugin(s, base) for s in specs if resolve_plugin(s, base) not in _DECLINED]
+
+
+def trust_run_plugins(trust: bool) -> None:
+    """Whether :func:`run_plugins` imports what a run directory names (``True``) or only what is
+    already loaded (``False``: the reading commands without ``--trust-plugins``). Resets the record of
+    declined plug-ins."""
+    global _TRUST_RUNS
+    _TRUST_RUNS = bool(trust)
+    _DECLINED.clear()
+
+
+def run_plugins(specs: Iterable[str] | None, run: str | Path) -> list[str]:
+    """The plug-ins a run directory's saved config names (resolved when it was written): imported
+    when trusted (see :func:`trust_run_plugins`) or already loaded; the others are left out, with one
+    ``note:`` line on stderr naming them. Returns the loaded ones."""
+    load_entry_points()
+    if not specs:
+        return []
+    _check_list(specs)
+    loaded, declined = [], []
+    for s in specs:
+        key = resolve_plugin(s)
+        if _TRUST_RUNS or key in _LOADED or (not _is_path(key) and key in sys.modules):
+            loaded.append(load_plugin(key))
+        elif key not in _DECLINED:
+            declined.append(key)
+            _DECLINED[key] = str(run)
+    if declined:
+        print(f"note: {run} names plug-in(s) {', '.join(declined)}, not loaded; pass --trust-plugins to "
+              "load them", file=sys.stderr, flush=True)
+    return loaded
+
+
+def declined_plugins() -> list[str]:
+    """The plug-ins :func:`run_plugins` left out in this command."""
+    return list(_DECLINED)
 
 
 def load_entry_points() -> None:
@@ -106,9 +163,8 @@ def load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
-        except Exception as e:
-            raise ConfigError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: "
-                              f"{type(e).__name__}: {e}") from None
+        except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt of its code too
+            raise PluginError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {_what(e)}") from None
 
 
 def loaded_plugins() -> list[str]:
@@ -131,5 +187,5 @@ def session_plugins() -> list[str]:
     return list(_SESSION)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "add_session_plugins", "load_entry_points", "load_plugin", "load_plugins",
-           "loaded_plugins", "resolve_plugin", "session_plugins"]
+__all__ = ["ENTRY_POINT_GROUP", "add_session_plugins", "declined_plugins", "load_entry_points", "load_plugin",
+           "load_plugins", "loaded_plugins", "resolve_plugin", "run_plugins", "session_plugins", "trust_run_plugins"]

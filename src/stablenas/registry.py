@@ -168,7 +168,7 @@ METHODS: Registry[Any] = Registry("method", builtins="stablenas.methods", key=la
 DATASETS: Registry[Any] = Registry("dataset", builtins="stablenas.data.datasets", normalize=_dataset_key)
 # evaluation networks a found genotype is trained in (``stablenas train`` / ``info``); each
 # skeleton lists the ones that fit its genotypes
-EVAL_NETWORKS: Registry[Any] = Registry("evaluation network", builtins="stablenas.evaluate.networks")
+EVAL_NETWORKS: Registry[Any] = Registry("evaluation network", builtins="stablenas.networks.evaluation")
 # per-epoch ground truth of a derived genotype, by space name (the S5 table, NAS-Bench-201)
 LOOKUPS: Registry[Any] = Registry("ground-truth lookup", builtins="stablenas.evaluate.lookup")
 

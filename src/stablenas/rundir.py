@@ -44,6 +44,7 @@ import torch
 from .errors import (
     CheckpointError,
     ConfigError,
+    DiskFullError,
     DivergedError,
     InterruptedRun,
     RunDirError,
@@ -51,7 +52,7 @@ from .errors import (
     RunLockedError,
     StablenasError,
 )
-from .utils import atomic_torch_save, atomic_write_text
+from .utils import atomic_torch_save, atomic_write_text, disk_full
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -266,9 +267,16 @@ class RunLock:
             old = _read_pid(self.path)
             if old and old != os.getpid():
                 self.took_over = old
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                os.fsync(fd)
+            except OSError as e:
+                os.close(fd)
+                full = disk_full(e, self.path)
+                if full is None:
+                    raise
+                raise full from None
             self.fd = fd
             _HELD[_key(self.path)] = self
             return
@@ -398,11 +406,12 @@ class RunDir:
         if not kind and not self.config_file.exists() and (self.path / other).exists():
             raise RunDirError(f"{self.path} holds a run of another kind ({other}); choose another --out")
 
-    def check(self, resume: bool, config: dict, *, extra: Mapping[str, Any] | None = None) -> None:
+    def check(self, resume: bool, config: dict | None, *, extra: Mapping[str, Any] | None = None) -> None:
         """Refuse, without writing anything, a start that would damage or mix runs.
 
         ``config`` is the run's config as a plain dict (compared on resume with the config file and
-        the checkpoint's stored config); ``extra`` holds further stored fields that must match
+        the checkpoint's stored config; ``None``: the directory's state only, before the config and
+        the plug-ins it names are loaded); ``extra`` holds further stored fields that must match
         (the genotype of a training run)."""
         p = self.path
         if p.exists() and not p.is_dir():
@@ -437,7 +446,8 @@ class RunDir:
         if holder:
             raise RunLockedError(f"--resume: {p} is being written by process {holder} (running); wait for it "
                                  "or stop it first")
-        self._compare(config, extra)
+        if config is not None:
+            self._compare(config, extra)
 
     def _compare(self, config: dict, extra: Mapping[str, Any] | None) -> None:
         now = {"config": config, **dict(extra or {})}
@@ -476,11 +486,12 @@ class RunDir:
             text = f.read_text()
             if f.suffix == ".json":
                 return json.loads(text)
-            import yaml
+            from .config import load_yaml
 
-            return yaml.safe_load(text)
+            return load_yaml(text)
         except Exception as e:  # noqa: BLE001 - any parse error is a corrupt file
-            raise RunDirError(f"{f}: cannot read the run's config ({type(e).__name__}); restore it or "
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise RunDirError(f"{f}: cannot read the run's config ({why}); restore it or "
                               "delete it (the checkpoint carries the config too)") from None
 
     # -- writing ----------------------------------------------------------------------------------
@@ -492,6 +503,9 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            full = disk_full(e, self.path)
+            if full is not None:
+                raise full from None
             raise RunDirError(f"--out {self.path}: cannot create the directory ({e.strerror})") from None
         self.created = not existed
         try:
@@ -523,10 +537,13 @@ class RunDir:
             self.created = False
 
     def end(self, state: str, reason: str | None = None) -> None:
-        """Record how the run ended and release the lock."""
+        """Record how the run ended and release the lock. On a full disk the status file is
+        overwritten in place (its block is already allocated), so ``show`` still tells why."""
         if self.lock.held:
             try:
                 self.set_status(state, reason)
+            except DiskFullError:
+                self._status_in_place(state, reason)
             finally:
                 self.lock.release()
 
@@ -544,6 +561,9 @@ class RunDir:
         except DivergedError as e:
             outcome.set("diverged", str(e))
             raise
+        except DiskFullError as e:  # resumable once there is space: the checkpoint is intact
+            outcome.set("interrupted", str(e))
+            raise
         except StablenasError as e:
             outcome.set("failed", str(e))
             raise
@@ -556,10 +576,31 @@ class RunDir:
         finally:
             self.end(outcome.state, outcome.reason)
 
-    def set_status(self, state: str, reason: str | None = None) -> None:
+    def disk_full(self, e: DiskFullError, kept: str | None, resume: str) -> DiskFullError:
+        """``e`` completed with what survives and how to go on: ``kept`` names the intact checkpoint
+        (None: none yet), ``resume`` the command that continues the run."""
+        if not self.is_run():  # a start that failed: begin() removed what it created
+            return DiskFullError(f"{e}; nothing was kept; free space and run the command again")
+        what = f"the last checkpoint ({kept}) is intact" if kept else "no checkpoint was written yet"
+        return DiskFullError(f"{e}; {what}; free space and resume with {resume}")
+
+    def _status_record(self, state: str, reason: str | None) -> str:
         rec = {"kind": self.kind, "state": state, "pid": os.getpid(), "reason": reason,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        atomic_write_text(self.status_file, json.dumps(rec) + "\n")
+        return json.dumps(rec) + "\n"
+
+    def set_status(self, state: str, reason: str | None = None) -> None:
+        atomic_write_text(self.status_file, self._status_record(state, reason))
+
+    def _status_in_place(self, state: str, reason: str | None) -> None:
+        """Best effort when no new block can be had: rewrite status.json over its own bytes (a torn
+        one reads as no status, and the checkpoint then says "interrupted")."""
+        with contextlib.suppress(OSError):
+            with open(self.status_file, "r+b") as f:
+                f.write(self._status_record(state, reason).encode())
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
@@ -583,9 +624,15 @@ class RunDir:
     # -- metrics ------------------------------------------------------------------------------------
     def append_metrics(self, record: Mapping) -> None:
         line = dumps_record(record) + "\n"
-        with open(self.metrics_file, "a") as f:
-            f.write(line)
-            f.flush()
+        try:
+            with open(self.metrics_file, "a") as f:
+                f.write(line)
+                f.flush()
+        except OSError as e:  # a torn last line is dropped on read and rewritten on resume
+            full = disk_full(e, self.metrics_file)
+            if full is None:
+                raise
+            raise full from None
 
     def write_metrics(self, records: Iterable[Mapping]) -> None:
         atomic_write_text(self.metrics_file, "".join(dumps_record(r) + "\n" for r in records))

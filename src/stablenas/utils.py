@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
 import tempfile
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DiskFullError
 
 
 def _new_file_mode() -> int:
@@ -22,11 +24,18 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + rename, so readers never see a torn file."""
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write via a temp file in the same directory + rename, so readers never see a torn file. A full
+    file system raises :class:`DiskFullError` naming it and ``path``; the old file stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from None
     try:
         os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -34,10 +43,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        full = disk_full(e, path) if isinstance(e, OSError) else None
+        if full is None:
+            raise
+        raise full from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -45,22 +57,37 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``torch.save`` through :func:`atomic_write_bytes`: serialised in memory first, since torch's own
+    file writer reports a full disk as an anonymous ``RuntimeError`` (``unexpected pos``)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
+
+
+_FULL = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}
+
+
+def disk_full(e: OSError, path: str | Path) -> DiskFullError | None:
+    """The one-line error for a write that found the file system full (ENOSPC, EDQUOT), else None."""
+    why = _FULL.get(getattr(e, "errno", None))
+    return None if why is None else DiskFullError(f"{why} on {filesystem(path)} while writing {path}")
+
+
+def filesystem(path: str | Path) -> str:
+    """``DEVICE (mounted at MOUNT)`` of the file system holding ``path`` (the mount point alone where
+    /proc/self/mounts does not say)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p):
+        p = p.parent
     try:
-        try:
-            os.fchmod(fd, _new_file_mode())
-        finally:
-            os.close(fd)
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with open("/proc/self/mounts") as f:
+            devices = {fields[1]: fields[0] for fields in (line.split() for line in f) if len(fields) > 1}
+    except OSError:
+        devices = {}
+    dev = devices.get(str(p))
+    return f"{dev} (mounted at {p})" if dev else str(p)
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +108,7 @@ def use_deterministic_algorithms() -> None:
     with NaN (``torch.utils.deterministic.fill_uninitialized_memory``), a guard against kernels that read
     memory they never wrote; no result of a correct kernel depends on it. It is switched off: those
     fills were 22% of the profiled CPU time of a search iteration (37k ``fill_`` calls, darts space,
-    cpu-study size, ``scripts/engine_profile.py``), and the iteration 1.12x (cpu-study) and 1.13x (paper
+    cpu-study size, ``benchmarks/engine_profile.py``), and the iteration 1.12x (cpu-study) and 1.13x (paper
     size) slower with them (interleaved, one process, one thread). Bit-identical resume is unchanged."""
     import sys
 

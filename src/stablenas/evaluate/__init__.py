@@ -1,6 +1,6 @@
 """Evaluation networks, published genotypes and model profiling (params / multiply-adds)."""
 
-from .networks import (
+from ..networks.evaluation import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
     EvalCell,
@@ -11,8 +11,8 @@ from .networks import (
     build_eval_network,
     drop_path,
 )
-from .profile import count_macs, count_params, info
-from .published import PUBLISHED, get_published, list_published
+from ..networks.profile import count_macs, count_params, info
+from ..networks.published import PUBLISHED, get_published, list_published
 from .train import TrainConfig, resolve_genotype, train_config, train_genotype
 
 __all__ = [

@@ -17,11 +17,14 @@ Results arrive through ``on_done`` in completion order; the caller keys them its
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InterruptedRun
+from ..rundir import _stopped_message
 
 __all__ = ["BACKENDS", "Backend", "LocalBackend", "RayBackend", "get_backend"]
 
@@ -106,6 +109,10 @@ class RayBackend(Backend):
 
     def run(self, fn: Callable[[Task], dict], tasks: list[Task], on_done: OnDone, *,
             key: Callable[[Task], Any] | None = None, log: Callable[[str], None] | None = None) -> None:
+        """SIGINT/SIGTERM to this driver stop the command as the local pool does: no queued task
+        starts, every running one is cancelled (Ray raises the interrupt in it: a run saves its
+        checkpoint), and :class:`InterruptedRun` says so once they have ended (a second signal:
+        ``KeyboardInterrupt`` at once)."""
         if not tasks:
             return
         ray = self._ray()
@@ -114,12 +121,39 @@ class RayBackend(Backend):
         queue = list(tasks)
         limit = self.jobs if self.jobs > 0 else len(queue)
         pending: list = []
-        while queue or pending:
-            while queue and len(pending) < limit:
-                pending.append(remote.remote(queue.pop(0)))
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                on_done(ray.get(ref))
+        stop: list[int] = []
+        finished, cancelled = 0, False
+
+        def handler(signum, frame):
+            if stop:
+                raise KeyboardInterrupt
+            stop.append(signum)
+
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            while pending or (queue and not stop):
+                while queue and not stop and len(pending) < limit:
+                    pending.append(remote.remote(queue.pop(0)))
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.2)
+                if stop and not cancelled:
+                    for ref in pending:
+                        ray.cancel(ref)
+                    cancelled = True
+                for ref in ready:
+                    try:
+                        result = ray.get(ref)
+                    except (ray.exceptions.TaskCancelledError, InterruptedRun, KeyboardInterrupt):
+                        if not stop:
+                            raise
+                        continue
+                    finished += 1
+                    on_done(result)
+            if stop:
+                raise InterruptedRun(_stopped_message(stop[0], finished, len(tasks)), stop[0])
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 BACKENDS = ("local", "ray")

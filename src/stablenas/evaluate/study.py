@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import config_from_dict, format_validation_error, load_config
-from ..errors import ConfigError
+from ..config import ConfigModel, Seed, config_from_dict, format_validation_error, load_config, read_yaml
+from ..errors import ConfigError, RunDirError
 from ..genotype import Genotype
 from .backends import Backend, LocalBackend
 
@@ -60,6 +60,7 @@ __all__ = [
     "run_study",
     "study_units",
     "summarise",
+    "summary_only",
 ]
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
@@ -72,11 +73,7 @@ TRAIN_RUNTIME_KEYS = ("device", "threads")
 # the protocol
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetrainSpec(_Strict):
+class RetrainSpec(ConfigModel):
     """Retraining of every found cell from scratch (a :class:`~stablenas.evaluate.train.TrainConfig`)."""
 
     preset: str | None = None  # a training preset (darts, darts-small, nb201) or none: the fields below only
@@ -84,7 +81,7 @@ class RetrainSpec(_Strict):
     spaces: list[str] | None = None  # None: every space without a ground-truth lookup table
 
 
-class EstimateSpec(_Strict):
+class EstimateSpec(ConfigModel):
     """Measured figures for the cost estimate (``--plan``) until units of the study have finished."""
 
     epoch_seconds: dict[str, float] = {}  # DARTS 1st order, seconds per search epoch, per space
@@ -94,14 +91,14 @@ class EstimateSpec(_Strict):
     measured: str = ""  # where the figures come from (command, date, load)
 
 
-class StudyProtocol(_Strict):
+class StudyProtocol(ConfigModel):
     name: str
     description: str = ""
     base: str = "quickstart"  # search preset or YAML path every unit starts from
     set: list[str] = []  # --set overrides of the base, for every unit (the search budget)
     space_set: dict[str, list[str]] = {}  # per space: --set overrides after ``set`` (e.g. its dataset)
     spaces: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     methods: dict[str, list[str]] = Field(min_length=1)  # name -> its --set overrides, in queue order
     track: dict[str, Any] | None = {"name": "hessian", "iters": 10, "record_alpha": False}
     retrain: RetrainSpec | None = None
@@ -153,12 +150,9 @@ def load_protocol(name_or_path: str | Path, overrides: list[str] | None = None) 
             raise ConfigError(f"no protocol file {str(name_or_path)!r} and no shipped protocol of that name; "
                               f"shipped: {', '.join(list_protocols())}")
         p = cand
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read the protocol ({type(e).__name__})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a protocol is a mapping (name, spaces, seeds, methods, ...)")
+    raw = read_yaml(p, "protocol")
+    if raw is None:
+        raise ConfigError(f"{p}: the protocol is empty; a protocol is a mapping (name, spaces, seeds, methods, ...)")
     raw = apply_overrides(raw, overrides, example="seeds=[0,1]")
     try:
         return StudyProtocol.model_validate(raw)
@@ -383,7 +377,8 @@ def _record_differs(result: dict, unit: Unit) -> list[str]:
 
 
 def import_record(records: Path, unit: Unit, unit_dir: Path, log: Callable[[str], None]) -> bool:
-    """Copy a finished unit's record into ``unit_dir`` when it matches the unit's configs."""
+    """Copy a finished unit's record into ``unit_dir`` when it matches the unit's configs; a record
+    it leaves out (unreadable, made with other settings) gets one ``log`` line naming it."""
     src = records / unit.name
     rf = src / "result.json"
     if not rf.exists():
@@ -438,16 +433,21 @@ def _protocol_diff(old: dict, new: dict) -> list[str]:
 
 def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend | None = None,
               records: str | Path | None = None, threads: int | None = None, max_units: int | None = None,
-              log: Callable[[str], None] | None = None) -> dict:
+              log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) every unit of ``protocol`` under ``out_dir`` and write the summary; returns it.
 
     ``records``: a directory of finished units' small records, read first (matching ones are not
-    run again) and written after every unit. ``max_units`` stops after that many units run in this
-    call (time-sliced sittings); the summary then covers the finished ones, marked partial."""
+    run again) and written after every unit; ``warn`` (default ``log``) names each record left out.
+    ``max_units`` stops after that many units run in this call (time-sliced sittings); the summary
+    then covers the finished ones, marked partial."""
     from ..rundir import check_plan, write_plan
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    warn = warn or log
     out = Path(out_dir)
+    if records is not None and Path(records).exists() and not Path(records).is_dir():
+        raise RunDirError(f"--records {records} is a file; it names a directory of unit records (one folder per "
+                          "unit, e.g. studies/cpu-collapse)")
     backend = backend or LocalBackend()
     if threads is None:
         threads = backend.threads_per_task()
@@ -464,7 +464,7 @@ def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend 
             if rec is not None and not (rec / u.name / "result.json").exists():
                 export_record(rec, udir, u.name)  # finished here but its record not written (a stopped study)
             continue
-        if rec is not None and import_record(rec, u, udir, log):
+        if rec is not None and import_record(rec, u, udir, warn):
             imported += 1
             continue
         todo.append(u)
@@ -540,6 +540,27 @@ def load_results(protocol: StudyProtocol, out_dir: str | Path) -> list[dict]:
             r.update(seed=u.seed, space=u.space, method=u.method)
             res.append(r)
     return res
+
+
+def summary_only(protocol: StudyProtocol, out_dir: str | Path, records: str | Path | None = None, *,
+                 warn: Callable[[str], None] | None = None) -> dict:
+    """``study --summary``: rewrite the summary of the finished units, running nothing. With
+    ``records``: of the records too (imported into ``out_dir`` first, as :func:`run_study` does);
+    without: only of a directory that holds this study (the protocol check of a resume: a table
+    never mixes units of another protocol, and no other directory gets a table written into it)."""
+    from ..rundir import check_plan
+
+    if records is not None:
+        if not Path(records).exists():
+            raise RunDirError(f"--records {records}: no such directory of unit records (one folder per unit, "
+                              "e.g. studies/cpu-collapse)")
+        return run_study(protocol, out_dir, records=records, max_units=0, log=lambda _m: None, warn=warn)
+    plan = Path(out_dir) / "study.json"
+    if not plan.is_file():
+        raise RunDirError(f"--summary: {out_dir} holds no study (no study.json); run the study there first, or "
+                          "pass --records DIR to summarise recorded units into a new directory")
+    check_plan(plan, protocol.to_dict(), _protocol_diff, what="study", noun="a different protocol")
+    return summarise(protocol, out_dir)
 
 
 def summarise(protocol: StudyProtocol, out_dir: str | Path, *, plots: bool = True) -> dict:
@@ -660,6 +681,43 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _curve(r: dict, key: str) -> tuple[list[int], list[float], list[float]]:
+    c = r["curves"][key]
+    xs = [i + 1 for i, v in enumerate(c["mean"]) if v is not None]
+    return xs, [v for v in c["mean"] if v is not None], [c["std"][i] or 0.0 for i in (x - 1 for x in xs)]
+
+
+def _small_multiples(plt, summary: dict, rows: list[dict], key: str, label: str, space: str, folder: Path) -> Path:
+    """One panel per method (mean ± std over seeds), the reference method in grey in every panel: twelve
+    bands on one axis cannot be told apart."""
+    cols = min(4, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.2 * nrows), sharex=True, sharey=True,
+                             squeeze=False)
+    ref = next((r for r in rows if r["method"] == summary["protocol"].get("reference")), None)
+    for ax, r in zip(axes.flat, rows):
+        if ref is not None and r is not ref:
+            xs, m, _ = _curve(ref, key)
+            ax.plot(xs, m, color="0.6", lw=1, label=ref["method"])
+        xs, m, sd = _curve(r, key)
+        ax.plot(xs, m, color="C0", lw=1.5)
+        ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color="C0", alpha=0.2)
+        ax.set_title(f"{r['method']} (n={r['n']})", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.set_visible(False)
+    fig.supxlabel("search epoch", fontsize=9)
+    fig.supylabel(label, fontsize=9)
+    ref_note = f"; grey: {ref['method']}" if ref is not None else ""
+    fig.suptitle(f"{summary['protocol']['name']}, space {space}: {label} (mean ± std over seeds{ref_note})",
+                 fontsize=10)
+    fig.tight_layout()
+    path = folder / f"{key}_{space}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def write_plots(summary: dict, folder: Path) -> list[Path]:
     """share / lambda_max / regret per epoch per method (mean ± std over seeds), lambda vs error."""
     try:
@@ -677,25 +735,8 @@ def write_plots(summary: dict, folder: Path) -> list[Path]:
         for space in spaces:
             rows = [r for r in summary["rows"] if r["space"] == space and r["n"]
                     and any(v is not None for v in r["curves"][key]["mean"])]
-            if not rows:
-                continue
-            fig, ax = plt.subplots(figsize=(7, 4.2))
-            for r in rows:
-                c = r["curves"][key]
-                xs = [i + 1 for i, v in enumerate(c["mean"]) if v is not None]
-                m = [v for v in c["mean"] if v is not None]
-                s = [c["std"][i] or 0.0 for i, v in enumerate(c["mean"]) if v is not None]
-                ax.plot(xs, m, label=f"{r['method']} (n={r['n']})")
-                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.12)
-            ax.set_xlabel("search epoch")
-            ax.set_ylabel(label)
-            ax.set_title(f"{summary['protocol']['name']}: {label}, space {space} (mean ± std over seeds)")
-            ax.legend(fontsize=7, ncol=2)
-            fig.tight_layout()
-            path = folder / f"{key}_{space}.png"
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            written.append(path)
+            if rows:
+                written.append(_small_multiples(plt, summary, rows, key, label, space, folder))
     pts = [(r["lambda_max_final"], 100 * (1 - r["test_acc"]), r["space"]) for r in summary["runs"]
            if r.get("lambda_max_final") is not None and r.get("test_acc") is not None]
     if pts:

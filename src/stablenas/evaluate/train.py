@@ -26,13 +26,24 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from .. import distributed as dist
-from ..config import apply_overrides, format_validation_error
-from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
+from ..config import ConfigModel, Seed, apply_overrides, format_validation_error, read_yaml
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DiskFullError,
+    DivergedError,
+    InterruptedRun,
+    RunDirError,
+    RunExistsError,
+    StablenasError,
+)
 from ..genotype import Genotype, GenotypeError
+from ..networks.evaluation import build_eval_network
+from ..networks.profile import count_macs, count_params
 from ..progress import progress_enabled
 from ..registry import DATASETS, EVAL_NETWORKS
 from ..rundir import RunDir, stop_signals
@@ -44,8 +55,6 @@ from ..utils import (
     set_rng_state,
     use_deterministic_algorithms,
 )
-from .networks import build_eval_network
-from .profile import count_macs, count_params
 
 __all__ = [
     "TRAIN_PRESETS",
@@ -72,7 +81,7 @@ _RUNTIME_KEYS = {"device", "threads", "eval_batch_size"}
 TrainExistsError = RunExistsError
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Everything that defines a from-scratch training run; defaults = DARTS CIFAR-10 evaluation.
 
     ``cutout``, ``crop_padding`` and ``flip`` default to ``None`` = derived from the input size
@@ -81,7 +90,7 @@ class TrainConfig(BaseModel):
     same fraction of the image is erased.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)
 
     dataset: str = "cifar10"
     data_root: str | None = None
@@ -110,8 +119,8 @@ class TrainConfig(BaseModel):
     evaluate_test: bool = True  # False: never touch the test split (model selection runs)
     eval_every: int = Field(0, ge=0)  # also evaluate every N epochs (0: only after the last epoch)
     steps_per_epoch: int | None = Field(None, gt=0)  # cap (smoke runs); None = one pass
-    seed: int = 0  # weights init, data order, augmentation, drop-path
-    data_seed: int = 0  # which images form subset / holdout / test_subset: fixed across seeds
+    seed: Seed = 0  # weights init, data order, augmentation, drop-path
+    data_seed: Seed = 0  # which images form subset / holdout / test_subset: fixed across seeds
     device: str = "auto"
     threads: int | None = Field(None, gt=0)
     deterministic: bool = True
@@ -128,6 +137,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"dataset: {DATASETS.unknown_message(self.dataset)}")
         if self.network != "auto" and self.network not in EVAL_NETWORKS:
             raise ValueError(f"network: {EVAL_NETWORKS.unknown_message(self.network)} (or auto)")
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) exceeds lr ({self.lr}): the cosine schedule anneals from lr "
+                             "down to lr_min")
         return self
 
     def augmentation(self, side: int) -> dict[str, Any]:
@@ -201,7 +213,12 @@ def train_config(
     elif preset in TRAIN_PRESETS:
         raw = dict(TRAIN_PRESETS[preset])
     else:
-        raise ConfigError(f"unknown training preset {preset!r}; available: {', '.join(TRAIN_PRESETS)}")
+        from ..rnn.train import RNN_TRAIN_PRESETS
+
+        rnn = (f" ({preset} trains recurrent genotypes: give a recurrent genotype such as DARTS_V2_RNN)"
+               if preset in RNN_TRAIN_PRESETS else "")
+        raise ConfigError(f"unknown training preset {preset!r} for an image genotype; available: "
+                          f"{', '.join(TRAIN_PRESETS)}{rnn}")
     if isinstance(overrides, dict):
         raw.update(overrides)
     else:
@@ -236,9 +253,9 @@ def run_data(spec: str | Path | Genotype | dict) -> dict[str, Any]:
     except OSError:  # a name too long for the file system is not a directory
         return {}
     if (path / "config.yaml").exists():
-        import yaml
-
-        data = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("data") or {}
+        data = (read_yaml(path / "config.yaml", "run's config", RunDirError) or {}).get("data") or {}
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path / 'config.yaml'}: data must be a mapping of keys, not a {type(data).__name__}")
         return {k2: data[k] for k, k2 in (("dataset", "dataset"), ("root", "data_root")) if data.get(k)}
     if (path / CONFIG_FILE).exists():
         cfg = json.loads((path / CONFIG_FILE).read_text()).get("config") or {}
@@ -287,7 +304,7 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
         raise GenotypeError(f"{path} holds no genotype.json (nor a finished epoch to take one from)")
     if path.suffix in (".json", ".py", ".txt") or exists:
         return Genotype.load(path)
-    from .published import PUBLISHED, get_published
+    from ..networks.published import PUBLISHED, get_published
 
     try:
         return get_published(text)
@@ -459,12 +476,13 @@ class _Trainer:
         self.epoch = 0
         self.metrics: list[dict] = []
         self.seconds = 0.0
+        self._kept: int | None = None  # epoch of the checkpoint on disk
         error = None
         if self.run_dir is not None:
             try:
                 self._take_run_dir(resume)
             except StablenasError as e:
-                error = e
+                error = self._disk_full(e) if isinstance(e, DiskFullError) else e
         dist.agree(error, "resume")
         if self.dist.active:
             if not self.dist.is_main and resume and out_dir is not None and (out_dir / "checkpoint.pt").exists():
@@ -520,6 +538,7 @@ class _Trainer:
             self.scheduler.load_state_dict(st["scheduler"])
             set_rng_state(st["rng"])
             self.epoch, self.metrics, self.seconds = st["epoch"], list(st["metrics"]), float(st["seconds"])
+            self._kept = self.epoch
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
             msg = " ".join(str(e).split())[:160] if str(e) else type(e).__name__
             raise CheckpointError(f"{path}: does not fit this training run ({type(e).__name__}: {msg}); delete "
@@ -585,8 +604,9 @@ class _Trainer:
         weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
         if not (_finite(loss_sum) and weights_ok):  # one sync per epoch; the checkpoint stays good
             kept = (f"the checkpoint after epoch {self.epoch} is kept" if self.epoch else "no checkpoint written")
+            clip = "" if cfg.grad_clip else " or set grad_clip (gradient clipping is off)"
             raise DivergedError(f"training diverged: non-finite loss or weights in epoch {self.epoch + 1}; {kept}; "
-                                "lower lr or set grad_clip")
+                                f"lower lr{clip}")
         self.scheduler.step()
         record = {
             "epoch": self.epoch + 1,
@@ -707,10 +727,17 @@ class _Trainer:
         if self.run_dir is None:
             return self._run(stop_after)
         with stop_signals(self), self.run_dir.recording() as outcome:
-            result = self._run(stop_after)
+            try:
+                result = self._run(stop_after)
+            except DiskFullError as e:
+                raise self._disk_full(e) from None
             if result is None:
                 outcome.set("interrupted", f"stopped after epoch {self.epoch}; resume with --resume")
         return result
+
+    def _disk_full(self, e: DiskFullError) -> DiskFullError:
+        kept = None if self._kept is None else f"after epoch {self._kept}"
+        return self.run_dir.disk_full(e, kept, "the same `stablenas train` command and --resume")
 
     def _run(self, stop_after: int | None = None) -> dict | None:
         cfg = self.cfg
@@ -724,6 +751,7 @@ class _Trainer:
             if self.run_dir is not None:
                 self.run_dir.append_metrics(record)
                 self.run_dir.save_checkpoint(self.state_dict())
+                self._kept = self.epoch
             msg = (
                 f"epoch {record['epoch']}/{cfg.epochs}  train loss {record['train_loss']:.4f} "
                 f"acc {record['train_acc']:.4f}  lr {record['lr']:.5f}  {record['seconds']:.1f}s"

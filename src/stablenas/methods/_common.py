@@ -1,10 +1,11 @@
 """Small pieces the method hooks share: schedules, projections back onto the op-weight domain,
-forwards with a chosen batch-norm mode, and uniform discrete architectures.
+forwards with a chosen batch-norm mode, uniform discrete architectures and the Gumbel-softmax
+sampler of GDAS and SNAS.
 
 Kept here (not in the loop) because they are method semantics: SDARTS/MS-DARTS perturb op
 weights *after* the activation and must land back where the activation lands (the simplex for
-softmax, the box [0, 1] for sigmoid); the public SDARTS / MS-DARTS code evaluates perturbed
-losses with batch norm in eval mode.
+softmax and the Dirichlet mean, the box [0, 1] for sigmoid); the public SDARTS / MS-DARTS code
+evaluates perturbed losses with batch norm in eval mode.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..genotype import Genotype
 from ..registry import SKELETONS
@@ -33,11 +34,12 @@ BNMode = Literal["eval", "train"]
 def linear_ramp(start: float, end: float, search: Search, ramp: Ramp) -> float:
     """``start -> end`` linearly over the search. ``epoch``: constant within an epoch,
     ``start + (end - start) * epoch / epochs`` (the SmoothDARTS / MS-DARTS code); ``step``: the same
-    line evaluated at every step; ``off``: always ``end``."""
+    line evaluated at every step; ``off``: always ``end``. ``epochs`` is ``search.schedule_epochs``;
+    past it (DARTS-PT's selection phase) the ramp stays at ``end``."""
     if ramp == "off":
         return end
-    frac = search.epoch / search.cfg.optim.epochs if ramp == "epoch" else search.progress_fraction
-    return start + (end - start) * frac
+    done = search.epoch if ramp == "epoch" else search.epoch + search.step_in_epoch / max(search.steps_per_epoch, 1)
+    return start + (end - start) * min(done / search.schedule_epochs, 1.0)
 
 
 class RampOptions(MethodOptions):
@@ -52,6 +54,13 @@ class RampOptions(MethodOptions):
     def _yaml_off(cls, v: object) -> object:
         # YAML 1.1 (PyYAML) reads a bare ``off`` as False: ``ramp: off`` must still mean "off"
         return "off" if v is False else v
+
+    @model_validator(mode="after")
+    def _growing(self) -> RampOptions:
+        if self.epsilon_min > self.epsilon_max:  # the radius grows over the search (sdarts.txt Sec. 5.1)
+            raise ValueError(f"epsilon_min ({self.epsilon_min}) exceeds epsilon_max ({self.epsilon_max}): the "
+                             "radius grows from epsilon_min to epsilon_max")
+        return self
 
 
 class RampedPerturbation(Method):
@@ -78,9 +87,11 @@ class RampedPerturbation(Method):
 
 
 def projection_mode(arch: ArchParams, mode: Projection) -> str:
+    """``auto``: the simplex for an activation declared simplex-valued (softmax, the Dirichlet mean),
+    else the box [0, 1] (``supernet.arch.register_activation``)."""
     if mode != "auto":
         return mode
-    return "simplex" if arch.activation == "softmax" else "box"
+    return "simplex" if arch.simplex else "box"
 
 
 def project(arch: ArchParams, weights: OpWeights, mode: Projection = "auto") -> OpWeights:
@@ -166,3 +177,37 @@ def discrete_mix(arch: ArchParams, hard: dict[str, list[int]], device: torch.dev
 def genotype_of(space, hard: dict[str, list[int]]) -> Genotype:
     """The genotype of an op-index-per-edge architecture (-1 = edge not kept)."""
     return SKELETONS[space.skeleton].genotype_of(space, hard)
+
+
+def argmax_mix(arch: ArchParams, mix: Mix) -> Mix:
+    """A discrete forward on the largest op weight of every edge (one-hot weights, only that op runs):
+    the GDAS / SNAS ``eval: argmax`` validation passes."""
+    choice = {ct: w.detach().masked_fill(~arch.mask(ct), float("-inf")).argmax(-1) for ct, w in mix.op.items()}
+    op = {ct: torch.zeros_like(w).scatter_(-1, choice[ct].unsqueeze(-1), 1.0) for ct, w in mix.op.items()}
+    return mix.replace(op=op, hard={ct: c.tolist() for ct, c in choice.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Gumbel-softmax samples of op weights (GDAS: hard, straight-through; SNAS: soft)
+
+
+def gumbel_softmax(weights: OpWeights, masks: dict[str, torch.Tensor], tau: float, *, hard: bool,
+                   generator: torch.Generator | None = None) -> tuple[OpWeights, dict[str, torch.Tensor]]:
+    """One Gumbel-softmax sample per edge, h = softmax((log p + g) / tau) over its valid ops, with p
+    the op weights normalised per edge (softmax's already sum to 1, sigmoid's do not) and
+    g ~ Gumbel(0, 1) (Jang et al. 2017, eq. 1; Maddison et al. 2017). Returns the mixing weights and
+    argmax h per edge, a draw from p at any tau (the Gumbel-max trick). ``hard``: the straight-through
+    one_hot(argmax h) - h.detach() + h (GDAS); else h itself, SNAS's relaxed sample (every op runs)."""
+    op, idx = {}, {}
+    for ct, w in weights.items():
+        p = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+        logp = torch.log(p.clamp_min(1e-30))
+        u = torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device) if generator is not None \
+            else torch.rand_like(w)
+        g = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+        h = torch.softmax(((logp + g) / tau).masked_fill(~masks[ct], float("-inf")), dim=-1)
+        i = h.detach().argmax(-1)
+        if hard:
+            h = torch.zeros_like(h).scatter_(-1, i.unsqueeze(-1), 1.0) - h.detach() + h
+        op[ct], idx[ct] = h, i
+    return op, idx

@@ -16,6 +16,13 @@ the loop calls at fixed points; it never copies the loop. The hooks, in call ord
   a phase: ``"weights"`` (the weight step: SDARTS perturbations, MS-DARTS shift, GDAS/RS-ws
   sampling), ``"arch"`` (the alpha step), ``"eval"`` (validation passes). Methods compose in
   config order, each seeing the previous one's output.
+- ``on_weight_grads(search)``: in the weight step, after the gradients of the network weights are
+  made (and averaged over ranks), before clipping and the optimiser step: edit or drop them.
+  ``p.grad = None`` leaves ``p`` bit-identical (SGD skips it, momentum and weight decay included;
+  the clipping norm leaves it out): OLES freezes ops this way. The step's batch and op weights are
+  ``search.weight_batch`` / ``search.weight_mix`` (Lambda-DARTS adds gradients from more passes).
+- ``freezes_alpha(search) -> bool``: True to skip the alpha steps of the current epoch (consulted
+  by ``search.alpha_frozen()`` with the warm-up and ``update: none``; DARTS-PT's selection phase).
 - ``on_epoch_end(search, epoch, record)``: add numbers to the epoch's metrics record; end the
   search and/or fix the architecture it returns with ``search.set_outcome(genotype=..., stop=...)``
   (the one way: DARTS-ES stops and returns an earlier epoch's cell, RS-ws pins its best sample).
@@ -24,6 +31,12 @@ the loop calls at fixed points; it never copies the loop. The hooks, in call ord
 
 Config requirements are declared, not discovered mid-run: ``requires = {"search.update":
 "single"}`` and/or a ``validate(cfg, options)`` classmethod, both checked when the config loads.
+A method that runs on past the search (DARTS-PT's selection phase) declares where the search ends
+with the ``schedule_epochs(cfg, options)`` classmethod: the weight lr's cosine and the ramps of
+``_common.linear_ramp`` span that many epochs (``search.schedule_epochs``).
+Modules a method needs in the supernet are declared too: ``supernet_options`` (build keywords the
+skeleton's ``supernet_from_config`` adds, e.g. DARTS-'s ``{"aux_skip": True}``); what the supernet
+computes with them rides on ``Mix`` (``Mix.skip``), never on state stored in the network.
 """
 
 from __future__ import annotations
@@ -32,9 +45,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from ..config import format_validation_error
+from ..config import ConfigModel, format_validation_error
 from ..errors import ConfigError
 from ..registry import METHODS
 
@@ -46,23 +59,33 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Mix:
-    """What the supernet mixes with: op weights per cell type, optional edge weights (PC-DARTS
-    betas) and optional hard per-edge op choices (only the chosen op runs)."""
+    """What the supernet mixes with: op weights per cell type (``[edges, ops]``, or per cell
+    ``[cells of the type, edges, ops]``: ``supernet.network.cell_op_weights``), optional edge weights (PC-DARTS
+    betas), optional hard per-edge op choices (only the chosen op runs) and ``skip``, the weight
+    of an auxiliary identity path added to every mixed op's output (DARTS-'s beta; a plain number,
+    never differentiated; None: no such path)."""
 
     op: dict[str, torch.Tensor]
     edge: dict[str, torch.Tensor] | None = None
     hard: dict[str, list[int]] | None = None
+    skip: float | None = None
 
     def replace(self, **kw: Any) -> Mix:
         return replace(self, **kw)
 
     def detached(self) -> Mix:
         return Mix({k: v.detach() for k, v in self.op.items()},
-                   None if self.edge is None else {k: v.detach() for k, v in self.edge.items()}, self.hard)
+                   None if self.edge is None else {k: v.detach() for k, v in self.edge.items()}, self.hard,
+                   self.skip)
+
+    def net_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the supernet's forward beyond (op, edge, hard): ``skip`` when set
+        (skeletons without the auxiliary path never see the keyword)."""
+        return {} if self.skip is None else {"skip": self.skip}
 
 
-class MethodOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MethodOptions(ConfigModel):
+    """A method's options (the ``methods:`` entry besides its name)."""
 
 
 class Method:
@@ -72,6 +95,9 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     # config values the method needs, dotted key -> value (checked at config load by validate)
     requires: ClassVar[dict[str, Any]] = {}
+    # supernet build options the method needs (``skeleton.supernet_from_config`` adds them), e.g.
+    # ``{"aux_skip": True}``: DARTS-'s auxiliary skip modules; the skeleton must support them
+    supernet_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: MethodOptions | dict | None = None):
         if not isinstance(options, MethodOptions):
@@ -99,6 +125,12 @@ class Method:
                 how = f"use the {cls.preset} preset or set it" if cls.preset else "set it"
                 raise ConfigError(f"method {cls.name} needs {key}: {want} (got {got!r}); {how}")
 
+    @classmethod
+    def schedule_epochs(cls, cfg: Any, options: MethodOptions) -> int | None:
+        """The epochs the search's schedules span when this method runs on past them; None:
+        ``optim.epochs``."""
+        return None
+
     # -- hooks (all optional) ----------------------------------------------------------------
     def setup(self, search: Search) -> None:
         pass
@@ -112,8 +144,14 @@ class Method:
     def arch_penalty(self, search: Search) -> torch.Tensor | None:
         return None
 
+    def freezes_alpha(self, search: Search) -> bool:
+        return False
+
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         return mix
+
+    def on_weight_grads(self, search: Search) -> None:
+        pass
 
     def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
         pass
@@ -123,6 +161,17 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def schedule_epochs(cfg: Any) -> int:
+    """The epochs a search's schedules span: the shortest a method declares, else ``optim.epochs``."""
+    spans = [cfg.optim.epochs]
+    for entry in cfg.methods:
+        cls = METHODS[entry.name]
+        span = cls.schedule_epochs(cfg, cls.parse_options(entry.model_extra or {}))
+        if span is not None:
+            spans.append(span)
+    return min(spans)
 
 
 def register_method(cls: type[Method]) -> type[Method]:

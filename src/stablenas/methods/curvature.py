@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from ..config import Seed
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class HessianOptions(MethodOptions):
     top_k: int = Field(0, ge=0)  # also store the top-k (by magnitude) eigenvalues of the exact Hessian
     arch_weight_decay: bool = False  # add optim.arch_weight_decay * I (the RobustDARTS code does)
     record_alpha: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
 
 def lambda_series(records: list[dict]) -> list[tuple[int, float]]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from ..errors import ConfigError
 from .base import Method, register_method
 from .darts_es import DartsES, EarlyStopOptions
 
@@ -89,17 +90,27 @@ class DartsADA(DartsES):
             if type(later).on_epoch_start is not Method.on_epoch_start:
                 raise ValueError(f"method darts-ada must come after {later.name!r} in `methods` (it has an "
                                  "epoch schedule that a rollback has to restore)")
-        o = self.opts
+        self.R, _ = self.start(search.cfg, self.opts)
+
+    @staticmethod
+    def start(cfg: Any, o: AdaOptions) -> tuple[float, str]:
+        """The starting R and the key it comes from: ``initial``, else the config's own value."""
         if o.initial is not None:
-            self.R = float(o.initial)
-        elif o.regularizer == "l2":
-            self.R = float(search.cfg.optim.weight_decay)
-        else:
-            self.R = float(search.cfg.regularization.drop_path_max)
-        if self.R <= 0:
-            key = "optim.weight_decay" if o.regularizer == "l2" else "regularization.drop_path_max"
-            raise ValueError(f"darts-ada multiplies the regularisation, so it must start above 0: set "
-                             f"`initial` or {key}")
+            return float(o.initial), "initial"
+        if o.regularizer == "l2":
+            return float(cfg.optim.weight_decay), "optim.weight_decay"
+        return float(cfg.regularization.drop_path_max), "regularization.drop_path_max"
+
+    @classmethod
+    def validate(cls, cfg: Any, options: AdaOptions) -> None:
+        super().validate(cfg, options)
+        r0, key = cls.start(cfg, options)
+        if r0 <= 0:
+            raise ConfigError(f"method darts-ada multiplies the regularisation, so it must start above 0: set "
+                              f"`initial` or {key}")
+        if r0 > options.max_value:  # R only grows, up to R_max (robust-darts App. D.1, Algorithm 1)
+            raise ConfigError(f"method darts-ada: the starting R ({key} = {r0:g}) exceeds max_value (R_max = "
+                              f"{options.max_value:g}); R only rises towards R_max")
 
     def apply(self, search: Search) -> None:
         if self.opts.regularizer == "l2":

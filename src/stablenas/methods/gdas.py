@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from ._common import argmax_mix, gumbel_softmax
 from .base import Batch, Method, MethodOptions, Mix, register_method
 
 if TYPE_CHECKING:
@@ -32,25 +33,21 @@ class GDASOptions(MethodOptions):
     anneal: Literal["epoch", "step"] = "epoch"  # linear per epoch (GDAS code) or per step
     eval: Literal["sample", "argmax", "soft"] = "sample"  # validation forwards: GDAS samples there too
 
+    @model_validator(mode="after")
+    def _annealed_down(self) -> GDASOptions:
+        if self.tau_min > self.tau_max:  # the GDAS scripts anneal the temperature down (set_tau)
+            raise ValueError(f"tau_min ({self.tau_min}) exceeds tau_max ({self.tau_max}): tau anneals from tau_max "
+                             "down to tau_min")
+        return self
+
 
 def gumbel_hard(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], tau: float,
                 generator: torch.Generator | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
-    """Straight-through Gumbel-softmax samples per cell type: (mixing weights, chosen op per edge)."""
-    op, hard = {}, {}
-    for ct, w in weights.items():
-        m = masks[ct]
-        p = w / w.sum(-1, keepdim=True).clamp_min(1e-30)  # softmax weights already sum to 1; sigmoid's do not
-        logp = torch.log(p.clamp_min(1e-30))
-        u = torch.rand(w.shape, generator=generator, dtype=w.dtype).to(w.device) if generator is not None \
-            else torch.rand_like(w)
-        g = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
-        h = torch.softmax(((logp + g) / tau).masked_fill(~m, float("-inf")), dim=-1)
-        idx = h.detach().argmax(-1)
-        onehot = torch.zeros_like(h).scatter_(-1, idx.unsqueeze(-1), 1.0)
-        op[ct] = onehot - h.detach() + h
-        hard[ct] = idx.tolist()
-    return op, hard
+    """Straight-through Gumbel-softmax samples per cell type (``_common.gumbel_softmax``): the mixing
+    weights and the chosen op per edge as lists (the supernet runs only those)."""
+    op, idx = gumbel_softmax(weights, masks, tau, hard=True, generator=generator)
+    return op, {ct: i.tolist() for ct, i in idx.items()}
 
 
 @register_method
@@ -78,13 +75,7 @@ class GDAS(Method):
 
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "eval" and self.opts.eval != "sample":
-            if self.opts.eval == "soft":
-                return mix
-            choice = {ct: w.detach().masked_fill(~search.arch.mask(ct), float("-inf")).argmax(-1)
-                      for ct, w in mix.op.items()}
-            op = {ct: torch.zeros_like(w).scatter_(-1, choice[ct].unsqueeze(-1), 1.0)
-                  for ct, w in mix.op.items()}
-            return mix.replace(op=op, hard={ct: c.tolist() for ct, c in choice.items()})
+            return mix if self.opts.eval == "soft" else argmax_mix(search.arch, mix)
         if self.opts.anneal == "step" and phase != "eval":
             self.tau = self._tau(search)
         masks = {ct: search.arch.mask(ct) for ct in mix.op}

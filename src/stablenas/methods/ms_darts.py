@@ -87,7 +87,7 @@ def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dic
             from torch.func import vmap
 
             def one(w: dict[str, torch.Tensor]) -> torch.Tensor:
-                return search.criterion(search.net(x, w, edge, mix.hard), y)
+                return search.criterion(search.net(x, w, edge, mix.hard, **mix.net_kwargs()), y)
 
             with bn_mode(search.net, "eval"):
                 try:
@@ -97,8 +97,8 @@ def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dic
                         raise
                     if memo is not None:
                         memo["no_vmap"] = True  # do not retry every step
-        return torch.stack([perturbed_loss(search, x, y, Mix({ct: s[i] for ct, s in samples.items()}, edge,
-                                                                mix.hard), mode) for i in range(n)])
+        return torch.stack([perturbed_loss(search, x, y, mix.replace(op={ct: s[i] for ct, s in samples.items()},
+                                                                     edge=edge), mode) for i in range(n)])
 
 
 @register_method

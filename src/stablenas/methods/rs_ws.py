@@ -65,7 +65,7 @@ class RSWS(Method):
             hard = self._eval_arch
         else:
             return mix
-        return discrete_mix(search.arch, hard, search.device)
+        return discrete_mix(search.arch, hard, search.device).replace(skip=mix.skip)
 
     # -- selection -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -44,7 +44,7 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
     edge = None if mix.edge is None else {k: v.detach() for k, v in mix.edge.items()}
 
     def loss_at(w: dict[str, torch.Tensor]) -> torch.Tensor:
-        return perturbed_loss(search, x, y, Mix(w, edge, mix.hard), opts.bn_mode)
+        return perturbed_loss(search, x, y, mix.replace(op=w, edge=edge), opts.bn_mode)
 
     with torch.no_grad():
         (loss_clean,) = dist.all_reduce_mean([loss_at(clean)])  # the job's loss (every rank decides alike)

@@ -17,8 +17,9 @@ import torch
 
 from ..errors import GenotypeError
 from ..genotype import Genotype
+from ..registry import SPACES
 from ..spaces.registry import SearchSpace
-from .space import CELL, RNN_OPS
+from .space import CELL, RNN_OPS, RNN_SKELETON
 
 Pair = tuple[str, int]
 
@@ -41,10 +42,6 @@ class RecurrentGenotype(Genotype):
         object.__setattr__(self, "extra", dict(extra or {}))
         object.__setattr__(self, "recurrent", tuple((str(op), int(p)) for op, p in recurrent))
         object.__setattr__(self, "recurrent_concat", tuple(concat) or tuple(range(1, len(self.recurrent) + 1)))
-
-    @property
-    def is_nb201(self) -> bool:
-        return False
 
     # -- views (the CNN Genotype's API, cell type "recurrent") ------------------------------------
     @property
@@ -125,6 +122,15 @@ class RecurrentGenotype(Genotype):
             raise GenotypeError(f"unknown recurrent genotype keys {sorted(unknown)}; allowed: space, recurrent, concat")
         if "recurrent" not in d:
             raise GenotypeError("recurrent genotype is missing 'recurrent' ([[op, predecessor], ...])")
+        space = d.get("space", "ptb")
+        sp = SPACES.get(space) if isinstance(space, str) else None
+        if sp is None or sp.skeleton != RNN_SKELETON:
+            names = [n for n, s in SPACES.items() if s.skeleton == RNN_SKELETON]
+            raise GenotypeError(f"genotype space: {space!r} is not a recurrent space; recurrent spaces: "
+                                f"{', '.join(names)}")
+        if not isinstance(d["recurrent"], list):
+            got = "null" if d["recurrent"] is None else type(d["recurrent"]).__name__
+            raise GenotypeError(f"recurrent: expected a list of [op, predecessor] pairs, got {got}")
         pairs = []
         for k, item in enumerate(d["recurrent"]):
             if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int)
@@ -135,25 +141,9 @@ class RecurrentGenotype(Genotype):
         if not isinstance(concat, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool)
                                                              for i in concat):
             raise GenotypeError(f"concat must be a list of node numbers, got {concat!r}")
-        g = cls(space=str(d.get("space", "ptb")), recurrent=tuple(pairs), concat=tuple(int(i) for i in concat))
+        g = cls(space=space, recurrent=tuple(pairs), concat=tuple(int(i) for i in concat))
         g.validate()
         return g
-
-    @classmethod
-    def from_json(cls, text: str) -> RecurrentGenotype:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"genotype is not valid JSON: {e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> RecurrentGenotype:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "genotype.json"
-        if not path.exists():
-            raise GenotypeError(f"no genotype at {path}")
-        return cls.from_json(path.read_text())
 
     def validate(self) -> None:
         if not self.recurrent:
@@ -193,13 +183,22 @@ def derive_recurrent(space: SearchSpace, op_weights: Mapping[str, torch.Tensor])
                              concat=tuple(range(1, space.n_nodes + 1)))
 
 
-# the published cells (github.com/quark0/darts rnn/genotypes.py)
-DARTS_V2_RNN = RecurrentGenotype(
+# The published cells, from github.com/quark0/darts rnn/genotypes.py. DARTS_V2 is the cell of the
+# paper's PTB results (the file's default ``DARTS = DARTS_V2``, the README's 55.68 test perplexity);
+# DARTS_V1 is the repository's first-release cell (named ``DARTS`` at its release commit).
+DARTS_V1_RNN = RecurrentGenotype(
     space="ptb",
     recurrent=(("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1), ("relu", 5),
                ("relu", 1)),
     concat=tuple(range(1, 9)),
-    extra={"source": "github.com/quark0/darts rnn/genotypes.py DARTS (= DARTS_V2)",
+    extra={"source": "github.com/quark0/darts rnn/genotypes.py DARTS_V1 (the release commit's DARTS)",
+           "paper": "Liu et al., DARTS (the code release of arXiv:1806.09055)"})
+DARTS_V2_RNN = RecurrentGenotype(
+    space="ptb",
+    recurrent=(("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1), ("tanh", 2), ("sigmoid", 5),
+               ("tanh", 3), ("relu", 5)),
+    concat=tuple(range(1, 9)),
+    extra={"source": "github.com/quark0/darts rnn/genotypes.py DARTS_V2 (= DARTS)",
            "paper": "Liu et al., DARTS, ICLR 2019 (second order)",
            "reported": "PTB: 58.1 valid / 55.7 test perplexity, 23M parameters (DARTS Table 2)"})
-PUBLISHED_RNN = {"DARTS_V2_RNN": DARTS_V2_RNN}
+PUBLISHED_RNN = {"DARTS_V1_RNN": DARTS_V1_RNN, "DARTS_V2_RNN": DARTS_V2_RNN}

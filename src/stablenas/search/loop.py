@@ -27,7 +27,9 @@ checks (checksum all_gather) that the ranks still hold the same alpha and weight
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -42,12 +44,21 @@ from torch.func import functional_call
 from .. import distributed as dist
 from ..config import SearchConfig
 from ..data import TensorLoader
-from ..errors import ConfigError, DivergedError, InterruptedRun, RunExistsError, StablenasError
+from ..errors import (
+    ConfigError,
+    DiskFullError,
+    DivergedError,
+    InterruptedRun,
+    RankDiedError,
+    RunExistsError,
+    StablenasError,
+)
 from ..genotype import Genotype
 from ..methods import Method, Mix
+from ..methods.base import schedule_epochs
 from ..progress import progress_enabled
 from ..registry import LOOKUPS, METHODS, SKELETONS
-from ..rundir import CHECKPOINT, RunDir, diff_keys, load_checkpoint, stop_signals
+from ..rundir import CHECKPOINT, RunDir, load_checkpoint, stop_signals
 from ..skeletons.base import SearchData
 from ..spaces.registry import get_space
 from ..supernet.arch import ArchParams
@@ -100,6 +111,9 @@ class Search:
         error = None
         if self.run_dir is not None:  # read-only: refuse before anything is built or written
             try:
+                from ..loggers import check_backends
+
+                check_backends(loggers)
                 self.run_dir.check(resume, config.to_dict())
             except StablenasError as e:
                 error = e
@@ -139,7 +153,10 @@ class Search:
         o = cfg.optim
         self.w_optimizer = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
                                            weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, o.epochs, eta_min=o.lr_min)
+        # the epochs the schedules span: optim.epochs unless a method runs on past them (Method.schedule_epochs)
+        self.schedule_epochs = schedule_epochs(cfg)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, self.schedule_epochs,
+                                                                    eta_min=o.lr_min)
         if o.arch_optimizer == "adam":
             self.a_optimizer: torch.optim.Optimizer = torch.optim.Adam(
                 self.arch.parameters(), lr=o.arch_lr, betas=o.arch_betas, weight_decay=o.arch_weight_decay)
@@ -165,9 +182,16 @@ class Search:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._last_good: tuple[int, int] | None = None  # (epoch, step) of the newest checkpoint
         self._signal: int | None = None
+        # a stop another rank was signalled for: kept apart from this process's own signal, which
+        # may still come (a signal to every rank lands at slightly different steps) and must not
+        # count as the second signal that abandons the checkpoint
+        self._peer_signal: int | None = None
         self.epoch_start_time = 0.0
         self.epoch_seconds = 0.0  # training time of the current epoch so far (survives a resume)
         self._fixed_loaders: dict[tuple[int, int], TensorLoader] = {}  # see fixed_val_batches
+        # the current weight step's batch and op weights (after the methods' transforms)
+        self.weight_batch: Batch | None = None
+        self.weight_mix: Mix | None = None
         # how a genotype is read off alpha; a method may install its own (iDARTS: decorrelation
         # with its options) in setup()
         self.discretizer: Callable[[Search], Genotype] = DISCRETIZERS[cfg.search.discretizer]
@@ -178,6 +202,7 @@ class Search:
         self.uses_val_stream = cfg.search.update in ("first", "second") or any(
             type(m).arch_step is not Method.arch_step for m in self.methods)
         error = None
+        self.complete = False  # resumed a finished run: nothing to do, nothing written
         if self.run_dir is not None:
             try:
                 self._take_run_dir(resume, config)
@@ -194,8 +219,8 @@ class Search:
         # blocks of LOG_EVERY steps, so the hot loop never waits for a host sync
         from ..loggers import LoggerSet, make_loggers
 
-        self.loggers = LoggerSet(make_loggers(loggers if self.dist.is_main else "none", self.out_dir, cfg.name),
-                                 warn=self.log)
+        self.loggers = LoggerSet(make_loggers(loggers if self.dist.is_main and not self.complete else "none",
+                                              self.out_dir, cfg.name), warn=self.log)
         if self.loggers:
             self.loggers.log_config(cfg.to_dict())
         self._step_losses: list[torch.Tensor] = []
@@ -205,15 +230,9 @@ class Search:
 
     def _shard_data(self) -> None:
         """Each rank takes its slice of every batch of every stream (the config's batch is global)."""
-        loaders = [self.train_loader, getattr(self.val_stream, "loader", self.val_stream), self.val_eval_loader]
-        for loader in loaders:
-            if not hasattr(loader, "set_shard"):
-                raise ConfigError(f"the {self.space.skeleton} skeleton's data streams cannot be split across "
-                                  "ranks; run this space in one process")
-            try:
-                loader.set_shard(self.dist.rank, self.dist.world)
-            except ValueError as e:
-                raise ConfigError(f"data.batch_size: {e}; choose a multiple of {self.dist.world}") from None
+        check_data_parallel(self.cfg, self.dist.world)
+        for loader in (self.train_loader, getattr(self.val_stream, "loader", self.val_stream), self.val_eval_loader):
+            loader.set_shard(self.dist.rank, self.dist.world)
 
     def _take_run_dir(self, resume: bool, config: SearchConfig) -> None:
         """Rank 0 (or the only process): restore a checkpoint, take the directory, start the record."""
@@ -222,7 +241,14 @@ class Search:
         if resume and rd.checkpoint.exists():  # restore first: a bad checkpoint fails before any write
             applied = rd.load_checkpoint()
             self._apply_checkpoint(applied, rd.checkpoint)
-        rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
+            done = self.epoch >= self.cfg.optim.epochs or self.stop_reason is not None
+            if done and (rd.path / "genotype.json").exists():
+                self.complete = True
+                self.log(f"{self.out_dir} is complete ({self.epoch}/{self.cfg.optim.epochs} epochs"
+                         f"{', stopped early' if self.stop_reason else ''}); nothing to resume, nothing written")
+                return
+        with self._full_disk():
+            rd.begin(resume, config.to_dict(), config.to_yaml())  # everything is built: take the directory
         if rd.lock.took_over:
             self.log(f"{self.out_dir}: took over the lock of process {rd.lock.took_over}, which is gone")
         try:
@@ -239,12 +265,32 @@ class Search:
             elif resume:  # killed before the first checkpoint: start over, drop a partial record
                 rd.write_metrics([])
                 self.log(f"{self.out_dir}: no checkpoint yet; starting from the beginning")
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, DiskFullError):
+                full = self._disk_full(e)
+                rd.end("interrupted", str(full))
+                raise full from None
             rd.end("failed", "could not resume")
             raise
 
     # ---------------------------------------------------------------------------------------
     # run directory
+
+    def _disk_full(self, e: DiskFullError) -> DiskFullError:
+        """The full-disk line with the checkpoint that survives and the resume command."""
+        kept = None
+        if self._last_good is not None:
+            ep, st = self._last_good
+            kept = f"epoch {ep + 1}, step {st}" if st else f"end of epoch {ep}"
+        return self.run_dir.disk_full(e, kept, f"`stablenas search {self.run_dir.config_file} --out {self.out_dir} "
+                                               "--resume`")
+
+    @contextlib.contextmanager
+    def _full_disk(self):
+        try:
+            yield
+        except DiskFullError as e:
+            raise self._disk_full(e) from None
 
     def close(self) -> None:
         """Release the run directory without running (a ``Search`` built only to inspect)."""
@@ -265,9 +311,9 @@ class Search:
         """Supernet logits; with ``params`` the weights are substituted functionally and BN
         running statistics go to throw-away copies (virtual steps must not move them)."""
         if params is None:
-            return self.net(x, mix.op, mix.edge, mix.hard)
+            return self.net(x, mix.op, mix.edge, mix.hard, **mix.net_kwargs())
         buffers = {n: b.clone() for n, b in self.net.named_buffers()}
-        return functional_call(self.net, {**params, **buffers}, (x, mix.op, mix.edge, mix.hard))
+        return functional_call(self.net, {**params, **buffers}, (x, mix.op, mix.edge, mix.hard), mix.net_kwargs())
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, mix: Mix,
              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -293,7 +339,10 @@ class Search:
         return (self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1)) / self.cfg.optim.epochs
 
     def alpha_frozen(self) -> bool:
-        return self.epoch < self.cfg.optim.warmup_epochs or self.cfg.search.update == "none"
+        """No alpha step in this epoch: warm-up, ``update: none``, or a method freezes it
+        (``Method.freezes_alpha``, e.g. DARTS-PT's selection phase with ``freeze_alpha``)."""
+        return (self.epoch < self.cfg.optim.warmup_epochs or self.cfg.search.update == "none"
+                or any(m.freezes_alpha(self) for m in self.methods))
 
     # ---------------------------------------------------------------------------------------
     # alpha updates
@@ -330,11 +379,14 @@ class Search:
         self.a_optimizer.step()
         self.a_optimizer.zero_grad(set_to_none=True)
 
-    def first_order_grad(self, val_batch: Batch) -> list[torch.Tensor]:
+    def first_order_grad(self, val_batch: Batch, weights: Sequence[torch.Tensor] = ()) -> list[torch.Tensor | None]:
+        """grad_alpha L_val(w, alpha), then (from the same backward) grad_w L_val of the network
+        parameters ``weights`` (OLES compares them with the weight step's gradients)."""
         xv, yv = val_batch
-        with weights_frozen(self.net):  # alpha only: no weight gradients computed (custom kernels too)
+        # alpha (and ``weights``) only: no other weight gradients computed (custom kernels too)
+        with weights_frozen(self.net, keep=weights):
             loss = self.loss(xv, yv, self.mix("arch", val_batch))
-            return list(dist.grad(loss, list(self.arch.parameters()), allow_unused=True))
+            return list(dist.grad(loss, [*self.arch.parameters(), *weights], allow_unused=True))
 
     def second_order_grad(self, train_batch: Batch, val_batch: Batch) -> list[torch.Tensor]:
         """DARTS unrolled gradient (robust-darts App. A, eq. 12-14).
@@ -397,6 +449,7 @@ class Search:
         mix = self.mix("weights", batch)
         if not single:
             mix = mix.detached()
+        self.weight_batch, self.weight_mix = batch, mix  # for the methods' on_weight_grads
         loss, sums = self.skeleton.weight_loss(self, x, y, mix)
         self.w_optimizer.zero_grad(set_to_none=True)
         if single:
@@ -418,6 +471,8 @@ class Search:
                                                          buffers=list(self.net.buffers()))
             sums = sums * self.dist.world
             finite = torch.isfinite(sums[0])  # the job's loss: every rank takes the same decision
+        for m in self.methods:  # the job's gradients, before clipping and the step (OLES drops some)
+            m.on_weight_grads(self)
         if self.cfg.optim.grad_clip:
             norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
             finite = finite & torch.isfinite(norm)
@@ -471,8 +526,8 @@ class Search:
             kept = "no checkpoint had been written"
         else:
             kept = "nothing saved (no run directory)"
-        return (f"search diverged: {what}; {kept}; no genotype written. Lower optim.lr / optim.arch_lr or "
-                "set optim.grad_clip")
+        clip = "" if self.cfg.optim.grad_clip else " or set optim.grad_clip (gradient clipping is off)"
+        return f"search diverged: {what}; {kept}; no genotype written. Lower optim.lr / optim.arch_lr{clip}"
 
     # ---------------------------------------------------------------------------------------
     # epochs
@@ -556,7 +611,7 @@ class Search:
         if not (boundary or self.device.type == "cpu" or self.global_step % GUARD_EVERY == 0):
             return False
         if float(self._dist_signal) > 0:
-            self._signal = self._signal or signal.SIGTERM
+            self._peer_signal = signal.SIGTERM
             return True
         return False
 
@@ -654,8 +709,6 @@ class Search:
                        for e, ops in enumerate(self.space.edge_ops[ct])]
         return out
 
-    _start_epoch = start_epoch  # the name of earlier versions
-
     def end_epoch(self) -> dict:
         """Close the epoch: evaluate, discretise, let methods add to the record, log, checkpoint."""
         return self._end_epoch()
@@ -696,7 +749,7 @@ class Search:
         self.step_in_epoch = 0
         if self.run_dir is not None:
             self.run_dir.append_metrics(record)
-            self.save_checkpoint()
+        self.save_checkpoint()
         if self.loggers:
             self._log_epoch(record)
         self._timing["epoch_seconds"] = self._timing.get("epoch_seconds", 0.0) + time.perf_counter() - t_end
@@ -736,22 +789,36 @@ class Search:
         self.loggers.log_scalars(scalars, step)
         self.loggers.flush()
 
-    def request_stop(self, reason: str, genotype: Genotype | None = None) -> None:
-        """Methods (e.g. DARTS-ES) end the search after this epoch, optionally pinning the result."""
-        self.stop_reason = reason
-        if genotype is not None:
-            self.final_genotype = genotype
-
     def run(self) -> SearchResult:
         """Run to the end (or a method's stop). With a run directory: SIGINT/SIGTERM save a checkpoint
         and raise :class:`InterruptedRun`; the status file records how the run ended."""
         if self.run_dir is None:
             if not self.dist.active:
                 return self._run()
-            with stop_signals(self):  # other ranks: the same stop decision as rank 0
+            with stop_signals(self), self._rank_deaths():  # other ranks: the same stop decision as rank 0
                 return self._run()
-        with stop_signals(self), self.run_dir.recording():
+        if self.complete:
+            genotype = Genotype.load(self.run_dir.path / "genotype.json")
+            return SearchResult(genotype, self.metrics, self.out_dir, self.cfg, self)
+        with stop_signals(self), self.run_dir.recording(), self._full_disk(), self._rank_deaths():
             return self._run()
+
+    @contextlib.contextmanager
+    def _rank_deaths(self):
+        """A collective broken by a dead rank ends the run as :class:`RankDiedError` (this rank's
+        state may be mid-step: nothing is saved; the last checkpoint stays)."""
+        try:
+            yield
+        except RuntimeError as e:
+            died = dist.lost_ranks(e)
+            if died is None:
+                raise
+            kept = "no checkpoint was written yet"
+            if self._last_good is not None:
+                ep, st = self._last_good
+                kept = f"the last checkpoint (epoch {ep + 1}, step {st}) is intact" if st else \
+                    f"the last checkpoint (end of epoch {ep}) is intact"
+            raise RankDiedError(f"{died}; {kept}; resume with {self._resume_command()}") from None
 
     def _run(self) -> SearchResult:
         epochs = self.cfg.optim.epochs
@@ -776,15 +843,24 @@ class Search:
     # signals
 
     def _interrupt(self) -> None:
-        signum = self._signal or signal.SIGINT
+        signum = self._signal or self._peer_signal or signal.SIGINT
         self.check_finite()  # never checkpoint a bad state
         self.save_checkpoint()
         name = signal.Signals(signum).name
         where = (f"epoch {self.epoch + 1}, step {self.step_in_epoch}" if self.step_in_epoch
                  else f"the end of epoch {self.epoch}")
-        cfg_file = self.run_dir.config_file if self.run_dir is not None else "CONFIG"
         raise InterruptedRun(f"interrupted by {name} at {where}: checkpoint saved; resume with "
-                             f"`stablenas search {cfg_file} --out {self.out_dir} --resume`", signum)
+                             f"{self._resume_command()}", signum)
+
+    def _resume_command(self) -> str:
+        """How to continue this run (data parallel on one machine: with ``--nproc``, as it started)."""
+        cfg_file = self.out_dir / "config.yaml" if self.out_dir is not None else "CONFIG"
+        cmd = f"`stablenas search {cfg_file} --out {self.out_dir} --resume"
+        if not self.dist.active:
+            return cmd + "`"
+        if os.environ.get("LOCAL_WORLD_SIZE") == str(self.dist.world):
+            return cmd + f" --nproc {self.dist.world}`"
+        return cmd + "` under the same torchrun command"
 
     # ---------------------------------------------------------------------------------------
     # checkpoints
@@ -809,7 +885,7 @@ class Search:
             "accum": self._accum.cpu(),
             "stop_reason": self.stop_reason,
             "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
-            "extra_state": {"epoch_seconds": self.epoch_seconds},  # key kept: older checkpoints load
+            "epoch_seconds": self.epoch_seconds,  # training time of the current epoch so far
             "world": self.dist.world,  # ranks the run was on (a resume on another number is another run)
         }
         if snapshot:
@@ -841,7 +917,7 @@ class Search:
             self.metrics = list(st["metrics"])
         self.stop_reason = st["stop_reason"]
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
-        self.epoch_seconds = float(st.get("extra_state", {}).get("epoch_seconds", 0.0))
+        self.epoch_seconds = float(st["epoch_seconds"])
         self._saved_world = int(st.get("world", 1))
         self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
         if self.step_in_epoch > 0:
@@ -858,6 +934,8 @@ class Search:
     def save_checkpoint(self, path: Path | None = None) -> None:
         """Atomic; refuses (DivergedError) to overwrite the last good checkpoint with a bad state."""
         if self.run_dir is None and path is None:
+            if self.out_dir is not None:  # another rank: rank 0 saved this very state
+                self._last_good = (self.epoch, self.step_in_epoch)
             return
         self.check_finite()
         if path is not None:
@@ -889,6 +967,20 @@ class Search:
         self._apply_checkpoint(load_checkpoint(path, kind="search"), Path(path))
 
 
+def check_data_parallel(cfg: SearchConfig, world: int) -> None:
+    """Refuse, at config time, a search on ``world`` ranks that cannot split its data: the skeleton's
+    streams must shard (the ``data_parallel`` capability) and the global batch divide evenly."""
+    if world <= 1:
+        return
+    skeleton = SKELETONS[get_space(cfg.space).skeleton]
+    if not skeleton.supports("data_parallel"):
+        raise ConfigError(f"space {cfg.space}: the {skeleton.name} skeleton's data streams cannot be split across "
+                          f"{world} ranks; run it in one process (without --nproc or torchrun)")
+    if cfg.data.batch_size % world:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {world} ranks (it is the "
+                          f"global batch, split across them); choose a multiple of {world}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -905,10 +997,6 @@ def format_seconds(s: float) -> str:
     return f"{s / 86400:.1f} days"
 
 
-def _diff_keys(a, b, prefix: str = "") -> set[str]:
-    return set(diff_keys(a, b, prefix))
-
-
 def run_search(config: SearchConfig, out_dir: str | Path | None = None, *, resume: bool = False,
                progress: bool | None = None, log: Callable[[str], None] | None = None,
                loggers: str | Sequence[str] | None = None) -> SearchResult:
@@ -917,4 +1005,5 @@ def run_search(config: SearchConfig, out_dir: str | Path | None = None, *, resum
     return Search(config, out_dir, resume=resume, progress=progress, log=log, loggers=loggers).run()
 
 
-__all__ = ["CHECKPOINT", "GUARD_EVERY", "RUNTIME_KEYS", "RunExistsError", "Search", "SearchResult", "run_search"]
+__all__ = ["CHECKPOINT", "GUARD_EVERY", "RUNTIME_KEYS", "RunExistsError", "Search", "SearchResult",
+           "check_data_parallel", "run_search"]

@@ -15,8 +15,18 @@ plus spaces that name it; nothing else in the package changes. The interface, in
 uses it:
 
 - space: ``check_space(space)``, ``num_architectures(space)``;
-- capabilities: ``capabilities`` (e.g. ``{"partial_channels", "node_norm"}``) that methods
-  check in their ``validate(cfg)``; ``data_kind`` and ``metric``;
+- capabilities: ``capabilities``, the names the config check and methods' ``validate(cfg)`` ask
+  for with ``require`` (a one-line refusal): ``"partial_channels"``, ``"node_norm"``,
+  ``"edge_betas"``, ``"aux_skip"``, ``"reduction_cells"``; ``"data_parallel"``: the search data
+  streams split across ranks (``TensorLoader.set_shard``), checked before ranks start;
+  ``"op_modules"``: each candidate op on an edge is a module with weights of its own (OLES freezes
+  them one by one); ``"several_cells"``: several cells of a type share alpha, each with op weights of
+  its own (Lambda-DARTS aligns their gradients); ``"op_costs"``: the evaluation networks are built
+  from the registered op modules, so each op's cost counts on its own (budget); ``"none_slots"``:
+  a genotype may keep a connection with the zero op (FairDARTS's threshold rule fills the slots
+  no op passes with it); ``"perturbation_selection"``: DARTS-PT's selection is defined for the
+  cells (Wang et al. 2021: ``sota/cnn`` and ``nasbench201`` ``projection.py``); ``data_kind`` and
+  ``metric``;
 - data: ``search_data(cfg, device, dataset=None) -> SearchData`` (the two search streams and the
   evaluation loader; the image default splits a training set the DARTS way);
 - supernet: ``build_supernet(space, **sizes)``, ``supernet_from_config(space, cfg, data)``,
@@ -27,7 +37,8 @@ uses it:
   ``genotype_to_dict``, ``genotype_str``, ``genotype_text`` (report), ``cell_types``,
   ``cell_pairs``, ``cell_graph`` (drawing and cell statistics), ``derive`` (the default
   discretisation), ``genotype_of(space, hard)`` and ``sample(space, generator)`` (op index per
-  edge, -1 = not kept), ``genotype_edges``, ``keep_per_node``;
+  edge, -1 = not kept), ``genotype_edges``; the discrete structure: ``keeps_every_edge``,
+  ``keep_per_node``, ``zero_is_choice``, ``zero_genotype`` (every kept connection `none`);
 - evaluation: ``eval_networks``, ``resolve_eval_network(name)`` (for ``train``/``info``).
 """
 
@@ -38,11 +49,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from ..config import ConfigModel
 from ..errors import ConfigError
 from ..genotype import DEFAULT_SKELETON
-from ..registry import SKELETONS, SPACES
+from ..registry import METHODS, SKELETONS, SPACES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -82,10 +94,8 @@ class CellGraph:
     input_names: tuple[str, ...] = ()
 
 
-class SkeletonOptions(BaseModel):
+class SkeletonOptions(ConfigModel):
     """The config's ``model:`` section, validated by the space's skeleton (none for darts/nb201)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Skeleton:
@@ -123,11 +133,17 @@ class Skeleton:
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
 
-    def require(self, capability: str, what: str) -> None:
-        """One clear line when a config asks for something this skeleton cannot do."""
-        if not self.supports(capability):
-            raise ConfigError(f"{what} needs {capability.replace('_', ' ')}, which the {self.name} skeleton "
-                              f"does not have (it supports: {', '.join(sorted(self.capabilities)) or 'none'})")
+    def require(self, capability: str, what: str, instead: str = "") -> None:
+        """One clear line when a config asks for something this skeleton cannot do, ending with
+        ``instead`` (what to do here) or else the spaces whose skeleton can."""
+        if self.supports(capability):
+            return
+        if not instead:
+            spaces = [n for n, sp in SPACES.items() if capability in SKELETONS[sp.skeleton].capabilities]
+            instead = f"spaces with it: {', '.join(spaces)}" if spaces else ""
+        raise ConfigError(f"{what} needs {capability.replace('_', ' ')}, which the {self.name} skeleton does not "
+                          f"have (it supports: {', '.join(sorted(self.capabilities)) or 'none'})"
+                          + (f"; {instead}" if instead else ""))
 
     # -- spaces ------------------------------------------------------------------------------
     def check_space(self, space: SearchSpace) -> None:
@@ -140,10 +156,12 @@ class Skeleton:
     # -- data ---------------------------------------------------------------------------------
     def search_data(self, cfg: Any, device: torch.device, dataset: Any = None) -> SearchData:
         """The search's streams; image skeletons split a training set (``data.dataset``)."""
+        from ..config import check_data_sizes
         from ..data import Augment, InfiniteLoader, TensorLoader, load_dataset, search_split
 
         d = cfg.data
         ds = dataset if dataset is not None else load_dataset(d.dataset, "train", d.root)
+        check_data_sizes(d, len(ds))  # a data.root of the user's holds any number of images
         train_idx, val_idx = search_split(len(ds), d.train_portion, d.subset, cfg.seed)
         augment = Augment(crop_padding=d.crop_padding, flip=d.flip, cutout=d.cutout, cutout_prob=d.cutout_prob)
         cl = cfg.network.channels_last
@@ -172,10 +190,15 @@ class Skeleton:
         raise NotImplementedError(f"the {self.name} skeleton has no plain reference supernet")
 
     def supernet_from_config(self, space: SearchSpace, cfg: Any, data: SearchData) -> nn.Module:
+        """The configured supernet, with the build options the config's methods declare
+        (``Method.supernet_options``, e.g. DARTS-'s auxiliary skip modules)."""
         n = cfg.network
+        extra: dict[str, Any] = {}
+        for m in cfg.methods:
+            extra.update(METHODS[m.name].supernet_options)
         return self.build_supernet(space, C=n.channels, layers=n.layers, num_classes=data.num_classes,
                                    in_channels=data.in_channels, stem_multiplier=n.stem_multiplier,
-                                   partial_k=n.partial_channels, node_norm=n.node_norm)
+                                   partial_k=n.partial_channels, node_norm=n.node_norm, **extra)
 
     # -- loss and metrics ---------------------------------------------------------------------
     def logits(self, search: Any, x: torch.Tensor, mix: Mix, params: dict | None) -> torch.Tensor:
@@ -260,10 +283,18 @@ class Skeleton:
         raise NotImplementedError
 
     def genotype_of(self, space: SearchSpace, hard: Mapping[str, list[int]],
-                    fallback: Genotype | None = None) -> Genotype:
-        """The genotype of an op-index-per-edge choice (-1 = edge not kept); cell types missing
-        from ``hard`` are taken from ``fallback``."""
+                    fallback: Genotype | None = None,
+                    outputs: Mapping[str, tuple[int, ...]] | None = None) -> Genotype:
+        """The genotype of an op-index-per-edge choice (-1 = edge not kept), or per node its
+        (edge, op index) pairs in the order the genotype lists them; cell types missing from
+        ``hard`` are taken from ``fallback``. ``outputs``: per cell type the nodes a cell that
+        joins several into its output joins (default: every intermediate node)."""
         raise NotImplementedError
+
+    def zero_genotype(self, space: SearchSpace) -> Genotype:
+        """The genotype with `none` on every kept connection: the network around the cells, whose
+        cost no alpha changes (the budget's fixed part)."""
+        raise NotImplementedError(f"the {self.name} skeleton has no all-`none` genotype")
 
     def genotype_edges(self, space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
         """(edge index, op) of every connection the genotype keeps in ``cell_type``."""

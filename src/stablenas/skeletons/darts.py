@@ -84,7 +84,9 @@ def _check_genotype_space(g: Genotype) -> None:
 class DartsSkeleton(Skeleton):
     name = "darts"
     description = "stacked normal/reduction cells with two inputs each (DARTS CNN)"
-    capabilities = frozenset({"partial_channels", "node_norm", "edge_betas", "reduction_cells"})
+    capabilities = frozenset({"partial_channels", "node_norm", "edge_betas", "aux_skip", "reduction_cells",
+                              "data_parallel", "op_modules", "several_cells", "op_costs", "none_slots",
+                              "perturbation_selection"})
     eval_networks = ("cifar", "imagenet")
 
     def check_space(self, space: SearchSpace) -> None:
@@ -109,18 +111,19 @@ class DartsSkeleton(Skeleton):
     # -- supernet --------------------------------------------------------------------------------
     def build_supernet(self, space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                        in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                       node_norm: bool = False) -> nn.Module:
+                       node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
         from ..supernet.network import SearchNetwork
 
         return SearchNetwork(space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-                             stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
+                             stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm,
+                             aux_skip=aux_skip)
 
     def build_reference(self, space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                         in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                        node_norm: bool = False) -> nn.Module:
+                        node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
         from ..supernet.reference import PlainNetwork
 
-        return PlainNetwork(space, C, layers, num_classes, in_channels, stem_multiplier, partial_k, node_norm)
+        return PlainNetwork(space, C, layers, num_classes, in_channels, stem_multiplier, partial_k, node_norm, aux_skip)
 
     # -- genotypes -------------------------------------------------------------------------------
     def owns(self, genotype: Genotype) -> bool:
@@ -200,8 +203,8 @@ class DartsSkeleton(Skeleton):
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
         return derive_darts(space, op_weights, edge_weights)
 
-    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any],
-                    fallback: Genotype | None = None) -> Genotype:
+    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any], fallback: Genotype | None = None,
+                    outputs: Mapping[str, tuple[int, ...]] | None = None) -> Genotype:
         cells = {}
         for ct in space.cell_types:
             if ct not in hard:
@@ -220,9 +223,15 @@ class DartsSkeleton(Skeleton):
                     if k >= 0:
                         pairs.append((space.edge_ops[ct][e][k], space.edges[e][0]))
             cells[ct] = tuple(pairs)
+        concat = {ct: tuple(range(space.n_inputs, space.n_inputs + space.n_nodes)) for ct in space.cell_types}
+        concat.update(outputs or {})
+        return Genotype(space=space.name, normal=cells["normal"], normal_concat=concat["normal"],
+                        reduce=cells["reduce"], reduce_concat=concat["reduce"])
+
+    def zero_genotype(self, space: SearchSpace) -> Genotype:
+        pairs = tuple(("none", j) for _ in range(space.n_nodes) for j in (0, 1))
         concat = tuple(range(space.n_inputs, space.n_inputs + space.n_nodes))
-        return Genotype(space=space.name, normal=cells["normal"], normal_concat=concat,
-                        reduce=cells["reduce"], reduce_concat=concat)
+        return Genotype(space=space.name, normal=pairs, normal_concat=concat, reduce=pairs, reduce_concat=concat)
 
     def genotype_edges(self, space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
         out = []

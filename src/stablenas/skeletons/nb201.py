@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class NB201Skeleton(Skeleton):
     name = "nb201"
     description = "NAS-Bench-201: three stages of one-input cells joined by ResNet blocks"
-    capabilities = frozenset({"partial_channels", "node_norm", "edge_betas"})
+    capabilities = frozenset({"partial_channels", "node_norm", "edge_betas", "aux_skip", "data_parallel",
+                              "op_modules", "several_cells", "op_costs", "none_slots", "perturbation_selection"})
     eval_networks = ("nb201",)
     keeps_every_edge = True
 
@@ -46,19 +47,19 @@ class NB201Skeleton(Skeleton):
     # -- supernet --------------------------------------------------------------------------------
     def build_supernet(self, space: SearchSpace, *, C: int = 16, layers: int = 5, num_classes: int = 10,
                        in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                       node_norm: bool = False) -> nn.Module:
+                       node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
         """``layers`` is cells per stage (N); there is no stem multiplier."""
         from ..supernet.network import NB201SearchNetwork
 
         return NB201SearchNetwork(space, C=C, N=layers, num_classes=num_classes, in_channels=in_channels,
-                                  partial_k=partial_k, node_norm=node_norm)
+                                  partial_k=partial_k, node_norm=node_norm, aux_skip=aux_skip)
 
     def build_reference(self, space: SearchSpace, *, C: int = 16, layers: int = 5, num_classes: int = 10,
                         in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                        node_norm: bool = False) -> nn.Module:
+                        node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
         from ..supernet.reference import PlainNB201Network
 
-        return PlainNB201Network(space, C, layers, num_classes, in_channels, partial_k, node_norm)
+        return PlainNB201Network(space, C, layers, num_classes, in_channels, partial_k, node_norm, aux_skip)
 
     # -- genotypes -------------------------------------------------------------------------------
     def owns(self, genotype: Genotype) -> bool:
@@ -104,8 +105,9 @@ class NB201Skeleton(Skeleton):
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
         return derive_nb201(space, op_weights, edge_weights)
 
-    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any],
-                    fallback: Genotype | None = None) -> Genotype:
+    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any], fallback: Genotype | None = None,
+                    outputs: Mapping[str, tuple[int, ...]] | None = None) -> Genotype:
+        """``outputs`` does not apply: the cell's output is its last node."""
         choice = hard["cell"]
         if choice and isinstance(choice[0], (list, tuple)):  # per node (edge, op index) lists
             flat = [-1] * space.n_edges
@@ -115,6 +117,9 @@ class NB201Skeleton(Skeleton):
             choice = flat
         names = [space.edge_ops["cell"][e][k] for e, k in enumerate(choice)]
         return Genotype(space=space.name, arch=nb201_string(names, space.n_nodes))
+
+    def zero_genotype(self, space: SearchSpace) -> Genotype:
+        return Genotype(space=space.name, arch=nb201_string(["none"] * space.n_edges, space.n_nodes))
 
     def genotype_edges(self, space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
         pairs = self.cell_pairs(genotype, cell_type)

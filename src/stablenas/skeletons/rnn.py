@@ -16,8 +16,10 @@ recurrent lives here:
 - the metric: perplexity, exp of the per-token loss;
 - genotypes: one (op, predecessor) per node (:mod:`stablenas.rnn.genotype`).
 
-CNN-structure capabilities (partial channels, node normalisation, edge betas) are absent, so the
-methods that need them refuse with one line.
+CNN-structure capabilities (partial channels, node normalisation, edge betas; op modules with
+weights of their own: the cell's ops are activations sharing the edge's weights; several cells:
+there is one; op costs, `none` slots, DARTS-PT selection) are absent, so the methods that need
+them refuse with one line.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from ..config import ConfigModel
 from ..errors import ConfigError, GenotypeError
 from ..rnn.genotype import RecurrentGenotype, derive_recurrent
 from ..rnn.space import CELL, RNN_SKELETON
@@ -43,10 +46,8 @@ if TYPE_CHECKING:
     from ..spaces.registry import SearchSpace
 
 
-class RNNSearchOptions(BaseModel):
+class RNNSearchOptions(ConfigModel):
     """The language model and its data during the search (defaults: DARTS ``train_search.py``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     emsize: int = Field(300, gt=0)  # = nhid (tied decoder)
     nhid: int = Field(300, gt=0)
@@ -214,7 +215,8 @@ class RecurrentSkeleton(Skeleton):
                edge_weights: Mapping[str, torch.Tensor] | None = None) -> Genotype:
         return derive_recurrent(space, op_weights)
 
-    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any], fallback: Genotype | None = None) -> Genotype:
+    def genotype_of(self, space: SearchSpace, hard: Mapping[str, Any], fallback: Genotype | None = None,
+                    outputs: Mapping[str, tuple[int, ...]] | None = None) -> Genotype:
         choice = hard[CELL]
         pairs = []
         for node in range(space.n_nodes):
@@ -223,7 +225,8 @@ class RecurrentSkeleton(Skeleton):
                 raise GenotypeError(f"recurrent node {node + 1}: {len(kept)} kept edges, a recurrent genotype keeps 1")
             e, k = kept[0]
             pairs.append((space.edge_ops[CELL][e][k], space.edges[e][0]))
-        return RecurrentGenotype(space.name, tuple(pairs), tuple(range(1, space.n_nodes + 1)))
+        concat = (outputs or {}).get(CELL, tuple(range(1, space.n_nodes + 1)))
+        return RecurrentGenotype(space.name, tuple(pairs), tuple(concat))
 
     def genotype_edges(self, space: SearchSpace, genotype: Genotype, cell_type: str) -> list[tuple[int, str]]:
         g = self._rg(genotype)

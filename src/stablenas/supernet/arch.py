@@ -5,15 +5,17 @@ for per-edge op sets), optional edge-normalisation betas (PC-DARTS), and the *ac
 alpha to op weights (softmax, sigmoid, or one registered later). It lives outside the supernet:
 the network's forward takes op weights explicitly, so a method can perturb, resample or
 reparameterise them between alpha and the forward without touching any module, and alpha stays
-out of DDP's parameter set (field notes: DARTS-on-DDP bugs come from alpha inside the module).
+out of DDP's parameter set (DARTS-on-DDP bugs come from alpha inside the module).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ACTIVATIONS
@@ -25,8 +27,26 @@ OpWeights = dict[str, torch.Tensor]
 Activation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def register_activation(name: str, fn: Activation) -> None:
-    ACTIVATIONS.register(name, fn)
+@dataclass(frozen=True)
+class RegisteredActivation:
+    """An activation and the one property methods need to know about its range: ``simplex`` when
+    every edge's op weights are non-negative and sum to 1 (softmax, the Dirichlet mean), so a
+    perturbation of them (SDARTS, MS-DARTS) projects back onto the simplex; otherwise onto the box
+    [0, 1] (sigmoid's independent weights)."""
+
+    fn: Activation
+    simplex: bool
+
+    def __call__(self, alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.fn(alpha, mask)
+
+
+def register_activation(name: str, fn: Activation, *, simplex: bool = False) -> None:
+    """Make ``arch.activation: name`` available; ``simplex``: its op weights sum to 1 per edge."""
+    entry = RegisteredActivation(fn, simplex)
+    if name in ACTIVATIONS and ACTIVATIONS[name] == entry:
+        return  # the same function again (a module imported twice)
+    ACTIVATIONS.register(name, entry)
 
 
 def _masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,8 +59,24 @@ def _masked_sigmoid(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(alpha) * mask
 
 
-register_activation("softmax", _masked_softmax)
+def dirichlet_concentration(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DrNAS's concentration elu(alpha) + 1 > 0 (Chen et al. 2021, Sec. 2.2; ``process_step_vector``
+    in the authors' ``utils.py``), with 1 in the padding slots: a constant there, so padding alpha
+    gets no gradient, and the value that drops out of the Dirichlet prior's KL term."""
+    return torch.where(mask, F.elu(alpha) + 1.0, torch.ones_like(alpha))
+
+
+def _dirichlet_mean(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of Dir(elu(alpha) + 1) over each edge's valid ops: the concentration normalised.
+    DrNAS samples op weights during the search (``methods.drnas``); validation passes, the epoch
+    records and discretisation read this mean."""
+    c = dirichlet_concentration(alpha, mask) * mask
+    return c / c.sum(-1, keepdim=True)
+
+
+register_activation("softmax", _masked_softmax, simplex=True)
 register_activation("sigmoid", _masked_sigmoid)
+register_activation("dirichlet", _dirichlet_mean, simplex=True)
 
 
 class ArchParams(nn.Module):
@@ -81,6 +117,11 @@ class ArchParams(nn.Module):
     @property
     def cell_types(self) -> tuple[str, ...]:
         return tuple(self.alphas.keys())
+
+    @property
+    def simplex(self) -> bool:
+        """Whether the activation's op weights lie on the simplex of each edge (``register_activation``)."""
+        return ACTIVATIONS[self.activation].simplex
 
     def op_weights(self, alphas: OpWeights | None = None) -> OpWeights:
         """Activation applied to (possibly substituted) alphas: what the supernet mixes with."""

@@ -115,10 +115,11 @@ def double_backward_mode(net: nn.Module, enabled: bool = True):
 
 
 @contextmanager
-def weights_frozen(net: nn.Module) -> Iterator[None]:
-    """``net``'s parameters do not require grad inside (restored after, also on an exception): for
-    code that differentiates w.r.t. alpha or op weights only (the first-order alpha step, the
-    SDARTS-ADV attack, the alpha Hessian).
+def weights_frozen(net: nn.Module, keep: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+    """``net``'s parameters, but those in ``keep``, do not require grad inside (restored after, also
+    on an exception): for code that differentiates w.r.t. alpha or op weights only (the first-order
+    alpha step, the SDARTS-ADV attack, the alpha Hessian), or w.r.t. alpha and a few weights (OLES's
+    validation gradient of the op weights).
 
     Why: autograd skips the weight gradients of library kernels that no requested input needs, but
     a custom Function's ``needs_input_grad`` is fixed when its forward runs, so :class:`kernels.DWConv`
@@ -126,7 +127,8 @@ def weights_frozen(net: nn.Module) -> Iterator[None]:
     ``create_graph``, recorded weight gradients nobody asked for: building the alpha-gradient graph
     and 4 Hessian-vector products took 23.4 s, 18.6 s with the weights frozen (cpu-study size, one
     thread; identical products)."""
-    params = [p for p in net.parameters() if p.requires_grad]
+    kept = {id(p) for p in keep}
+    params = [p for p in net.parameters() if p.requires_grad and id(p) not in kept]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -294,6 +296,10 @@ class _Sum:
 
     def addcmul(self, x: torch.Tensor, w: torch.Tensor) -> None:
         self.plain = x * w if self.plain is None else self.plain.addcmul_(x, w)
+
+    def add_scaled(self, x: torch.Tensor, c: float) -> None:
+        """``+= c * x`` for a plain number ``c`` (DARTS-'s auxiliary skip weight)."""
+        self.plain = x * c if self.plain is None else self.plain.add_(x, alpha=c)
 
     def tensor(self) -> torch.Tensor:
         if self.phased is None:
@@ -507,10 +513,16 @@ class MixedOp(nn.Module):
 
     ``partial_k > 1`` is PC-DARTS's partial channel connection: only C/K channels go through the
     ops, the rest bypass (max-pooled when the edge reduces), then channels are shuffled.
+
+    ``skip`` (a number, DARTS-'s beta) adds ``skip * aux(x)`` to the output, a path outside the
+    candidates (no op weight, no alpha): ``aux`` is the identity on a stride-1 edge and, with
+    ``aux_skip``, a FactorizedReduce of its own on a stride-2 edge (DARTS- ``model_search.py``,
+    ``MixedOp``). It reads the whole input (all C channels under partial channels) and is never
+    dropped (drop path) or scaled by edge weights: the cells add it beside the weighted edge.
     """
 
     def __init__(self, C: int, stride: int, ops: Sequence[str], partial_k: int = 1, pool_bn: bool = True,
-                 affine: bool = False):
+                 affine: bool = False, aux_skip: bool = False):
         super().__init__()
         if C % partial_k:
             raise ValueError(f"partial channels: C={C} is not divisible by K={partial_k}")
@@ -532,7 +544,18 @@ class MixedOp(nn.Module):
         # ceil_mode: on an odd map (7x7 after one reduction of 14x14) the stride-2 ops give ceil(H/2); the same
         # pooling as PC-DARTS's MaxPool2d(2, 2) on even maps
         self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (partial_k > 1 and stride == 2) else None
+        self.aux = FactorizedReduce(C, C, affine=False) if (aux_skip and stride == 2) else None
         self.engine = DEFAULT
+
+    def _aux_module(self) -> FactorizedReduce:
+        if self.aux is None:
+            raise ValueError("an auxiliary skip on a stride-2 edge needs its FactorizedReduce: build the "
+                             "supernet with aux_skip=True")
+        return self.aux
+
+    def auxiliary(self, x: torch.Tensor) -> torch.Tensor:
+        """The auxiliary skip path's output (unweighted), every module as written."""
+        return x if self.stride == 1 else self._aux_module()(x)
 
     def _out_shape_zero(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
@@ -584,15 +607,24 @@ class MixedOp(nn.Module):
             acc.add(self._out_shape_zero(inp.x) * w.sum())
 
     def _forward_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float,
-                      edge_w: torch.Tensor | None = None, acc: _Sum | None = None) -> _Sum:
-        """The edge output, times ``edge_w`` when given (folded into the op weights), added into
-        ``acc`` (a new sum when None), which is returned."""
+                      edge_w: torch.Tensor | None = None, acc: _Sum | None = None, skip: float | None = None) -> _Sum:
+        """The edge output, times ``edge_w`` when given (folded into the op weights), plus
+        ``skip * aux(x)``, added into ``acc`` (a new sum when None), which is returned."""
         acc = _Sum() if acc is None else acc
         if edge_w is not None:
             w = w * edge_w
         if self.partial_k == 1:
             self._mix_fast(inp, w, hard, drop_prob, acc)
-            return acc
+        else:
+            self._partial_fast(inp, w, hard, drop_prob, edge_w, acc)
+        if skip is not None:
+            # the stride-2 path shares relu(x)'s even/odd pixels with the skip_connect candidate
+            acc.add_scaled(inp.x if self.stride == 1 else _factorized_reduce(self._aux_module(), inp, None), skip)
+        return acc
+
+    def _partial_fast(self, inp: _Input, w: torch.Tensor, hard: int | None, drop_prob: float,
+                      edge_w: torch.Tensor | None, acc: _Sum) -> None:
+        """PC-DARTS: the first C/K channels mixed, the rest bypassing, shuffled; into ``acc``."""
         c = inp.x.shape[1] // self.partial_k
         part = _Sum()
         self._mix_fast(inp.head(c), w, hard, drop_prob, part)
@@ -602,27 +634,28 @@ class MixedOp(nn.Module):
         if edge_w is not None:
             xb = xb * edge_w
         acc.add(channel_shuffle(torch.cat([part.tensor(), xb], dim=1), self.partial_k))
-        return acc
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, hard: int | None = None,
-                drop_prob: float = 0.0) -> torch.Tensor:
+                drop_prob: float = 0.0, skip: float | None = None) -> torch.Tensor:
         if self.engine.fused:
-            return self._forward_fast(_Input(x, self.engine), w, hard, drop_prob).tensor()
+            return self._forward_fast(_Input(x, self.engine), w, hard, drop_prob, skip=skip).tensor()
         if self.partial_k == 1:
-            return self._mix(x, w, hard, drop_prob)
-        c = x.shape[1] // self.partial_k
-        xa, xb = x[:, :c], x[:, c:]
-        ya = self._mix(xa, w, hard, drop_prob)
-        if self.bypass_pool is not None:
-            xb = self.bypass_pool(xb)
-        return channel_shuffle(torch.cat([ya, xb], dim=1), self.partial_k)
+            y = self._mix(x, w, hard, drop_prob)
+        else:
+            c = x.shape[1] // self.partial_k
+            xa, xb = x[:, :c], x[:, c:]
+            ya = self._mix(xa, w, hard, drop_prob)
+            if self.bypass_pool is not None:
+                xb = self.bypass_pool(xb)
+            y = channel_shuffle(torch.cat([ya, xb], dim=1), self.partial_k)
+        return y if skip is None else y + skip * self.auxiliary(x)
 
 
 class SearchCell(nn.Module):
     """A DARTS-skeleton search cell: 2 inputs, ``n_nodes`` intermediate nodes, concat output."""
 
     def __init__(self, space: SearchSpace, cell_type: str, C_pp: int, C_p: int, C: int, reduction: bool,
-                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False):
+                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
         super().__init__()
         self.space = space
         self.cell_type = cell_type
@@ -633,7 +666,8 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList()
         for e, (src, _dst) in enumerate(space.edges):
             stride = 2 if reduction and src < space.n_inputs else 1
-            self.edges.append(MixedOp(C, stride, space.edge_ops[cell_type][e], partial_k=partial_k))
+            self.edges.append(MixedOp(C, stride, space.edge_ops[cell_type][e], partial_k=partial_k,
+                                      aux_skip=aux_skip))
         # iDARTS node normalisation: static BN on each node's summed input
         self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(space.n_nodes)) \
             if node_norm else None
@@ -642,13 +676,13 @@ class SearchCell(nn.Module):
         self.engine = DEFAULT
 
     def _forward_fast(self, in0: _Input, in1: _Input, w: torch.Tensor, edge_w: torch.Tensor | None,
-                      hard: Sequence[int] | None, drop_prob: float) -> torch.Tensor:
+                      hard: Sequence[int] | None, drop_prob: float, skip: float | None = None) -> torch.Tensor:
         states = [in0.derive(_preprocess(self.preprocess0, in0)), in1.derive(_preprocess(self.preprocess1, in1))]
         for i, edges in enumerate(self.node_edges):
             acc = _Sum()
             for e in edges:
                 self.edges[e]._forward_fast(states[self.sources[e]], w[e], None if hard is None else hard[e],
-                                            drop_prob, None if edge_w is None else edge_w[e], acc)
+                                            drop_prob, None if edge_w is None else edge_w[e], acc, skip)
             s = acc.tensor()
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
@@ -656,21 +690,42 @@ class SearchCell(nn.Module):
         return torch.cat([st.x for st in states[self.space.n_inputs:]], dim=1)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
-                hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
+                hard: Sequence[int] | None = None, drop_prob: float = 0.0, skip: float | None = None) -> torch.Tensor:
         if self.engine.fused:
-            return self._forward_fast(_Input(s0, self.engine), _Input(s1, self.engine), w, edge_w, hard, drop_prob)
+            return self._forward_fast(_Input(s0, self.engine), _Input(s1, self.engine), w, edge_w, hard, drop_prob,
+                                      skip)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i, edges in enumerate(self.node_edges):
             s = None
             for e in edges:
-                y = self.edges[e](states[self.sources[e]], w[e], None if hard is None else hard[e], drop_prob)
+                x = states[self.sources[e]]
+                y = self.edges[e](x, w[e], None if hard is None else hard[e], drop_prob)
                 if edge_w is not None:
                     y = edge_w[e] * y
+                if skip is not None:
+                    y = y + skip * self.edges[e].auxiliary(x)
                 s = y if s is None else s + y
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
             states.append(s)
         return torch.cat(states[self.space.n_inputs:], dim=1)
+
+
+def cell_op_weights(weights: OpWeights, cells: Sequence[nn.Module]) -> list[torch.Tensor | None]:
+    """Each cell's op weights ``[edges, ops]`` (None for a cell without, e.g. NB201's ResNet blocks):
+    its type's, or, when the type's tensor is per cell ``[cells of the type, edges, ops]``, its own
+    row, in network order (Lambda-DARTS differentiates every cell's op weights separately)."""
+    seen: dict[str, int] = {}
+    out: list[torch.Tensor | None] = []
+    for cell in cells:
+        ct = getattr(cell, "cell_type", None)
+        if ct is None:
+            out.append(None)
+            continue
+        i = seen[ct] = seen.get(ct, -1) + 1
+        w = weights[ct]
+        out.append(w[i] if w.dim() == 3 else w)
+    return out
 
 
 def _stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -694,7 +749,8 @@ class SearchNetwork(nn.Module):
     """DARTS macro skeleton: stem, ``layers`` cells with reductions at 1/3 and 2/3, GAP, linear."""
 
     def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, num_classes: int = 10,
-                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False):
+                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False,
+                 aux_skip: bool = False):
         super().__init__()
         if set(space.cell_types) != {"normal", "reduce"}:  # a space of another skeleton
             raise ValueError(f"space {space.name!r} uses the {space.skeleton} skeleton; use build_supernet()")
@@ -716,7 +772,7 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(space, "reduce" if reduction else "normal", C_pp, C_p, C_curr, reduction,
-                              reduction_prev, partial_k=partial_k, node_norm=node_norm)
+                              reduction_prev, partial_k=partial_k, node_norm=node_norm, aux_skip=aux_skip)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, space.n_nodes * C_curr
@@ -724,23 +780,23 @@ class SearchNetwork(nn.Module):
         self.classifier = nn.Linear(C_p, num_classes)
 
     def forward(self, x: torch.Tensor, weights: OpWeights, edge_weights: OpWeights | None = None,
-                hard: Hard | None = None) -> torch.Tensor:
+                hard: Hard | None = None, skip: float | None = None) -> torch.Tensor:
         s0 = s1 = _stem(self, x)
         if self.engine.fused:
             # cell outputs feed two cells' preprocessing: share their ReLU through _Input
             in0 = in1 = _Input(s1, self.engine)
-            for cell in self.cells:
+            for cell, w in zip(self.cells, cell_op_weights(weights, self.cells)):
                 ct = cell.cell_type
-                out = cell._forward_fast(in0, in1, weights[ct],
+                out = cell._forward_fast(in0, in1, w,
                                          None if edge_weights is None else edge_weights[ct],
-                                         None if hard is None else hard[ct], self.drop_path_prob)
+                                         None if hard is None else hard[ct], self.drop_path_prob, skip)
                 in0, in1 = in1, in1.derive(out)
             s1 = in1.x
         else:
-            for cell in self.cells:
+            for cell, w in zip(self.cells, cell_op_weights(weights, self.cells)):
                 ct = cell.cell_type
-                s0, s1 = s1, cell(s0, s1, weights[ct], None if edge_weights is None else edge_weights[ct],
-                                  None if hard is None else hard[ct], self.drop_path_prob)
+                s0, s1 = s1, cell(s0, s1, w, None if edge_weights is None else edge_weights[ct],
+                                  None if hard is None else hard[ct], self.drop_path_prob, skip)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
@@ -748,12 +804,13 @@ class SearchNetwork(nn.Module):
 class NB201SearchCell(nn.Module):
     """NAS-Bench-201 cell: node i sums mixed ops from every earlier node; output = last node."""
 
-    def __init__(self, space: SearchSpace, C: int, partial_k: int = 1, node_norm: bool = False):
+    def __init__(self, space: SearchSpace, C: int, partial_k: int = 1, node_norm: bool = False,
+                 aux_skip: bool = False):
         super().__init__()
         self.space = space
         self.cell_type = "cell"
         self.edges = nn.ModuleList(
-            MixedOp(C, 1, space.edge_ops["cell"][e], partial_k=partial_k, pool_bn=False)
+            MixedOp(C, 1, space.edge_ops["cell"][e], partial_k=partial_k, pool_bn=False, aux_skip=aux_skip)
             for e in range(space.n_edges))
         self.node_edges = [list(space.node_edges(i)) for i in range(space.n_nodes)]
         self.sources = [src for src, _ in space.edges]
@@ -762,7 +819,7 @@ class NB201SearchCell(nn.Module):
         self.engine = DEFAULT
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, edge_w: torch.Tensor | None = None,
-                hard: Sequence[int] | None = None, drop_prob: float = 0.0) -> torch.Tensor:
+                hard: Sequence[int] | None = None, drop_prob: float = 0.0, skip: float | None = None) -> torch.Tensor:
         fast = self.engine.fused
         states = [_Input(x, self.engine) if fast else x]
         for i, edges in enumerate(self.node_edges):
@@ -772,11 +829,13 @@ class NB201SearchCell(nn.Module):
                 h = None if hard is None else hard[e]
                 if fast:
                     self.edges[e]._forward_fast(states[self.sources[e]], w[e], h, drop_prob,
-                                                None if edge_w is None else edge_w[e], acc)
+                                                None if edge_w is None else edge_w[e], acc, skip)
                 else:
                     y = self.edges[e](states[self.sources[e]], w[e], h, drop_prob)
                     if edge_w is not None:
                         y = edge_w[e] * y
+                    if skip is not None:
+                        y = y + skip * self.edges[e].auxiliary(states[self.sources[e]])
                     s = y if s is None else s + y
             if fast:
                 s = acc.tensor()
@@ -790,7 +849,7 @@ class NB201SearchNetwork(nn.Module):
     """NAS-Bench-201 skeleton: stem, 3 stages of N cells (C, 2C, 4C) joined by ResNet blocks."""
 
     def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
-                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False):
+                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
         super().__init__()
         self.space = space
         self.drop_path_prob = 0.0
@@ -803,21 +862,20 @@ class NB201SearchNetwork(nn.Module):
             if stage > 0:
                 layers.append(ResNetBasicBlock(c, 2 * c, 2))
                 c *= 2
-            layers.extend(NB201SearchCell(space, c, partial_k, node_norm) for _ in range(N))
+            layers.extend(NB201SearchCell(space, c, partial_k, node_norm, aux_skip) for _ in range(N))
         self.cells = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor, weights: OpWeights, edge_weights: OpWeights | None = None,
-                hard: Hard | None = None) -> torch.Tensor:
+                hard: Hard | None = None, skip: float | None = None) -> torch.Tensor:
         x = _stem(self, x)
-        w = weights["cell"]
         ew = None if edge_weights is None else edge_weights["cell"]
         h = None if hard is None else hard["cell"]
-        for cell in self.cells:
+        for cell, w in zip(self.cells, cell_op_weights(weights, self.cells)):
             if isinstance(cell, NB201SearchCell):
-                x = cell(x, w, ew, h, self.drop_path_prob)
+                x = cell(x, w, ew, h, self.drop_path_prob, skip)
             else:
                 x = cell(x)
         x = self.lastact(x)
@@ -826,9 +884,9 @@ class NB201SearchNetwork(nn.Module):
 
 def build_supernet(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                    in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                   node_norm: bool = False) -> nn.Module:
+                   node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
     """The supernet of a space's skeleton (:mod:`stablenas.skeletons`). For nb201, ``layers`` is
-    cells per stage (N)."""
+    cells per stage (N). ``aux_skip``: the modules of DARTS-'s auxiliary skip (see :class:`MixedOp`)."""
     return SKELETONS[space.skeleton].build_supernet(
         space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
+        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm, aux_skip=aux_skip)

@@ -52,10 +52,12 @@ def _no_hard(hard) -> None:
 
 
 class PlainMixedOp(nn.Module):
-    """All candidate ops of an edge, summed with their weights (PC-DARTS partial channels optional)."""
+    """All candidate ops of an edge, summed with their weights (PC-DARTS partial channels optional).
+    ``aux``: DARTS-'s auxiliary skip on a stride-2 edge, a FactorizedReduce of its own (DARTS-
+    ``model_search.py``); on a stride-1 edge the auxiliary path is the input itself."""
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_k: int = 1,
-                 pool_bn: bool = True):
+                 pool_bn: bool = True, aux_skip: bool = False):
         super().__init__()
         self.partial_k = partial_k
         self.ops = nn.ModuleList()
@@ -65,6 +67,7 @@ class PlainMixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C // partial_k, affine=False))
             self.ops.append(op)
         self.mp = nn.MaxPool2d(2, 2, ceil_mode=True)  # = PC-DARTS's MaxPool2d(2, 2) on even maps; odd maps too
+        self.aux = FactorizedReduce(C, C, affine=False) if (aux_skip and stride == 2) else None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.partial_k == 1:
@@ -83,7 +86,7 @@ class PlainCell(nn.Module):
     """The DARTS search cell: preprocess both inputs, each node sums a mixed op per earlier state."""
 
     def __init__(self, space: SearchSpace, cell_type: str, C_pp: int, C_p: int, C: int, reduction: bool,
-                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False):
+                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
         super().__init__()
         self.reduction = reduction
         self.cell_type = cell_type
@@ -97,13 +100,14 @@ class PlainCell(nn.Module):
         for i in range(self.steps):
             for j in range(space.n_inputs + i):
                 stride = 2 if reduction and j < space.n_inputs else 1
-                self.edges.append(PlainMixedOp(C, stride, space.edge_ops[cell_type][e], partial_k))
+                self.edges.append(PlainMixedOp(C, stride, space.edge_ops[cell_type][e], partial_k,
+                                               aux_skip=aux_skip))
                 e += 1
         self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.steps)) \
             if node_norm else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                weights2: torch.Tensor | None = None) -> torch.Tensor:
+                weights2: torch.Tensor | None = None, skip: float | None = None) -> torch.Tensor:
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
@@ -114,6 +118,9 @@ class PlainCell(nn.Module):
             else:
                 s = sum(weights2[offset + j] * self.edges[offset + j](h, weights[offset + j])
                         for j, h in enumerate(states))
+            if skip is not None:  # DARTS-: beta * aux(h) beside every edge
+                s = s + sum(skip * (h if self.edges[offset + j].aux is None else self.edges[offset + j].aux(h))
+                            for j, h in enumerate(states))
             if self.node_norm is not None:
                 s = self.node_norm[i](s)
             offset += len(states)
@@ -125,7 +132,8 @@ class PlainNetwork(nn.Module):
     """DARTS's search network: stem, cells (reductions at 1/3 and 2/3), global pooling, classifier."""
 
     def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, num_classes: int = 10,
-                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False):
+                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False,
+                 aux_skip: bool = False):
         super().__init__()
         self.space = space
         C_curr = stem_multiplier * C
@@ -141,7 +149,7 @@ class PlainNetwork(nn.Module):
             else:
                 reduction = False
             cell = PlainCell(space, "reduce" if reduction else "normal", C_pp, C_p, C_curr, reduction,
-                             reduction_prev, partial_k, node_norm)
+                             reduction_prev, partial_k, node_norm, aux_skip)
             reduction_prev = reduction
             self.cells.append(cell)
             C_pp, C_p = C_p, cell.multiplier * C_curr
@@ -149,12 +157,13 @@ class PlainNetwork(nn.Module):
         self.classifier = nn.Linear(C_p, num_classes)
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
-                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None) -> torch.Tensor:
+                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None,
+                skip: float | None = None) -> torch.Tensor:
         _no_hard(hard)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             w2 = None if edge_weights is None else edge_weights[cell.cell_type]
-            s0, s1 = s1, cell(s0, s1, weights[cell.cell_type], w2)
+            s0, s1 = s1, cell(s0, s1, weights[cell.cell_type], w2, skip)
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
 
@@ -167,12 +176,12 @@ class PlainNB201Cell(nn.Module):
         self.cell_type = "cell"
         self.n_nodes = space.n_nodes
         self.edges = nn.ModuleList(PlainMixedOp(C, 1, ops, partial_k, pool_bn=False)
-                                   for ops in space.edge_ops["cell"])
+                                   for ops in space.edge_ops["cell"])  # stride 1: the auxiliary skip is x
         self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.n_nodes)) \
             if node_norm else None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                weights2: torch.Tensor | None = None) -> torch.Tensor:
+                weights2: torch.Tensor | None = None, skip: float | None = None) -> torch.Tensor:
         nodes = [x]
         e = 0
         for i in range(self.n_nodes):
@@ -180,6 +189,8 @@ class PlainNB201Cell(nn.Module):
             for j in range(i + 1):
                 y = self.edges[e](nodes[j], weights[e])
                 inter.append(y if weights2 is None else weights2[e] * y)
+                if skip is not None:  # DARTS-: beta * x beside every edge
+                    inter.append(skip * nodes[j])
                 e += 1
             s = sum(inter)
             if self.node_norm is not None:
@@ -189,10 +200,11 @@ class PlainNB201Cell(nn.Module):
 
 
 class PlainNB201Network(nn.Module):
-    """NAS-Bench-201's search network (stem, 3 stages of N cells joined by ResNet blocks)."""
+    """NAS-Bench-201's search network (stem, 3 stages of N cells joined by ResNet blocks).
+    ``aux_skip`` builds nothing: the cells have no stride-2 edge, DARTS-'s auxiliary path is x."""
 
     def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
-                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False):
+                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
         super().__init__()
         self.space = space
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
@@ -209,23 +221,24 @@ class PlainNB201Network(nn.Module):
         self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
-                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None) -> torch.Tensor:
+                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None,
+                skip: float | None = None) -> torch.Tensor:
         _no_hard(hard)
         x = self.stem(x)
         w2 = None if edge_weights is None else edge_weights["cell"]
         for cell in self.cells:
-            x = cell(x, weights["cell"], w2) if isinstance(cell, PlainNB201Cell) else cell(x)
+            x = cell(x, weights["cell"], w2, skip) if isinstance(cell, PlainNB201Cell) else cell(x)
         x = self.lastact(x)
         return self.classifier(self.global_pooling(x).view(x.size(0), -1))
 
 
 def build_plain(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
-                node_norm: bool = False) -> nn.Module:
+                node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
     """The plain twin of ``supernet.network.build_supernet`` (same arguments, same state-dict keys)."""
     return SKELETONS[space.skeleton].build_reference(
         space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm)
+        stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm, aux_skip=aux_skip)
 
 
 def plain_softmax(alpha: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

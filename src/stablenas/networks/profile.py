@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..genotype import Genotype
-from .networks import build_eval_network
+from .evaluation import build_eval_network
 
 __all__ = ["DEFAULTS", "count_macs", "count_params", "info"]
 
