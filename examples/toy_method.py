@@ -21,5 +21,5 @@ class Toy(Method):
         return mix.replace(op={ct: w / w.sum(-1, keepdim=True) for ct, w in op.items()})
 
     def on_epoch_end(self, search, epoch, record):
-        w = search.arch.op_weights()
+        w = search.arch.op_weights(detach=True)  # values to record: no autograd graph
         record["toy_entropy"] = float(sum(-(p * p.clamp_min(1e-12).log()).sum() for p in w.values()))

@@ -21,6 +21,13 @@ TINY_SEARCH = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", 
                "optim.warmup_epochs=0", "search.steps_per_epoch=3", "network.channels_last=false"]
 
 
+@pytest.fixture(autouse=True)
+def _engine_defaults(monkeypatch, tmp_path_factory):
+    """Every test runs its device's engine defaults: a `stablenas bench --tune` file in the user's cache
+    is not read (the directory named here holds none unless a test writes one)."""
+    monkeypatch.setenv("STABLENAS_ENGINE_DIR", str(tmp_path_factory.getbasetemp() / "engine-cache"))
+
+
 @pytest.fixture
 def tiny_overrides():
     """A digits search small enough to run in seconds."""

@@ -11,8 +11,8 @@ import stablenas as sn
 from stablenas.analysis import diagnostics as dg
 from stablenas.evaluate import get_published
 from stablenas.genotype import Genotype
-from stablenas.methods import Mix
 from stablenas.search.loop import Search
+from stablenas.supernet.mix import Mix
 
 
 def _g(normal: str, reduce: str | None = None, space: str = "darts") -> Genotype:

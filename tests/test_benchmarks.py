@@ -77,3 +77,20 @@ def test_s5_calibration_trains_each_architecture(tmp_path):
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert sorted(x["index"] for x in rows) == [0, 17, 40, 74]
     assert all(0.0 <= x["test_acc"] <= 1.0 for x in rows)
+
+
+def test_cuda_check_says_no_cuda_in_one_line_and_writes_its_summary(tmp_path):
+    import torch
+
+    steps = "env,search" if torch.cuda.is_available() else "env,pytest,search"
+    r = _run("cuda_check.py", "--out", str(tmp_path / "check"), "--steps", steps, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("no CUDA device") == (0 if torch.cuda.is_available() else 1)
+    res = json.loads((tmp_path / "check" / "cuda_check.json").read_text())
+    assert res["env"]["torch"] == torch.__version__ and res["cuda"] == torch.cuda.is_available()
+    assert all(st["rc"] == 0 for st in res["steps"].values()), res["steps"]
+    assert res["search_result"]["s_per_step"] > 0 and res["search_result"]["engine"]["source"]
+    if "pytest" in res["steps"]:
+        assert "skipped" in " ".join(res["steps"]["pytest"]["tail"])
+    text = (tmp_path / "check" / "cuda_check.txt").read_text()
+    assert "s/step" in text and text.splitlines()[0].startswith("stablenas cuda check: torch")

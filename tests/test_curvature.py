@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import stablenas as sn
-from stablenas.analysis import curvature as cv
-from stablenas.analysis.curvature import Curvature
+from stablenas import curvature as cv
+from stablenas.curvature import Curvature
 from stablenas.genotype import Genotype
 from stablenas.methods.darts_ada import DartsADA
 from stablenas.methods.darts_es import DartsES, first_stop, local_average

@@ -31,7 +31,7 @@ from stablenas.data import download as dl
 from stablenas.data.datasets import clear_cache, load_dataset
 from stablenas.errors import DatasetNotFoundError
 from stablenas.registry import SKELETONS
-from stablenas.spaces.registry import get_space
+from stablenas.spaces.catalog import get_space
 
 # ------------------------------------------------------------------------------------ files built here
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from stablenas.spaces.registry import get_space
+from stablenas.spaces.catalog import get_space
 from stablenas.supernet import kernels as K
 from stablenas.supernet import network as N
 from stablenas.supernet.arch import ArchParams

@@ -48,7 +48,7 @@ from stablenas.evaluate import (  # noqa: E402
 )
 from stablenas.genotype import Genotype  # noqa: E402
 from stablenas.networks.evaluation import _AuxPool  # noqa: E402
-from stablenas.spaces.registry import get_space  # noqa: E402
+from stablenas.spaces.catalog import get_space  # noqa: E402
 
 # Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the OpenMP workers spin-
 # wait on each other and a 0.1 s forward takes ~10 s; restored afterwards.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stablenas.genotype import Genotype, GenotypeError, derive, nb201_string, parse_nb201
-from stablenas.spaces.registry import SearchSpace, get_space
+from stablenas.spaces.catalog import SearchSpace, get_space
 
 
 def _weights(space, rows_normal, rows_reduce=None):

@@ -2,27 +2,25 @@
 network's multiply-adds and parameters counted on the evaluation network (and `stablenas info`'s count
 at the CIFAR sizes), a table entry equals a hand count, the penalty's gradient moves weight to cheaper
 ops above the budget and is zero below it, a tight budget lowers the expected cost of a search, the
-config errors, searches on s3 and nb201, compositions, resume after SIGKILL, the CLI listing and the
-2-rank data-parallel equivalence."""
+config errors; measured latency: the tables are the timer's numbers on the run's device, the expected
+latency is differentiable through the op weights, a resumed search keeps the latencies it started with.
+Searches on s3 and nb201, compositions, resume, listing and the 2-rank equivalence:
+tests/test_method_harness.py."""
 
-import json
-import math
-import signal
 
 import pytest
 import torch
 from conftest import TINY_SEARCH, assert_same_search
-from test_faults import _sets, cut  # noqa: F401 (the SIGKILL harness and its fixture)
-from typer.testing import CliRunner
 
 import stablenas as sn
-from stablenas.cli import app
 from stablenas.config import ConfigError
+from stablenas.methods import budget as budget_module
 from stablenas.methods._common import discrete_mix, genotype_of, sample_architecture
 from stablenas.methods.budget import Budget
 from stablenas.networks.evaluation import build_eval_network
 from stablenas.networks.profile import count_macs, count_params, info
 from stablenas.search.loop import Search
+from stablenas.spaces.ops import build_op
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,6 +113,8 @@ def test_a_tight_budget_lowers_the_expected_cost_of_a_search():
     ("weight: 1.0", [], "needs max_madds"),
     ("max_madds: 1, max_params: 1", [], "takes max_madds, not max_params"),
     ("resource: params, max_madds: 1", [], "needs max_params"),
+    ("resource: latency, max_madds: 1", [], r"needs max_latency \(in ms\)"),
+    ("max_madds: 1, max_latency: 1", [], "takes max_madds, not max_latency"),
     ("max_madds: 1, network: imagenet", ["space=nb201"], "network 'imagenet' is not one of search, nb201"),
     ("max_madds: 1", ["space=ptb", "data.dataset=ptb"], r"method budget \(it counts each op's cost in the "
                                                         r"evaluation network\) needs op costs, which the rnn skeleton"),
@@ -124,55 +124,88 @@ def test_refuses_configs_it_cannot_work_with(budget_opts, extra, match):
         sn.load_config("darts", [*TINY, *extra, f"methods=[{{name: budget, {budget_opts}}}]"])
 
 
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    extra = NB201 if space == "nb201" else ["space=s3"]
-    out = tmp_path / "run"
-    r = make(*extra, "search.steps_per_epoch=2", budget="max_madds: 0.05", out=out).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(math.isfinite(x["train_loss"]) for x in rows)
-    assert all(x["budget_expected_madds_M"] > 0.05 for x in rows)  # over the budget: the penalty was on
-    assert sn.Genotype.load(out) == r.genotype
+# ----------------------------------------------------------------------------------------------
+# measured latency
+
+LATENCY = "resource: latency, max_latency: 50.0, latency_batch: 3, latency_repeats: 4"
 
 
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: budget, max_madds: 0.05}, {name: sdarts-rs}]"],
-    ["methods=[{name: pc-darts}, {name: budget, max_madds: 0.05}]", "network.partial_channels=4",
-     "arch.edge_betas=true", "network.channels=16"],
-    ["methods=[{name: fair-darts}, {name: budget, max_madds: 0.05}]", "arch.activation=sigmoid"],
-    ["methods=[{name: beta-darts, start: 1.0}, {name: budget, max_madds: 0.05}]"],
-], ids=["sdarts-rs", "pc-darts", "fair-darts", "beta-darts"])
-def test_composes_with_other_methods(extra):
-    r = make("space=s3", *extra, "search.steps_per_epoch=2", budget=None).run()
-    assert len(r.metrics) == 2 and all(math.isfinite(x["train_loss"]) for x in r.metrics)
-    assert all(math.isfinite(float(a.detach().abs().sum())) for a in r.search.arch.parameters())
-    assert math.isfinite(r.metrics[-1]["budget_expected_madds_M"])
+def fake_latency(module, x, repeats) -> float:
+    """A timer whose numbers run against the multiply-adds (parameter-free ops are the slowest) and
+    depend on the input's width, so a table built from anything else cannot match it."""
+    return 1000.0 / (1 + count_params(module)) + x.shape[-1]
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = ["space=s3", "search.checkpoint_every=1", "threads=1", "evaluation.lookup=false",
-             "methods=[{name: budget, max_madds: 0.05, weight: 10.0}]"]
-    ref = make(*extra, out=tmp_path / "ref").run()
-    d = tmp_path / "cut"
-    argv = ["search", *_sets("darts", [*TINY, *extra]), "--out", str(d)]
-    code, stderr = cut(4, signal.SIGKILL, argv, tmp_path / "stderr")
-    assert code == -signal.SIGKILL, stderr
-    res = make(*extra, out=d, resume=True).run()
-    assert_same_search(ref, res, tmp_path / "ref", d)
+def test_latency_tables_are_the_timers_numbers_at_each_edges_shape(monkeypatch):
+    calls = []
+
+    def timer(module, x, repeats):
+        calls.append((tuple(x.shape), x.device, repeats))
+        return fake_latency(module, x, repeats)
+
+    monkeypatch.setattr(budget_module, "median_latency", timer)
+    s = make(*NB201, budget=LATENCY)
+    m = budget(s)
+    assert calls and all(b == 3 and d == s.device and r == 4 for (b, *_), d, r in calls)
+    # nb201, N=1: one cell per stage, at (8 channels, 8x8), (16, 4x4), (32, 2x2); every edge stride 1
+    stages = [(8, 8), (16, 4), (32, 2)]
+    ops = s.space.edge_ops["cell"][0]
+    row = [sum(1000.0 / (1 + count_params(build_op(op, C, 1, True))) + hw for C, hw in stages) for op in ops]
+    for e in range(s.space.n_edges):
+        torch.testing.assert_close(m.costs.tables["cell"][e].double(), torch.tensor(row, dtype=torch.float64),
+                                   rtol=1e-6, atol=0)
+    assert row.index(max(row)) == ops.index("none") and row[ops.index("nor_conv_3x3")] < row[ops.index("skip_connect")]
+    zero = build_eval_network(s.skeleton.zero_genotype(s.space), "nb201", C=8, layers=1, num_classes=10,
+                              in_channels=1, stem_multiplier=2, auxiliary=False)
+    assert m.costs.fixed == pytest.approx(1000.0 / (1 + count_params(zero)) + 8)
+    assert m.limit == 50.0
 
 
-def test_methods_command_lists_budget():
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("budget "))
-    assert "(no preset)" in line and Budget.description[:30] in line
+def test_expected_latency_and_its_penalty_are_differentiable_through_the_op_weights(monkeypatch):
+    monkeypatch.setattr(budget_module, "median_latency", fake_latency)
+    s = make(*NB201, budget=LATENCY)
+    m = budget(s)
+    c = m.costs.tables["cell"].double()
+    w = torch.rand(c.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.1
+    w.requires_grad_(True)
+    got = m.costs.expected({"cell": w.float()})
+    (g,) = torch.autograd.grad(got, [w])
+    total = w.detach().sum(-1, keepdim=True)
+    per_edge = (w.detach() * c).sum(-1, keepdim=True) / total  # every edge keeps one op (nb201)
+    torch.testing.assert_close(float(got.detach()), float(per_edge.sum()) + m.costs.fixed, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g, (c - per_edge) / total, rtol=1e-4, atol=1e-6)  # d/dw of sum_k w_k c_k / sum_k w_k
+    with torch.no_grad():
+        s.arch.alphas["cell"].copy_(torch.randn(6, 5, generator=torch.Generator().manual_seed(4)))
+    (ga,) = torch.autograd.grad(m.arch_penalty(s), [s.arch.alphas["cell"]])
+    a = s.arch.alphas["cell"].detach().double().requires_grad_(True)
+    e = (torch.softmax(a, -1) * c).sum() + m.costs.fixed  # softmax weights sum to 1 per edge
+    (want,) = torch.autograd.grad(torch.relu(e / 50.0 - 1.0), [a])
+    assert float(e.detach()) > 50.0  # above the budget: the penalty is on
+    torch.testing.assert_close(ga.double(), want, rtol=1e-4, atol=1e-7)
 
 
-def test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(tmp_path, monkeypatch):
-    import test_distributed
+def test_a_resumed_search_keeps_the_latencies_it_started_with(monkeypatch, tmp_path):
+    scale = [1.0]
+    monkeypatch.setattr(budget_module, "median_latency", lambda m, x, r: scale[0] * fake_latency(m, x, r))
+    extra = [*NB201, "search.checkpoint_every=1", "evaluation.lookup=false"]
+    opts = f"{LATENCY}, weight: 10.0"
+    ref = make(*extra, budget=opts, out=tmp_path / "ref").run()
+    first = make(*extra, budget=opts, out=tmp_path / "r")
+    first.start_epoch(0)
+    first.train_epoch()
+    first.end_epoch()
+    first.close()
+    scale[0] = 2.0  # the resumed process measures other numbers
+    res = make(*extra, budget=opts, out=tmp_path / "r", resume=True)
+    assert float(budget(res).costs.tables["cell"][0, 0]) == float(budget(ref.search).costs.tables["cell"][0, 0])
+    res = res.run()
+    assert_same_search(ref, res, tmp_path / "ref", tmp_path / "r")
+    assert "budget_expected_latency_ms" in ref.metrics[-1] and ref.metrics[-1]["budget_max_latency_ms"] == 50.0
 
-    monkeypatch.setenv("DDP_CASES", "budget")
-    results, failure = test_distributed._spawn_job(tmp_path / "results.json")
-    assert failure is None, failure
-    test_distributed.test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(results, "budget")
+
+def test_latency_is_timed_on_the_device():
+    s = make(*NB201, budget="resource: latency, max_latency: 1.0, latency_repeats: 2")
+    m = budget(s)
+    t = m.costs.tables["cell"]
+    assert torch.isfinite(t).all() and bool((t > 0).all()) and m.costs.fixed > 0
+    assert t.device == s.device

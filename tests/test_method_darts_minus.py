@@ -2,32 +2,27 @@
 on a reduction edge) in the fused engine and in the plain reference, against a node sum written out in
 float64; beta's per-epoch (and per-step) linear schedule reaching the supernet through ``Mix.skip``;
 no trace of the path in alpha or the genotype; the functional (``params``) forward, both second-order
-hypergradients and the curvature objective with the path; the preset on s3 and nb201, compositions,
-resume after SIGKILL, the CLI listing and the 2-rank data-parallel equivalence."""
+hypergradients and the curvature objective with the path; the recurrent space's config error. Preset
+runs, compositions, resume, listing and the 2-rank equivalence: tests/test_method_harness.py."""
 
-import json
 import math
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_SEARCH, assert_same_search
-from test_faults import _sets, cut  # noqa: F401 (the SIGKILL harness and its fixture)
+from conftest import TINY_SEARCH
 from test_second_order import _compare, smooth_relu  # noqa: F401 (the exact hypergradient and its fixture)
-from typer.testing import CliRunner
 
 import stablenas as sn
-from stablenas.cli import app
 from stablenas.config import ConfigError
 from stablenas.curvature import AlphaObjective
-from stablenas.methods import Mix
 from stablenas.methods.darts_minus import DartsMinus
 from stablenas.search.loop import Search
+from stablenas.spaces.catalog import get_space
 from stablenas.spaces.ops import FactorizedReduce
-from stablenas.spaces.registry import get_space
 from stablenas.supernet import network as N
 from stablenas.supernet.arch import ArchParams
+from stablenas.supernet.mix import Mix
 from stablenas.supernet.reference import build_plain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -250,54 +245,3 @@ def test_curvature_objective_includes_the_path_and_leaves_the_rng_alone():
 def test_refuses_the_recurrent_space():
     with pytest.raises(ConfigError, match="darts-minus needs aux skip"):
         sn.load_config("darts-minus", ["space=ptb", "data.dataset=ptb"])
-
-
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    out = tmp_path / "run"
-    r = make(*(NB201 if space == "nb201" else S3), "search.steps_per_epoch=2", out=out).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(math.isfinite(x["train_loss"]) for x in rows)
-    assert [x["skip_beta"] for x in rows] == [1.0, 0.5]
-    assert sn.Genotype.load(out) == r.genotype
-
-
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: darts-minus}, {name: sdarts-rs}]"],
-    ["methods=[{name: pc-darts}, {name: darts-minus}]", "network.partial_channels=4", "arch.edge_betas=true",
-     "network.channels=16"],
-], ids=["sdarts-rs", "pc-darts"])
-def test_composes_with_other_methods(extra):
-    r = make(*S3, *extra, "search.steps_per_epoch=2").run()
-    assert len(r.metrics) == 2 and all(math.isfinite(x["train_loss"]) for x in r.metrics)
-    assert all(math.isfinite(float(a.detach().abs().sum())) for a in r.search.arch.parameters())
-    assert [x["skip_beta"] for x in r.metrics] == [1.0, 0.5]
-
-
-def test_resume_after_sigkill_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = [*S3, "search.checkpoint_every=1", "threads=1", "evaluation.lookup=false", "optim.epochs=3",
-             "methods.0.ramp=step"]
-    ref = make(*extra, out=tmp_path / "ref").run()
-    d = tmp_path / "cut"
-    argv = ["search", *_sets("darts-minus", [*TINY, *extra]), "--out", str(d)]
-    code, stderr = cut(4, signal.SIGKILL, argv, tmp_path / "stderr")  # mid epoch 2
-    assert code == -signal.SIGKILL, stderr
-    res = make(*extra, out=d, resume=True).run()
-    assert_same_search(ref, res, tmp_path / "ref", d)
-
-
-def test_methods_command_lists_darts_minus_with_its_preset():
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("darts-minus "))
-    assert "darts-minus" in line.split()[1:] and DartsMinus.description[:30] in line
-
-
-def test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(tmp_path, monkeypatch):
-    import test_distributed
-
-    monkeypatch.setenv("DDP_CASES", "darts-minus")
-    results, failure = test_distributed._spawn_job(tmp_path / "results.json")
-    assert failure is None, failure
-    test_distributed.test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(results, "darts-minus")

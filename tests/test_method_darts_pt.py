@@ -1,17 +1,16 @@
 """DARTS-PT: the op and node decisions against a hand computation on a supernet whose validation
 score is a known function of the op weights (chosen so that argmax alpha disagrees), the decision
 schedule and its config check, the one-hot projection in every phase, frozen alpha and the tuning
-lr, the pinned genotype, tiny runs on S3 and NB201, compositions, resume (in process and after
-SIGKILL) and the method listing."""
+lr, the pinned genotype, the epoch schedules of composed methods, a sampler's discrete path, resume
+mid-selection in process and the 2-rank equivalence of its decisions. Preset runs, compositions, resume
+after SIGKILL and the listing: tests/test_method_harness.py."""
 
 import json
 import math
-import signal
 
 import pytest
 import torch
 from conftest import TINY_SEARCH, assert_same_search, metric_records
-from test_faults import _cfg, _sets, cut  # noqa: F401 (cut: the SIGKILL driver fixture)
 
 import stablenas as sn
 from stablenas.errors import ConfigError
@@ -88,7 +87,7 @@ def test_op_decision_keeps_the_op_whose_masking_hurts_most_not_argmax_alpha(crit
 @pytest.mark.parametrize("criterion", ["acc", "loss"])
 def test_a_score_is_the_validation_pass_with_that_op_or_edge_zeroed(criterion):
     """Batch statistics (the authors' train-mode infer), BN running statistics left untouched."""
-    from stablenas.methods.base import Mix
+    from stablenas.supernet.mix import Mix
 
     s = make(*NB201, f"methods.0.criterion={criterion}")
     m = method(s)
@@ -181,11 +180,41 @@ def test_decision_schedule_and_the_epochs_it_needs():
              "optim.epochs=12")
     with pytest.raises(ConfigError, match=r"needs optim.epochs >= 18 on space s3"):
         make("space=s3", "methods.0.search_epochs=2", "optim.epochs=17")
-    with pytest.raises(ConfigError, match="darts-pt must be the last entry of methods"):
+    with pytest.raises(ConfigError, match=r"darts-pt must come after every method that edits op weights \(sdarts-rs"):
         make(*NB201, "methods=[{name: darts-pt, search_epochs: 2, proj_intv: 1}, {name: sdarts-rs}]")
+    # a measurement after it edits nothing (a study's lambda_max tracker is appended to every unit's methods)
+    assert [m.name for m in make(*NB201, "methods=[{name: darts-pt, search_epochs: 2, proj_intv: 1}, {name: hessian}]",
+                                 "optim.epochs=8").methods] == ["darts-pt", "hessian"]
     with pytest.raises(ConfigError, match=r"method darts-pt needs perturbation selection, which the rnn skeleton "
                                           r"does not have .*spaces with it: darts, .*nb201"):
         sn.load_config("ptb-cpu", ["methods=[{name: darts-pt, search_epochs: 1, proj_intv: 1}]"])
+
+
+RAMPS = {  # name, options, the value it ramps, hand-computed per epoch for 3 search epochs, then held
+    "snas": ({}, lambda s, m: m.tau, [0.03 + 0.97 * 2 / 3, 0.03 + 0.97 / 3, 0.03]),  # 1 - (e + 1) / 3
+    "beta-darts": ({"ramp_epochs": None}, lambda s, m: m.coefficient(s), [0.0, 50 / 3, 100 / 3, 50.0]),  # 50 e / 3
+    "gdas": ({}, lambda s, m: m.tau, [10.0, 5.05, 0.1]),  # 10 - 9.9 e / 2
+    "lambda-darts": ({}, lambda s, m: m.strength, [0.0, 0.0625, 0.125]),  # 0.125 e / 2
+    "darts-minus": ({}, lambda s, m: m.beta(s), [1.0, 2 / 3, 1 / 3, 0.0]),  # 1 - e / 3
+}
+
+
+@pytest.mark.parametrize("name", list(RAMPS))
+def test_composed_epoch_schedules_span_the_search_epochs_then_hold_their_end(name):
+    """3 search epochs, then 5 of selection: a schedule reaches the value a 3-epoch search gives
+    its last epoch (its end value where the schedule ends there) and holds its end through selection."""
+    opts, value, ramp = RAMPS[name]
+    entry = ", ".join(f"{k}: {'null' if v is None else v}" for k, v in {"name": name, **opts}.items())
+    s = make("space=nb201", "network.layers=2", "optim.epochs=8", "regularization.drop_path_max=0.3",
+             f"methods=[{{{entry}}}, {{name: darts-pt, search_epochs: 3, proj_intv: 1, val_batches: 1}}]")
+    m = s.methods[0]
+    got, drop = [], []
+    for e in range(8):
+        s.start_epoch(e)
+        got.append(value(s, m))
+        drop.append(s.net.drop_path_prob)
+    assert got == pytest.approx(ramp + [ramp[-1]] * (8 - len(ramp)), rel=1e-12)
+    assert drop == pytest.approx([0.0, 0.1, 0.2] + [0.3] * 5, rel=1e-12)  # 0.3 e / 3, held
 
 
 def test_decided_edges_are_one_hot_in_every_phase_and_pass_no_gradient_to_alpha():
@@ -228,47 +257,12 @@ def test_the_first_tuning_epoch_restarts_momentum():
 
 
 # ----------------------------------------------------------------------------------------------
-# runs, compositions, resume, listing
-
-
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_and_selects_and_writes_its_run(space, tmp_path):
-    out = tmp_path / "run"
-    r = make(*(S3 if space == "s3" else NB201), out=out).run()
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    n = n_decisions(r.search.space)
-    assert len(lines) == 2 + n - 1 and all(math.isfinite(x["train_loss"]) for x in lines)
-    assert [x["darts_pt"]["decision"] for x in lines[1:]] == list(range(1, n + 1))
-    m = method(r.search)
-    assert r.genotype == sn.methods._common.genotype_of(r.search.space, m.hard())
-    assert sn.Genotype.load(out) == r.genotype and lines[-1]["genotype"] == r.genotype.to_dict()
-    assert all(k >= 0 for ks in m.op_choice.values() for k in ks)
+# runs: early stop, a sampler's discrete path, resume mid-selection
 
 
 def test_stops_after_the_last_decision_when_epochs_remain():
     r = make(*NB201[:-1], "optim.epochs=9").run()
     assert len(r.metrics) == 7 and r.search.stop_reason.startswith("darts-pt")
-
-
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: sdarts-rs}, {name: darts-pt, search_epochs: 2, proj_intv: 1, val_batches: 1}]"],
-    ["network.channels=16", "network.partial_channels=4", "arch.edge_betas=true",
-     "methods=[{name: pc-darts}, {name: darts-pt, search_epochs: 2, proj_intv: 1, val_batches: 1}]"],
-])
-def test_composes_with_sdarts_rs_and_pc_darts(extra):
-    s = make(*NB201, *extra)
-    m = method(s)
-    m.op_choice["cell"][0] = 1
-    m._tables = None
-    s.start_epoch(0)
-    assert torch.equal(s.mix("weights").op["cell"][0], torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0]))  # not perturbed
-    m.op_choice["cell"][0] = -1
-    m._tables = None
-    r = s.run()
-    assert len(r.metrics) == 7 and all(math.isfinite(x["train_loss"]) and math.isfinite(x["val_loss"])
-                                       for x in r.metrics)
-    if "sdarts-rs" in extra[-1]:  # the radius ramps over the 2 search epochs, then tunes at its largest
-        assert [x["epsilon"] for x in r.metrics] == pytest.approx([0.03, 0.165, 0.3, 0.3, 0.3, 0.3, 0.3])
 
 
 def test_a_samplers_discrete_path_takes_the_decisions():
@@ -297,33 +291,6 @@ def test_resumed_mid_selection_ends_where_an_uninterrupted_one_does(tmp_path):
     b = Search(first.cfg, tmp_path / "b", resume=True, progress=False, log=lambda s: None).run()
     assert_same_search(a, b, tmp_path / "a", tmp_path / "b")
     assert metric_records(tmp_path / "a" / "metrics.jsonl") == metric_records(tmp_path / "b" / "metrics.jsonl")
-
-
-def test_sigkill_mid_selection_then_resume_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = ("space=nb201", "network.layers=1", "methods.0.search_epochs=1", "methods.0.proj_intv=1",
-             "methods.0.val_batches=1", "optim.epochs=6", "search.checkpoint_every=1",
-             "data.eval_batch_size=16")
-    ref_dir = tmp_path / "ref"
-    ref = Search(_cfg("darts-pt", extra), ref_dir, progress=False, log=lambda m: None).run()
-    d = tmp_path / "cut"
-    code, stderr = cut(8, signal.SIGKILL, ["search", *_sets("darts-pt", extra), "--out", str(d)], tmp_path / "err")
-    assert code == -signal.SIGKILL, stderr
-    res = Search(_cfg("darts-pt", extra), d, resume=True, progress=False, log=lambda m: None).run()
-    assert_same_search(ref, res, ref_dir, d)
-    assert metric_records(ref_dir / "metrics.jsonl") == metric_records(d / "metrics.jsonl")
-
-
-def test_methods_lists_it_with_its_preset():
-    from typer.testing import CliRunner
-
-    from stablenas.cli import app
-
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("darts-pt "))
-    assert "darts-pt" in line.split()[1:] and DartsPT.description[:30] in line
-    cfg = sn.load_config(DartsPT.preset)
-    assert [m.name for m in cfg.methods] == ["darts-pt"] and cfg.space == "darts"
-    assert cfg.optim.epochs == 50 + (14 + 3 - 1) * 5
 
 
 # ----------------------------------------------------------------------------------------------

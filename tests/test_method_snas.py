@@ -1,26 +1,23 @@
 """SNAS: the relaxed Gumbel-softmax sample against its exact properties (argmax frequencies are the
 softmax probabilities, the two-op mean in closed form and by quadrature, the large-tau limit), the
 temperature schedule of the authors' code, alpha's gradient through every op against the sample
-written out, the sampler GDAS shares, presets, compositions, resume after SIGKILL and the method
-listing. The 2-rank equivalence is the ``snas`` case of tests/_ddp_worker.py (tests/test_distributed.py)."""
+written out, the sampler GDAS shares, the single-level step and the recurrent cell. Preset runs,
+compositions, resume, listing and the 2-rank equivalence: tests/test_method_harness.py."""
 
-import json
 import math
-import signal
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SEARCH, assert_same_search
-from test_faults import _cfg, _sets, cut  # noqa: F401 (cut: the SIGKILL driver fixture)
+from conftest import TINY_SEARCH
 
 import stablenas as sn
 from stablenas.errors import ConfigError
 from stablenas.methods._common import gumbel_softmax
-from stablenas.methods.base import Mix
 from stablenas.methods.gdas import gumbel_hard
 from stablenas.methods.snas import SNAS
 from stablenas.search.loop import Search
+from stablenas.supernet.mix import Mix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,20 +155,7 @@ def test_single_level_step_trains_alpha_and_eval_modes():
 
 
 # ----------------------------------------------------------------------------------------------
-# presets, compositions, resume, listing
-
-
-@pytest.mark.parametrize("space", ["s3", "nb201"])
-def test_preset_searches_two_epochs_and_writes_its_run(space, tmp_path):
-    extra = NB201 if space == "nb201" else ["space=s3"]
-    out = tmp_path / "run"
-    cfg = sn.load_config("snas", TINY + extra + ["search.steps_per_epoch=2"])
-    r = Search(cfg, out, progress=False, log=lambda s: None).run()
-    for f in ("config.yaml", "metrics.jsonl", "genotype.json", "checkpoint.pt"):
-        assert (out / f).exists(), f
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(math.isfinite(x["train_loss"]) for x in lines)
-    assert sn.Genotype.load(out) == r.genotype
+# the recurrent cell
 
 
 def test_runs_on_the_recurrent_cell():
@@ -180,51 +164,3 @@ def test_runs_on_the_recurrent_cell():
 
     r = Search(sn.load_config("snas", PTB), None, progress=False, log=lambda m: None).run()
     assert len(r.metrics) == 2 and all(math.isfinite(m["train_loss"]) for m in r.metrics)
-
-
-@pytest.mark.parametrize("extra", [
-    ["space=s3", "methods=[{name: snas}, {name: sdarts-rs}]"],
-    ["space=s3", "network.channels=16", "network.partial_channels=4", "arch.edge_betas=true",
-     "methods=[{name: snas}, {name: pc-darts}]"],
-])
-def test_composes_with_sdarts_rs_and_pc_darts(extra):
-    r = make(*extra, "search.steps_per_epoch=2").run()
-    assert len(r.metrics) == 2 and all(math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"])
-                                       for m in r.metrics)
-
-
-def test_resumed_search_ends_where_an_uninterrupted_one_does(tmp_path):
-    extra = ["space=s3", "search.checkpoint_every=1"]
-    a = make(*extra).run()
-    cfg = sn.load_config("snas", TINY + extra)
-    first = Search(cfg, tmp_path / "r", progress=False, log=lambda s: None)
-    first.start_epoch(0)
-    first.train_epoch()
-    first.end_epoch()
-    b = Search(cfg, tmp_path / "r", resume=True, progress=False, log=lambda s: None).run()
-    for ct in a.search.arch.alphas:
-        assert torch.equal(a.search.arch.alphas[ct], b.search.arch.alphas[ct])
-    assert a.genotype == b.genotype
-
-
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cut):  # noqa: F811
-    extra = ("search.checkpoint_every=1",)
-    ref_dir = tmp_path / "ref"
-    ref = Search(_cfg("snas", extra), ref_dir, progress=False, log=lambda m: None).run()
-    d = tmp_path / "cut"
-    code, stderr = cut(4, signal.SIGKILL, ["search", *_sets("snas", extra), "--out", str(d)], tmp_path / "err")
-    assert code == -signal.SIGKILL, stderr
-    res = Search(_cfg("snas", extra), d, resume=True, progress=False, log=lambda m: None).run()
-    assert_same_search(ref, res, ref_dir, d)
-
-
-def test_methods_lists_it_with_its_preset():
-    from typer.testing import CliRunner
-
-    from stablenas.cli import app
-
-    out = CliRunner().invoke(app, ["methods"]).output
-    line = next(x for x in out.splitlines() if x.startswith("snas "))
-    assert "snas" in line.split()[1:] and SNAS.description[:30] in line
-    cfg = sn.load_config(SNAS.preset)
-    assert [m.name for m in cfg.methods] == ["snas"] and cfg.search.update == "single"

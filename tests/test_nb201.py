@@ -227,7 +227,7 @@ def test_supernet_and_plain_reference_on_odd_sides(side):
     the same loss and gradients."""
     import torch.nn.functional as F
 
-    from stablenas.spaces.registry import get_space
+    from stablenas.spaces.catalog import get_space
     from stablenas.supernet import network as N
     from stablenas.supernet.arch import ArchParams
     from stablenas.supernet.reference import build_plain

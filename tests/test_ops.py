@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from stablenas.spaces.catalog import SPACES, get_space
 from stablenas.spaces.ops import OPS, build_op, is_parameter_free
-from stablenas.spaces.registry import SPACES, get_space
 
 ALL_SPACE_OPS = sorted({op for s in SPACES.values() for op in s.all_ops()})
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from stablenas.config import load_config
 from stablenas.search.loop import Search
+from stablenas.spaces.catalog import get_space
 from stablenas.spaces.ops import DilConv, FactorizedReduce
-from stablenas.spaces.registry import get_space
 from stablenas.supernet import network as N
 from stablenas.supernet.arch import ArchParams
 from stablenas.supernet.reference import PlainDARTS, PlainSearchStep, build_plain

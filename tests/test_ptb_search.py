@@ -199,3 +199,72 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
                        for s in (d / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "ref") == strip(tmp_path / "cut")
     assert (tmp_path / "ref" / "genotype.json").read_text() == (tmp_path / "cut" / "genotype.json").read_text()
+
+
+def test_a_recurrent_run_reads_as_recurrent(tmp_path):
+    """Dry run, epoch lines and report describe the language model (hidden units, perplexity), not
+    cells, channels, cutout, DropPath or accuracy, and the report has no empty panel."""
+    import re
+
+    from stablenas.analysis.report import write_report
+    from stablenas.estimate import estimate_search
+
+    cfg = sn.load_config("darts", TINY)
+    assert estimate_search(cfg)["what"] == "ptb, ptb, recurrent cell, 8 hidden units (emsize 8), BPTT 6, batch 8, " \
+                                            "update first"
+    lines: list[str] = []
+    Search(cfg, tmp_path / "run", progress=False, log=lines.append).run()
+    rec = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epoch = [x for x in lines if x.startswith("epoch 2/2")][0]
+    assert f"train loss {rec[1]['train_loss']:.4f} ppl {rec[1]['train_ppl']:.2f}  val loss " in epoch
+    assert f"ppl {rec[1]['val_ppl']:.2f}" in epoch and " acc " not in epoch
+    text = write_report(tmp_path / "run").read_text()
+    body = re.sub(r'src="data:[^"]*"', "", text)
+    assert "8 hidden units" in body and f"final val loss / perplexity</th><td class='num'>" \
+                                           f"{rec[1]['val_loss']:.4f} / {rec[1]['val_ppl']:.2f}" in body
+    for gone in ("cells x", "DropPath", "cutout", "accuracy</th>"):
+        assert gone not in body, gone
+    for sec in re.findall(r'<section id="[^"]+">.*?</section>', text):
+        assert "<img" in sec or "<table" in sec or "<pre" in sec, sec[:80]
+
+
+def test_a_recurrent_cell_has_no_param_free_share_and_a_cnn_cell_keeps_it(tmp_path):
+    """Every recurrent op counts as parameter-free, so the share would be 1 for any recurrent cell:
+    show, cell statistics, report, comparison, study and loggers leave it out there, and still give
+    the hand-counted share of a DARTS cell."""
+    import re
+
+    from conftest import TINY_SEARCH
+
+    from stablenas.analysis.diagnostics import cell_stats
+    from stablenas.analysis.report import DASH, _fmt, write_comparison, write_report
+    from stablenas.analysis.summary import show_lines
+    from stablenas.evaluate.study import param_free_share
+    from stablenas.loggers import param_free_scalars
+    from stablenas.spaces.ops import OPS
+
+    Search(sn.load_config("darts", TINY), tmp_path / "ptb", progress=False, log=lambda m: None).run()
+    Search(sn.load_config("quickstart", [*TINY_SEARCH, "threads=1"]), tmp_path / "cnn", progress=False,
+           log=lambda m: None).run()
+    rnn, cnn = sn.load_run(tmp_path / "ptb"), sn.load_run(tmp_path / "cnn")
+    g = cnn.genotype
+    free = {ct: sum(not OPS[op].parametric for op, _ in g.cell(ct)) / len(g.cell(ct)) for ct in ("normal", "reduce")}
+    every = sum(not OPS[op].parametric for op, _ in (*g.normal, *g.reduce)) / (len(g.normal) + len(g.reduce))
+
+    assert not any("parameter-free" in x for x in show_lines(rnn, tmp_path / "ptb"))
+    assert f"parameter-free share: normal {free['normal']:.2f}  reduce {free['reduce']:.2f}  all {every:.2f}" \
+        in show_lines(cnn, tmp_path / "cnn")
+    assert param_free_share(rnn.genotype) is None and param_free_share(rnn.genotype, None) is None
+    assert param_free_share(g) == pytest.approx(free["normal"]) and param_free_share(g, None) == pytest.approx(every)
+    assert param_free_scalars(rnn.genotype) == {}
+    assert param_free_scalars(g)["param_free_share/all"] == pytest.approx(every)
+    st = cell_stats(rnn.genotype)
+    assert st["recurrent"]["param_free_share"] is None and st["all"]["param_free_share"] is None
+
+    report = write_report(tmp_path / "ptb").read_text()
+    row = re.search(r"<th>recurrent: parameter-free share / width / depth</th><td class='num'>([^<]*)</td>", report)
+    assert row and row.group(1).startswith(f"{DASH} / ")
+    page = write_comparison([tmp_path / "cnn", tmp_path / "ptb"], tmp_path / "cmp.html").read_text()
+    rows = re.findall(r"<tr>(.*?)</tr>", page[page.index('id="comparison"'):])
+    shares = [re.findall(r"<td class='num'>(.*?)</td>", r)[9] for r in rows[1:3]]
+    assert shares == [_fmt(every), DASH]

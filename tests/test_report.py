@@ -186,3 +186,139 @@ def test_analyze_progress_bars_change_no_result(run_dir, tmp_path, capsys, monke
     off = json.loads((run_dir / "analysis.json").read_text())
     assert strip(on) == strip(off)
     assert on["seed"] == 0 and on["curvature"]["hvps"] == off["curvature"]["hvps"]
+
+
+def _strip_times(a):
+    if isinstance(a, dict):
+        return {k: _strip_times(v) for k, v in a.items() if "seconds" not in k and k != "run"}
+    return [_strip_times(v) for v in a] if isinstance(a, list) else a
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_analyze_dry_run_prints_plan_and_estimate_and_writes_nothing(run_dir, tmp_path):
+    copy = tmp_path / "dry"
+    shutil.copytree(run_dir, copy)
+    before = _files(copy)
+    res = CliRunner().invoke(app, ["analyze", str(copy), "--dry-run", "--batches", "1", "--grid", "3"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert f"analyze plan: {copy} (s5, 3 cells x 8 ch, 12 alpha entries, 2 epochs done)" in out
+    assert "exact Hessian spectrum: 12 x 12 (12 products)" in out  # 12 <= 32: auto computes it
+    assert "landscape: 3 x 3 grid, 1 validation batches a point" in out
+    assert "Hessian-vector product" in out and "estimated wall time:" in out
+    assert _files(copy) == before
+
+
+def test_the_plan_before_an_analysis_changes_no_result(run_dir, tmp_path):
+    """`analyze` times one unit of each kind before it starts; the analysis equals the module
+    fixture's, which ran without the plan."""
+    from stablenas.analysis.plan import format_plan
+
+    copy = tmp_path / "planned"
+    shutil.copytree(run_dir, copy)
+    plans = []
+    analyze_run(copy, batches=1, grid=3, spectrum="yes", top_k=30, plots=False, on_plan=plans.append)
+    (plan,) = plans
+    assert plan["n_alpha"] == 12 and plan["exact"] and plan["grid"] == 3
+    parts = plan["estimate"]
+    t = plan["timing"]
+    assert parts["exact spectrum"] == pytest.approx(t["gradient"] + 12 * t["hvp"])
+    assert parts["landscape"] == pytest.approx(t["gradient"] + 9 * t["evaluation"])
+    assert "estimated wall time" in format_plan(plan)
+    on = json.loads((copy / "analysis.json").read_text())
+    off = json.loads((run_dir / "analysis.json").read_text())
+    assert _strip_times(on) == _strip_times(off)
+
+
+def _cell(page: str, row: int, col: int) -> str:
+    table = page[page.index('id="comparison"'):]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    return re.findall(r"<td class='num'>(.*?)</td>", rows[row])[col]
+
+
+def test_comparison_cells_escape_once_and_count_cells_without_analyze(run_dir, tmp_path):
+    from stablenas.analysis.diagnostics import cell_stats
+    from stablenas.analysis.report import _fmt
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    (bare / "analysis.json").unlink()
+    page = write_comparison([run_dir, bare], tmp_path / "cmp.html").read_text()
+    assert "&ndash;" not in page and "&amp;" not in page
+    run = sn.load_run(run_dir)
+    a = json.loads((run_dir / "analysis.json").read_text())
+    last = run.metrics[-1]["lambda_max"]
+    assert _cell(page, 1, 6) == f"{_fmt(last)} / {_fmt(a['curvature']['lambda_max'])}"
+    assert _cell(page, 2, 6) == f"{_fmt(last)} / \u2013"  # not analysed: a dash, escaped once
+    stats = cell_stats(run.genotype)  # from the genotype, with or without analysis.json
+    for row in (1, 2):
+        assert _cell(page, row, 9) == _fmt(stats["all"]["param_free_share"])
+        assert _cell(page, row, 10) == f"{_fmt(stats['normal']['width_c'], 3)}c / {stats['normal']['depth']}"
+
+
+def test_darts_es_caption_only_on_runs_that_apply_it(run_dir, tmp_path):
+    import yaml
+
+    plain = write_report(run_dir, tmp_path / "plain.html").read_text()
+    assert "DARTS-ES stops when" not in plain and "ES rule" not in plain
+    es = tmp_path / "es"
+    shutil.copytree(run_dir, es)
+    cfg = yaml.safe_load((es / "config.yaml").read_text())
+    cfg["methods"] = [{"name": "darts-es", "iters": 6}]
+    (es / "config.yaml").write_text(yaml.safe_dump(cfg))
+    text = write_report(es).read_text()
+    assert "DARTS-ES stops when lambda_bar(i-5) / lambda_bar(i) &lt; 0.75" in text
+    assert "ES rule (simulated on this series)" in text
+
+
+def test_a_plugin_metric_is_shown(run_dir, tmp_path):
+    copy = tmp_path / "toy"
+    shutil.copytree(run_dir, copy)
+    rows = [json.loads(x) for x in (copy / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["toy_entropy"] = 1.25 + 0.5 * i
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(copy).read_text()
+    assert '<a href="#method-metrics">' in text
+    assert "<tr><th>toy_entropy (last epoch recorded)</th><td class='num'>1.7500</td></tr>" in text
+    assert "toy_entropy" not in write_report(run_dir, tmp_path / "plain.html").read_text()
+
+
+def test_lambda_axis_ends_at_the_last_epoch_and_plots_fill_the_page(run_dir, monkeypatch):
+    from stablenas.analysis import analyze, plots
+    from stablenas.analysis.report import CSS, _png_width
+
+    run = sn.load_run(run_dir)
+    a = json.loads((run_dir / "analysis.json").read_text())
+    assert _png_width(analyze.figures(run, a)["curves"]) >= 1000 and "img.plot{width:100%}" in CSS
+    figs = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figs.append(fig) or b"")
+    plots.lambda_plot([], analysis=analyze.end_curvature(a), last_epoch=2)  # analyze's value only
+    plots.lambda_plot([(1, 3.0), (2, 4.0)], last_epoch=2)
+    for fig in figs:
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        assert hi == 2.5 and max(t for t in ax.get_xticks() if lo <= t <= hi) == 2
+
+
+def test_default_analysis_keeps_the_exact_spectrum_to_small_alpha(tmp_path, monkeypatch):
+    """S3 has 84 alpha entries: by default Lanczos alone (no exact Hessian of 84 products); the plan
+    says so and what --spectrum yes would add."""
+    from conftest import TINY_SEARCH
+
+    from stablenas import curvature
+    from stablenas.analysis.plan import EXACT_MAX_ALPHA, format_plan, wants_exact
+
+    assert wants_exact("auto", EXACT_MAX_ALPHA) and not wants_exact("auto", EXACT_MAX_ALPHA + 1)
+    out = tmp_path / "s3"
+    Search(sn.load_config("quickstart", [*TINY_SEARCH, "threads=1"]), out, progress=False, log=lambda m: None).run()
+    monkeypatch.setattr(curvature, "exact_spectrum", lambda *a, **k: pytest.fail("exact spectrum computed"))
+    plans = []
+    a = analyze_run(out, batches=1, iters=3, landscape=False, grad_corr=False, plots=False, on_plan=plans.append)
+    assert a["n_alpha"] == 84 and "lambda_max_exact" not in a["curvature"] and len(a["curvature"]["ritz_top"]) == 3
+    text = format_plan(plans[0])
+    assert "exact Hessian spectrum: not computed (84 alpha entries > 32; --spectrum yes adds 84 products" in text
+    assert "exact spectrum" not in plans[0]["estimate"]

@@ -15,7 +15,7 @@ from stablenas.evaluate import s5
 from stablenas.evaluate.s5 import S5Table, canonical_key, enumerate_s5, regret
 from stablenas.genotype import Genotype
 from stablenas.search.loop import Search
-from stablenas.spaces.registry import get_space
+from stablenas.spaces.catalog import get_space
 
 OPS = ("sep_conv_3x3", "skip_connect", "max_pool_3x3")
 

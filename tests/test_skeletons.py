@@ -12,7 +12,7 @@ from stablenas.genotype import Genotype
 from stablenas.registry import SKELETONS, SPACES
 from stablenas.skeletons import skeleton_of
 from stablenas.skeletons.darts import DartsSkeleton
-from stablenas.spaces.registry import SearchSpace
+from stablenas.spaces.catalog import SearchSpace
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "stablenas"
 SKELETON_CODE = {"skeletons", "rnn"}  # the skeletons' own packages (rnn: the recurrent skeleton)

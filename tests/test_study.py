@@ -338,3 +338,69 @@ def test_summary_names_every_record_it_leaves_out(tmp_path, tiny, finished, monk
     assert len(notes) == 2, err
     assert f"record {cut} is unreadable" in notes[0]
     assert f"record {edited.parent} was made with other settings (search.optim.epochs)" in notes[1]
+
+
+def test_cells_of_earlier_epochs_are_retrained_like_the_final_one(tmp_path):
+    """retrain.at_epochs: the cell derived at epoch 1 of a 2-epoch search is retrained with the unit's budget,
+    for the methods named; its accuracy equals a separate retraining of that epoch's recorded cell."""
+    from stablenas.evaluate.train import TrainConfig, train_genotype
+
+    d = {**TINY, "spaces": ["s3"], "retrain": {**TINY["retrain"], "at_epochs": [1, 2], "at_epochs_methods": ["darts"]}}
+    p = st.StudyProtocol.model_validate(d)
+    units = {u.method: u for u in st.study_units(p)}
+    assert units["darts"].at_epochs == (1,) and units["sdarts-rs"].at_epochs == ()  # epoch 2 is the unit's own cell
+    s = st.run_study(p, tmp_path / "out", records=tmp_path / "rec", log=_quiet)
+    runs = {r["method"]: r for r in s["runs"]}
+    assert "test_acc_at_epoch" not in runs["sdarts-rs"]
+    rec = tmp_path / "rec" / "s3-darts-seed0"
+    first = json.loads((rec / "metrics.jsonl").read_text().splitlines()[0])
+    ref = train_genotype(Genotype.from_dict(first["genotype"]), TrainConfig.model_validate(units["darts"].train),
+                         tmp_path / "ref", progress=False, log=_quiet, loggers="none")
+    assert runs["darts"]["test_acc_at_epoch"] == {"1": ref["test_acc"]}
+    row = next(r for r in s["rows"] if r["method"] == "darts")
+    assert row["test_acc_at_epoch"] == {"1": {"mean": ref["test_acc"], "std": 0.0, "n": 1},
+                                        "2": {"mean": runs["darts"]["test_acc"], "std": 0.0, "n": 1}}
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert (f"| s3 | darts | {100 * ref['test_acc']:.2f} ± 0.00 (1) | "
+            f"{100 * runs['darts']['test_acc']:.2f} ± 0.00 (1) |") in md
+    # a record without the earlier cells does not stand in for a unit that asks for them
+    (u,) = [x for x in st.study_units(p) if x.method == "darts"]
+    assert st._record_differs({**runs["darts"], "test_acc_at_epoch": None}, u) == ["retrain.at_epochs"]
+    with pytest.raises(Exception, match="at_epochs"):
+        st.StudyProtocol.model_validate({**d, "retrain": {**d["retrain"], "at_epochs": [0]}})
+
+
+def test_plan_counts_the_recorded_units_and_prints_no_notes(tmp_path, tiny, finished, monkeypatch, capsys):
+    """`study P --plan --records R`: the units a run (or --summary) would import count as done;
+    a record made with other settings does not; the protocol's note on its figures stays unprinted."""
+    import shutil
+
+    _, _, rec_dir = finished
+    noted = tiny.model_copy(update={"estimate": st.EstimateSpec(measured="figures measured on a quiet machine")})
+    monkeypatch.setattr(st, "load_protocol", lambda *a, **k: noted)
+    code, out, _ = _cli(["study", "tiny", "--plan", "--records", str(rec_dir)], capsys)
+    assert code == 0 and "4 units (1 seeds x 2 spaces x 2 methods), 4 done, 0 to run" in out
+    assert "quiet machine" not in out and "figures:" not in out
+    rec = tmp_path / "rec"
+    shutil.copytree(rec_dir, rec)
+    shutil.rmtree(rec / "s5-darts-seed0")
+    other = json.loads((rec / "s3-darts-seed0" / "result.json").read_text())
+    other["search_config"]["optim"]["epochs"] = 3
+    (rec / "s3-darts-seed0" / "result.json").write_text(json.dumps(other))
+    code, out, _ = _cli(["study", "tiny", "--plan", "--records", str(rec)], capsys)
+    assert code == 0 and "2 done, 2 to run" in out
+    assert "  s3-darts-seed0: 2 epochs" in out and "  s5-darts-seed0: 2 epochs, table lookup" in out
+    assert "sdarts-rs" not in out
+
+
+def test_cpu_long_protocol_is_priced_within_a_day_of_one_process():
+    """The shipped long-search protocol: every unit validates and has a cost figure, the whole study fits
+    ~24 h of one process, DARTS has >= 4 seeds and every other method >= 3, DARTS's earlier cells are retrained."""
+    p = st.load_protocol("cpu-long")
+    units = st.study_units(p)
+    est = st.estimate_cost(p)
+    assert est["unknown"] == [] and est["retrain_unpriced"] == [] and est["to_run"] == len(units)
+    assert 0 < est["seconds"] <= 24 * 3600
+    seeds = {m: sum(u.method == m for u in units) for m in p.methods}
+    assert seeds["darts"] >= 4 and min(seeds.values()) >= 3
+    assert {u.method for u in units if u.at_epochs} == {"darts"}

@@ -113,7 +113,7 @@ def test_search_then_train_and_info_follow_the_run(tmp_path, tiny_overrides):
     res = CliRunner().invoke(app, ["show", str(t)])
     assert res.exit_code == 0, res.output
     assert "training run:" in res.output and "epochs: 1/1  status: complete" in res.output
-    assert f"test_acc {result['test_acc'] * 100:.2f}%" in res.output and g.to_json() in res.output
+    assert f"test_acc {result['test_acc'] * 100:.2f}%" in res.output and f"genotype: {g}\n" in res.output
     res = CliRunner().invoke(app, ["report", str(t)])
     assert res.exit_code == 0, res.output
     page = (t / "report.html").read_text()

@@ -2,15 +2,15 @@
 
 A page holds a marker comment and the hook replaces it with Markdown built from the live objects:
 
-- ``<!-- ref:methods -->``: every registered method (description, preset, the module docstring, its
-  options with type, default and the comment beside the field);
+- ``<!-- ref:methods -->``: every registered method (description, paper, preset, the module docstring,
+  its options with type, default and meaning);
 - ``<!-- ref:config MODULE:CLASS -->``: a pydantic config model, one table per section;
 - ``<!-- ref:cli -->``: ``--help`` of every command, as the CLI prints it;
 - ``<!-- ref:exit-codes -->``: the exit-code map of ``stablenas.errors``;
 - ``<!-- ref:spaces -->`` and ``<!-- ref:presets -->``: the registered spaces and shipped presets.
 
-Field comments are read from the source (``name: type = default  # comment``), the one place they
-are written.
+A field's meaning is its ``Field(description=...)`` (method options: what `stablenas methods NAME`
+prints too), else the comment beside it in the source (``name: type = default  # comment``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _options_table(model: type[BaseModel]) -> str:
             continue
         default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
         rows.append(f"| `{name}` | `{_cell(_type_name(f.annotation))}` | `{_cell(default)}` | "
-                    f"{_cell(comments.get(name, ''))} |")
+                    f"{_cell(f.description or comments.get(name, ''))} |")
     return "\n".join(rows)
 
 
@@ -75,7 +75,8 @@ def render_methods(_: str | None) -> str:
     for name, cls in sorted(METHODS.items()):
         doc = inspect.getdoc(inspect.getmodule(cls)) or ""
         preset = f"`{cls.preset}` (`stablenas search {cls.preset}`)" if cls.preset else "none (add it to `methods:`)"
-        section = [f"### `{name}`", "", f"{cls.description}.", "", f"Preset: {preset}.", "", doc, ""]
+        paper = [f"Paper: {cls.paper}.", ""] if cls.paper else []
+        section = [f"### `{name}`", "", f"{cls.description}.", "", *paper, f"Preset: {preset}.", "", doc, ""]
         if cls.Options.model_fields:
             section += ["Options (`methods: [{name: " + name + ", ...}]`):", "", _options_table(cls.Options), ""]
         parts.append("\n".join(section))
@@ -124,7 +125,7 @@ def render_exit_codes(_: str | None) -> str:
 
 
 def render_spaces(_: str | None) -> str:
-    from stablenas.spaces.registry import list_spaces
+    from stablenas.spaces.catalog import list_spaces
 
     rows = ["| space | skeleton | nodes | edges | architectures | ops | description |", "|---|---|---|---|---|---|---|"]
     for s in list_spaces():

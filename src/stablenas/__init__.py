@@ -6,17 +6,52 @@ Python API (everything the CLI does)::
     cfg = sn.load_config("quickstart", overrides=["optim.epochs=2"])
     result = sn.run_search(cfg, out_dir="runs/quick")
     print(result.genotype, result.metrics[-1]["val_acc"])
+
+The names below load on first use (PEP 562): ``import stablenas`` and the CLI's help and listings
+need no torch, which takes seconds to import.
 """
 
-from .config import ConfigError, SearchConfig, config_from_dict, list_presets, load_config
-from .genotype import Genotype, GenotypeError, derive
-from .methods import METHODS, Method, MethodOptions, Mix, register_method
-from .spaces.ops import OPS, register_op
-from .spaces.registry import SPACES, SearchSpace, get_space, list_spaces, register_space
-from .supernet.arch import ArchParams, register_activation
-from .supernet.network import build_supernet
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ConfigError, SearchConfig, config_from_dict, list_presets, load_config
+    from .genotype import Genotype, GenotypeError, derive
+    from .methods import METHODS, Method, MethodOptions, register_method
+    from .spaces.catalog import SPACES, SearchSpace, get_space, list_spaces, register_space
+    from .spaces.ops import OPS, register_op
+    from .supernet.arch import ArchParams, register_activation
+    from .supernet.mix import Mix
+    from .supernet.network import build_supernet
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_LAZY = {
+    **dict.fromkeys(("ConfigError", "SearchConfig", "config_from_dict", "list_presets", "load_config"), "config"),
+    **dict.fromkeys(("Genotype", "GenotypeError", "derive"), "genotype"),
+    **dict.fromkeys(("METHODS", "Method", "MethodOptions", "register_method"), "methods"),
+    **dict.fromkeys(("OPS", "register_op"), "spaces.ops"),
+    **dict.fromkeys(("SPACES", "SearchSpace", "get_space", "list_spaces", "register_space"), "spaces.catalog"),
+    **dict.fromkeys(("ArchParams", "register_activation"), "supernet.arch"),
+    "Mix": "supernet.mix",
+    "build_supernet": "supernet.network",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stablenas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def run_search(config, out_dir=None, *, resume: bool = False, progress=None, log=None, loggers=None):

@@ -22,7 +22,7 @@ Measured, after ``warmup`` iterations, as the median over ``repeats``:
   second-order (unrolled) iteration, with images per second (training images of the weight step);
 * seconds per iteration of every method preset in ``configs/`` (read at run time; a preset that
   does not fit the configuration is skipped with the reason);
-* seconds per lambda_max estimate (Lanczos, ``analysis.curvature``) and per exact Hessian, with
+* seconds per lambda_max estimate (Lanczos, :mod:`stablenas.curvature`) and per exact Hessian, with
   the relative error of lambda_max against the exact top eigenvalue (skipped with a note when the
   curvature module is not installed);
 * with ``--nproc N`` instead: the data-parallel step (:func:`run_dp_bench`), N ranks against one
@@ -304,6 +304,24 @@ def _time(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, An
     return time.perf_counter() - w0, time.process_time() - c0, out
 
 
+def _cuda_peak_reset(device: torch.device) -> int:
+    """CUDA: reset the peak-memory counter; the memory allocated now (0 elsewhere)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _cuda_peak_read(device: torch.device, base: int, into: dict) -> None:
+    """CUDA: the largest ``torch.cuda.max_memory_allocated`` (and its growth over ``base``) of a job's calls."""
+    if device.type != "cuda":
+        return
+    peak = torch.cuda.max_memory_allocated(device)
+    into["cuda_peak_mb"] = max(into.get("cuda_peak_mb", 0.0), round(peak / 2**20, 1))
+    into["cuda_growth_mb"] = max(into.get("cuda_growth_mb", 0.0), round((peak - base) / 2**20, 1))
+
+
 def _ratio(slow: _Series, fast: _Series) -> dict:
     """Same-run ratios slow/fast: of medians, and the median of per-repeat paired ratios."""
     if not slow.wall or not fast.wall:
@@ -313,19 +331,6 @@ def _ratio(slow: _Series, fast: _Series) -> dict:
     return {"of_medians": round(statistics.median(slow.wall) / statistics.median(fast.wall), 3),
             "paired_median": round(statistics.median(paired), 3) if paired else None,
             "cpu_paired_median": round(statistics.median(paired_cpu), 3) if paired_cpu else None}
-
-
-# --------------------------------------------------------------------------------------------
-# curvature (optional module)
-
-
-def _curvature_module():
-    try:
-        from . import curvature
-    except ImportError:
-        return None
-    needed = ("AlphaObjective", "dominant_eigenvalue", "exact_spectrum", "validation_batches")
-    return curvature if all(hasattr(curvature, n) for n in needed) else None
 
 
 def _objective(cur, search, net=None, to_batch=_cf):
@@ -405,7 +410,8 @@ def _worker(spec: dict) -> dict:
     train, val = _batches(search)
     device = search.device
     if what == "lambda_max":
-        cur = _curvature_module()
+        from . import curvature as cur
+
         obj = engine_objective(cur, search, bc, engine)
         fn = lambda: cur.dominant_eigenvalue(obj, iters=2)  # noqa: E731
     elif engine in ("plain", "plain_cl"):
@@ -553,6 +559,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     first = make_search(_base_config(bc, "first"), bc)
     device = first.device
     result["environment"]["device"] = str(device)
+    result["environment"]["engine"] = first.engine.record()  # the options "fast" runs, and where from
     train, val = _batches(first)
     plain_engines = bc.engines()[1:]
     pbatch = {eng: (_plain_batch(eng)(train), _plain_batch(eng)(val)) for eng in plain_engines}
@@ -565,6 +572,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     images: dict[str, int | None] = {}
     values: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    cuda_peak: dict[str, dict] = {}  # CUDA: max_memory_allocated during each job's calls (in this process)
     total = bc.warmup + bc.repeats
 
     def timed(jobs: list[tuple[str, Callable[[], Any], int | None]]) -> None:
@@ -576,7 +584,9 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
                 if name in failed:
                     continue
                 try:
+                    base = _cuda_peak_reset(device)
                     wall, cpu, out = _time(fn, device)
+                    _cuda_peak_read(device, base, cuda_peak.setdefault(name, {}))
                 except Exception as e:
                     failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
                     log(f"  {name}: failed ({failed[name]})")
@@ -635,10 +645,9 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
         s = tb = vb = None
         dropped()
 
-    cur = _curvature_module() if bc.curvature else None
-    if bc.curvature and cur is None:
-        result["notes"].append("stablenas.analysis.curvature not available: lambda_max and exact Hessian "
-                               "skipped")
+    from . import curvature
+
+    cur = curvature if bc.curvature else None
     curv: dict[str, Any] = {}
     obj_fast = obj_plain = None
     if cur is not None:
@@ -659,6 +668,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
             s = series.get(f"{key}/{eng}")
             if s is not None:
                 d[eng] = s.summary(img) or {"error": failed.get(f"{key}/{eng}")}
+                d[eng].update(cuda_peak.get(f"{key}/{eng}", {}))
         if f is not None and p is not None:
             d["speedup"] = _ratio(p, f)  # plain time / fast time
         if f is not None and pc is not None:
@@ -819,6 +829,13 @@ def format_table(res: dict) -> str:
         lv = cur["lambda_max_vs_exact"]
         lines.append(f"lambda_max vs exact top eigenvalue: relative error {lv['relative_error']:.2e}, "
                      f"time fraction {lv['time_fraction']:.3f}")
+    peaks = [(label, d) for label, d in (("first order", t.get("first_order")), ("second order", t.get("second_order")),
+                                         ("lambda_max", cur.get("lambda_max"))) if d]
+    if any("cuda_peak_mb" in d.get("fast", {}) for _, d in peaks):
+        per = "; ".join(f"{label} " + ", ".join(f"{e} {d[e]['cuda_peak_mb']} (+{d[e]['cuda_growth_mb']})"
+                                                for e in ENGINES if "cuda_peak_mb" in d.get(e, {}))
+                        for label, d in peaks)
+        lines.append(f"peak CUDA memory (torch.cuda.max_memory_allocated, MB; growth over the call's start): {per}")
     presets = t.get("presets", {})
     if presets:
         lines += ["", f"{'preset':28s} {'fast s':>9s} {'vs 1st-order':>12s} {'img/s':>9s}  methods"]

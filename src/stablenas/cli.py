@@ -179,7 +179,7 @@ def search(
             RunDir(out, kind="search", config_name="config.yaml").check(True, None)
         cfg = load_config(config, [*(set_ or []), *_runtime_sets(seed, device, threads), *_root_set(data_root)])
         if print_config:
-            typer.echo(cfg.to_yaml(), nl=False)
+            typer.echo(cfg.to_yaml(effective=True), nl=False)
             return
         if dry_run:
             from .estimate import estimate_search, format_estimate
@@ -200,7 +200,7 @@ def search(
         _fail(str(e), _code(e))
     if distributed.launched() and distributed.env_rank() != 0:
         return  # rank 0 reports for the job
-    typer.echo(f"genotype: {result.genotype.to_json()}")
+    typer.echo(f"genotype: {result.genotype}")
     typer.echo(f"run directory: {out}")
 
 
@@ -235,91 +235,62 @@ def _launch(nproc: int, cfg, out: Path, resume: bool) -> None:
 @app.command()
 def spaces() -> None:
     """List the search spaces with their op sets and sizes."""
-    from .spaces.registry import list_spaces
+    from .listing import table
+    from .spaces.catalog import list_spaces
 
+    rows = []
     for s in list_spaces():
         ops = ", ".join(s.all_ops()) if s.is_uniform() else f"per-edge sets over {', '.join(s.all_ops())}"
-        typer.echo(f"{s.name:10s} {s.skeleton:6s} nodes={s.n_nodes} edges={s.n_edges} "
-                   f"archs={s.num_architectures():.3g}  {s.description}")
-        typer.echo(f"{'':10s} ops: {ops}")
+        rows += [(s.name, s.skeleton, str(s.n_nodes), str(s.n_edges), f"{s.num_architectures():.3g}", s.description),
+                 ("", "", "", "", "", f"ops: {ops}")]
+    typer.echo(table(("space", "skeleton", "nodes", "edges", "archs", "description"), rows))
 
 
 @app.command()
 def presets() -> None:
     """List the YAML presets shipped with the package."""
     from .config import PRESET_DIR, list_presets, read_yaml
+    from .listing import table
 
-    for name in list_presets():
-        raw = read_yaml(PRESET_DIR / f"{name}.yaml") or {}
-        typer.echo(f"{name:18s} {raw.get('description', '')}")
+    rows = [(name, (read_yaml(PRESET_DIR / f"{name}.yaml") or {}).get("description", "")) for name in list_presets()]
+    typer.echo(table(("preset", "description"), rows))
 
 
 @app.command()
-def methods() -> None:
-    """List the search methods with a one-line description and their preset."""
+def methods(name: Annotated[str | None, typer.Argument(
+        help="a method: print its paper, every option (type, default, meaning) and its preset")] = None) -> None:
+    """List the search methods with a one-line description and their preset; with NAME, the method's page."""
+    from .listing import method_page, table
     from .methods import METHODS
 
-    typer.echo(f"{'method':16s} {'preset':16s} description")
-    for name, cls in METHODS.items():
-        typer.echo(f"{name:16s} {cls.preset or '(no preset)':16s} {cls.description}"
-                   + ("" if cls.preset else f"; add it to a config: methods: [{{name: {name}}}]"))
+    if name is not None:
+        try:
+            typer.echo(method_page(METHODS[name]))
+        except _user_errors() as e:
+            _fail(str(e), _code(e))
+        return
+    rows = [(n, cls.preset or "(no preset)", cls.description + ("" if cls.preset else
+                                                                f"; add it to a config: methods: [{{name: {n}}}]"))
+            for n, cls in METHODS.items()]
+    typer.echo(table(("method", "preset", "description"), rows))
+    typer.echo("\n`stablenas methods NAME`: a method's paper, options and defaults")
 
 
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="a search or training run directory")],
          trust_plugins: TrustOpt = False) -> None:
-    """Summarise a run: config, progress, last metrics and the genotype."""
+    """Summarise a run: config, progress, last metrics, parameter-free share, lambda_max, benchmark
+    test accuracy / regret or perplexity where recorded, and the genotype."""
     from .analysis.run import load_run
+    from .analysis.summary import show_lines
 
     _trust(trust_plugins)
     try:
         run = load_run(run_dir)
     except _user_errors() as e:
         _fail(str(e), _code(e))
-    if run.kind == "train":
-        _show_train(run, run_dir)
-        return
-    cfg = run.config
-    typer.echo(f"run: {run_dir}")
-    typer.echo(f"space: {cfg.get('space')}  dataset: {cfg.get('data', {}).get('dataset')}  "
-               f"methods: {', '.join(m['name'] for m in cfg.get('methods', [])) or 'darts'}  "
-               f"update: {cfg.get('search', {}).get('update')}  seed: {cfg.get('seed')}")
-    total = cfg.get("optim", {}).get("epochs")
-    typer.echo(f"epochs: {len(run.metrics)}/{total}  status: {run.status}")
-    if run.metrics:
-        m = run.metrics[-1]
-
-        def f(k: str) -> str:
-            v = m.get(k)
-            return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
-
-        typer.echo(f"last epoch: train loss {f('train_loss')} acc {f('train_acc')}  "
-                   f"val loss {f('val_loss')} acc {f('val_acc')}")
-    if run.genotype is not None:
-        typer.echo(f"genotype: {run.genotype.to_json()}")
-
-
-def _show_train(run, run_dir: Path) -> None:
-    """``show`` for a directory of ``stablenas train``."""
-    cfg, res = run.config, run.result or {}
-    typer.echo(f"training run: {run_dir}")
-    typer.echo(f"dataset: {cfg.get('dataset')}  network: {cfg.get('network')}  C={cfg.get('channels')}  "
-               f"layers: {cfg.get('layers')}  batch: {cfg.get('batch_size')}  seed: {cfg.get('seed')}")
-    typer.echo(f"epochs: {len(run.metrics)}/{cfg.get('epochs')}  status: {run.status}")
-    if run.metrics:
-        m = run.metrics[-1]
-        parts = [f"{k.replace('_', ' ')} {m[k]:.4f}" for k in ("train_loss", "train_acc", "valid_acc", "test_acc")
-                 if isinstance(m.get(k), (int, float))]
-        typer.echo("last epoch: " + "  ".join(parts))
-    if res:
-        parts = [f"{k} {res[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if isinstance(res.get(k), (int, float))]
-        if isinstance(res.get("params"), (int, float)):
-            parts.append(f"params {res['params'] / 1e6:.3f}M")
-        if isinstance(res.get("macs"), (int, float)):
-            parts.append(f"multiply-adds {res['macs'] / 1e6:.1f}M")
-        typer.echo("result: " + "  ".join(parts))
-    if run.genotype is not None:
-        typer.echo(f"genotype: {run.genotype.to_json()}")
+    for line in show_lines(run, run_dir):
+        typer.echo(line)
 
 
 def _err(e: BaseException) -> str:
@@ -413,7 +384,7 @@ def train(
         return  # rank 0 reports for the job
     msg = [f"{k} {result[k] * 100:.2f}%" for k in ("test_acc", "valid_acc") if k in result]
     typer.echo(f"{'  '.join(msg)}  params {result['params'] / 1e6:.3f}M  "
-               f"multiply-adds {result['macs'] / 1e6:.1f}M")
+               f"multiply-adds {result['macs'] / 1e6:.2f}M")
     typer.echo(f"result: {out / 'result.json'}")
 
 
@@ -679,20 +650,20 @@ def study(
         proto = st.load_protocol(protocol, set_)
         if plan:
             units = st.study_units(proto)
-            est = st.estimate_cost(proto, out)
+            est = st.estimate_cost(proto, out, records)
             typer.echo(f"study {proto.name}: {len(units)} units ({len(proto.seeds)} seeds x {len(proto.spaces)} "
                        f"spaces x {len(proto.methods)} methods), {est['done']} done, {est['to_run']} to run")
-            for u in units[:6]:
+            todo = [u for u in units if u.name in set(est["todo"])]
+            for u in todo[:6]:
                 typer.echo(f"  {u.name}: {u.search['optim']['epochs']} epochs, "
                            f"{'retrained ' + str(u.train['epochs']) + ' epochs' if u.train else 'table lookup'}")
-            if len(units) > 6:
-                typer.echo(f"  ... ({len(units) - 6} more, seed-major)")
+            if len(todo) > 6:
+                typer.echo(f"  ... ({len(todo) - 6} more, seed-major)")
             hours = est["seconds"] / 3600
             typer.echo(f"estimated cost of the units to run: {hours:.1f} h of one process"
                        + (f" ({len(est['unknown'])} units without a figure)" if est["unknown"] else "")
                        + (f" (+ {len(est['retrain_unpriced'])} retrainings not yet measured)"
-                          if est["retrain_unpriced"] else "")
-                       + (f"; figures: {est['measured']}" if est["measured"] else ""))
+                          if est["retrain_unpriced"] else ""))
             return
         if summary_only:  # runs nothing (with --records: the table of committed records)
             st.summary_only(proto, out, records, warn=lambda m: typer.echo(m, err=True))
@@ -712,11 +683,12 @@ def analyze(
     curvature_batches: Annotated[int, typer.Option("--curvature-batches",
                                                    help="batches (search batch size) for the Hessian")] = 1,
     iters: Annotated[int, typer.Option("--iters", help="Lanczos steps for lambda_max")] = 20,
-    spectrum: Annotated[str, typer.Option("--spectrum", help="exact Hessian spectrum: auto (<= 128 alpha) | "
-                                                             "yes | no")] = "auto",
+    spectrum: Annotated[str, typer.Option("--spectrum", help="exact Hessian spectrum (one product per alpha "
+                                                             "entry): auto (<= 32 alpha entries) | yes | "
+                                                             "no")] = "auto",
     landscape: Annotated[bool, typer.Option("--landscape/--no-landscape",
                                             help="2-D accuracy landscape")] = True,
-    grid: Annotated[int, typer.Option("--grid", help="landscape grid points per axis")] = 7,
+    grid: Annotated[int, typer.Option("--grid", help="landscape grid points per axis")] = 5,
     radius: Annotated[float, typer.Option("--radius", help="landscape half-width in alpha units")] = 1.0,
     grad_corr: Annotated[bool, typer.Option("--grad-corr/--no-grad-corr",
                                             help="bi- vs single-level gradient correlation")] = True,
@@ -732,10 +704,15 @@ def analyze(
                                                   help="progress bars (default: when a terminal, not CI)")] = None,
     trust_plugins: TrustOpt = False,
     data_root: DataRootOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (analyses, sizes) and the estimated "
+                                                            "wall time from one timed unit of each kind; write "
+                                                            "nothing")] = False,
 ) -> None:
     """Curvature, discretisation drop, landscape, alpha distance, cell statistics and gradient
-    correlation of a run; writes RUN_DIR/analysis.json and RUN_DIR/plots/*.png."""
-    from .analysis.analyze import analyze_run
+    correlation of a run; writes RUN_DIR/analysis.json and RUN_DIR/plots/*.png. The plan and its
+    estimated wall time come first (on stderr; --dry-run: only they, on stdout)."""
+    from .analysis.analyze import analyze_run, plan_run
+    from .analysis.plan import format_plan
 
     _trust(trust_plugins)
     if spectrum not in ("auto", "yes", "no"):
@@ -745,20 +722,23 @@ def analyze(
     for name, v in (("--batches", batches), ("--curvature-batches", curvature_batches), ("--iters", iters)):
         if v < 1:
             _fail(f"{name} {v}: must be at least 1")
+    opts = {"batches": batches, "curvature_batches": curvature_batches, "iters": iters, "spectrum": spectrum,
+            "landscape": landscape, "grid": grid, "grad_corr": grad_corr, "seed": seed,
+            "overrides": [*(set_ or []), *_runtime_sets(None, device, threads), *_root_set(data_root)]}
     try:
-        a = analyze_run(run_dir, batches=batches, curvature_batches=curvature_batches, iters=iters,
-                        spectrum=spectrum, landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr,
-                        tensorboard=tensorboard, overrides=[*(set_ or []), *_runtime_sets(None, device, threads),
-                                                            *_root_set(data_root)],
-                        log=lambda m: typer.echo(m, err=True), progress=progress, seed=seed)
+        if dry_run:
+            typer.echo(format_plan(plan_run(run_dir, **opts)))
+            return
+        a = analyze_run(run_dir, radius=radius, tensorboard=tensorboard, log=lambda m: typer.echo(m, err=True),
+                        progress=progress, on_plan=lambda p: typer.echo(format_plan(p), err=True), **opts)
     except (*_user_errors(), ValueError) as e:
         _fail(str(e), _code(e))
     d, c = a["discretization"], a["curvature"]
     typer.echo(f"lambda_max {c['lambda_max']:.5g}  supernet acc {d['acc_supernet']:.4f}  discretised acc "
                f"{d['acc_discrete']:.4f}  drop {d['acc_drop']:.4f}")
     if a.get("cells"):
-        parts = [f"{ct}: free {v['param_free_share']:.3f} width {v['width_c']:.2f}c depth {v['depth']}"
-                 for ct, v in a["cells"].items() if ct != "all"]
+        parts = [(f"{ct}: " + ("" if v["param_free_share"] is None else f"free {v['param_free_share']:.3f} ")
+                  + f"width {v['width_c']:.2f}c depth {v['depth']}") for ct, v in a["cells"].items() if ct != "all"]
         typer.echo("  ".join(parts))
     if tensorboard and not a.get("tensorboard"):
         typer.echo("tensorboard is not installed: no TensorBoard scalars written", err=True)
@@ -828,11 +808,17 @@ def bench(
     nproc: Annotated[int | None, typer.Option(
         "--nproc", help="instead: a first-order step on N data-parallel ranks x --threads (default 1) against one "
                         "process x N*threads at the same global batch (on CUDA: N devices against one)")] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune", help="instead: time the engine options that matter on this device (first-order step; default "
+                       "size cpu-study on CPU, paper on CUDA) and store the fastest in the user's cache, "
+                       "where searches on this device read it")] = False,
+    tune_budget: Annotated[float, typer.Option("--tune-budget", metavar="<seconds>",
+                                               help="with --tune: stop trying options after this long")] = 120.0,
 ) -> None:
     """Time a search step (1st/2nd order, every method preset, lambda_max, exact Hessian) and its peak
     memory, against a plain reimplementation of DARTS in the same run; prints a table, --json for all."""
     from .bench import SIZES, format_table, parse_input, run_bench, sized
-    from .spaces.registry import SPACES
+    from .spaces.catalog import SPACES
 
     if space not in SPACES:
         _fail(f"--space {space!r}: unknown; available: {', '.join(SPACES)}")
@@ -872,6 +858,9 @@ def bench(
         cfg = sized("paper" if n == "custom" else n, **common)
         cfg.size = n
         cfgs.append(cfg)
+    if tune:
+        _tune(cfgs, size, device, tune_budget, json_out)
+        return
     if nproc is not None:
         from .bench import format_dp, run_dp_bench
 
@@ -894,6 +883,29 @@ def bench(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(res, indent=1))
         typer.echo(f"json: {json_out}")
+
+
+def _tune(cfgs: list, size: str | None, device: str, budget: float, json_out: Path | None) -> None:
+    """``bench --tune``: one size (the first named; unnamed: cpu-study on CPU, paper on CUDA)."""
+    from .bench import sized
+    from .tune import format_tune, run_tune
+    from .utils import resolve_device
+
+    if budget <= 0:
+        _fail(f"--tune-budget must be > 0, got {budget}")
+    bc = cfgs[0]
+    try:
+        if size is None and bc.size != "custom":
+            name = "paper" if resolve_device(device).type == "cuda" else "cpu-study"
+            bc = sized(name, **{k: getattr(bc, k) for k in ("space", "repeats", "warmup", "threads", "device",
+                                                           "seed")})
+        res = run_tune(bc, budget)
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e), _code(e))
+    typer.echo(format_tune(res))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1))
 
 
 data_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,

@@ -197,8 +197,18 @@ class SearchConfig(_Section):
                 del d[key]
         return d
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, effective: bool = False) -> str:
+        """The config as YAML; ``effective``: every method option and the skeleton's ``model:``
+        options with their defaults filled in (``--print-config``), where the run directory's
+        config.yaml keeps what was given."""
+        d = self.to_dict()
+        if effective:
+            d["methods"] = [{"name": m.name, **METHODS[m.name].parse_options(m.model_extra or {}).model_dump(
+                mode="json")} for m in self.methods]
+            model = SKELETONS[SPACES[self.space].skeleton].parse_options(self.model).model_dump(mode="json")
+            if model:
+                d["model"] = model
+        return yaml.safe_dump(d, sort_keys=False)
 
 
 # training-split sizes of the built-in datasets (stablenas.data.datasets), known without loading them

@@ -88,7 +88,7 @@ def estimate_search(cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
         "epochs": epochs, "steps_per_epoch": s.steps_per_epoch, "timed_steps": n - warmup,
         "seconds_per_step": per_step, "seconds_epoch_end": epoch_end, "estimated_seconds": total,
         "peak_memory_bytes": peak_memory_bytes(s.device), "genotype": s.genotype().to_dict(),
-        "what": f"{cfg.space}, {cfg.data.dataset}, {cfg.network.layers} cells x {cfg.network.channels} ch, "
+        "what": f"{cfg.space}, {cfg.data.dataset}, {s.skeleton.describe_network(cfg.to_dict())}, "
                 f"batch {cfg.data.batch_size}, update {cfg.search.update}"
                 + (f", methods {', '.join(m.name for m in cfg.methods)}" if cfg.methods else ""),
     }

@@ -19,7 +19,7 @@ import torch
 
 from .errors import GenotypeError
 from .registry import OPS, SKELETONS, SPACES
-from .spaces.registry import SearchSpace, get_space
+from .spaces.catalog import SearchSpace, get_space
 
 Pair = tuple[str, int]
 # the skeleton of genotypes that neither name a registered space nor are claimed by a skeleton

@@ -233,10 +233,13 @@ def op_weight_scalars(op_weights: Mapping[str, Sequence[Sequence[float]]],
 
 def param_free_scalars(genotype: Any) -> dict[str, float]:
     """Share of parameter-free ops (skip, pooling, none) of the derived cells -- the collapse
-    signal; the same count as ``analysis.diagnostics.cell_stats``."""
+    signal; the same count as ``analysis.diagnostics.cell_stats``; none where the skeleton has
+    no share (the recurrent cell)."""
     from .spaces.ops import is_parameter_free
 
     try:
+        if not genotype.skeleton.has_param_free_share:
+            return {}
         cells = {ct: genotype.ops(ct) for ct in genotype.cell_types()}  # the skeleton knows its cells
     except (KeyError, AttributeError, TypeError, ValueError):  # a genotype of another shape
         return {}

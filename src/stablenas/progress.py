@@ -33,4 +33,14 @@ def bar(total: int | None, desc: str, enabled: bool, *, unit: str = "it", initia
                 file=sys.stderr, dynamic_ncols=True)
 
 
-__all__ = ["bar", "progress_enabled"]
+def write(msg: str) -> None:
+    """A log line on stderr that a live bar does not break: tqdm clears its bars, prints the line and
+    redraws them below it (a plain print lands inside the bar's line). The default log of searches
+    and trainings."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+    sys.stderr.flush()
+
+
+__all__ = ["bar", "progress_enabled", "write"]

@@ -159,7 +159,7 @@ def _dataset_key(name: str) -> str:
 
 SKELETONS: Registry[Any] = Registry("skeleton", builtins="stablenas.skeletons", key=lambda s: s.name)
 OPS: Registry[Any] = Registry("op", builtins=("stablenas.spaces.ops", "stablenas.rnn.space"))
-SPACES: Registry[Any] = Registry("search space", builtins=("stablenas.spaces.registry", "stablenas.rnn.space"),
+SPACES: Registry[Any] = Registry("search space", builtins=("stablenas.spaces.catalog", "stablenas.rnn.space"),
                                   key=lambda s: s.name)
 ACTIVATIONS: Registry[Any] = Registry("activation", builtins="stablenas.supernet.arch")
 DISCRETIZERS: Registry[Any] = Registry("discretizer", builtins=("stablenas.search.discretize",

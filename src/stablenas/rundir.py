@@ -375,6 +375,7 @@ class RunDir:
         self.runtime_keys = tuple(runtime_keys)
         self.lock = RunLock(self.path / LOCK)
         self.created = False
+        self.status_info: dict[str, Any] = {}  # more fields of every status record (e.g. the engine options)
 
     # -- paths ----------------------------------------------------------------------------------
     @property
@@ -586,7 +587,7 @@ class RunDir:
 
     def _status_record(self, state: str, reason: str | None) -> str:
         rec = {"kind": self.kind, "state": state, "pid": os.getpid(), "reason": reason,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.status_info}
         return json.dumps(rec) + "\n"
 
     def set_status(self, state: str, reason: str | None = None) -> None:

@@ -1,5 +1,5 @@
 """``stablenas analyze RUN_DIR``: rebuild a finished (or interrupted) search from its directory and
-compute the diagnostics of ``analysis.curvature`` and ``analysis.diagnostics``.
+compute the diagnostics of ``stablenas.curvature`` and ``analysis.diagnostics``.
 
 Writes ``RUN_DIR/analysis.json`` and the figures under ``RUN_DIR/plots/``. The search is rebuilt
 from ``config.yaml`` with no output directory (so nothing in the run is touched) and restored from
@@ -79,23 +79,42 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def plan_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int = 1, iters: int = 20,
+             spectrum: str = "auto", landscape: bool = True, grid: int = 5, grad_corr: bool = True,
+             overrides: list[str] | None = None, seed: int = 0) -> dict:
+    """``analyze --dry-run``: the plan and estimate of :func:`analyze_run` with these options
+    (:mod:`.plan`); writes nothing."""
+    from .plan import plan_search
+
+    run = load_run(run_dir)
+    t0 = time.perf_counter()
+    search = load_search(run_dir, overrides)
+    return plan_search(search, str(run_dir), len(run.metrics), time.perf_counter() - t0, seed=seed,
+                       batches=batches, curvature_batches=curvature_batches, iters=iters, spectrum=spectrum,
+                       landscape=landscape, grid=grid, grad_corr=grad_corr)
+
+
 def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int = 1, iters: int = 20,
-                spectrum: str = "auto", top_k: int = 30, landscape: bool = True, grid: int = 7,
+                spectrum: str = "auto", top_k: int = 30, landscape: bool = True, grid: int = 5,
                 radius: float = 1.0, grad_corr: bool = True, plots: bool = True, tensorboard: bool = False,
                 overrides: list[str] | None = None, log: Callable[[str], None] | None = None,
-                progress: bool | None = None, seed: int = 0) -> dict:
+                progress: bool | None = None, seed: int = 0,
+                on_plan: Callable[[dict], None] | None = None) -> dict:
     """Compute every diagnostic of a run and save ``analysis.json`` (+ plots) into it.
 
     ``batches``: validation batches for accuracies and the landscape (eval batch size);
     ``curvature_batches``: batches of the search batch size for the Hessian (BN in train mode, as
-    RobustDARTS); ``spectrum``: ``"auto"`` computes the exact spectrum when alpha has at most 128
-    entries, ``"yes"``/``"no"`` force it. ``progress``: bars for the Lanczos HVPs, the exact
-    Hessian's rows and the landscape points (default: when stderr is a terminal, not under CI);
-    ``seed``: the Lanczos start vector and the landscape's random direction.
+    RobustDARTS); ``spectrum``: ``"auto"`` computes the exact spectrum when alpha has at most
+    ``plan.EXACT_MAX_ALPHA`` entries (else Lanczos' top Ritz values stand for it), ``"yes"``/``"no"``
+    force it. ``progress``: bars for the Lanczos HVPs, the exact Hessian's rows and the landscape
+    points (default: when stderr is a terminal, not under CI); ``seed``: the Lanczos start vector
+    and the landscape's random direction; ``on_plan``: given the plan and estimate
+    (:func:`plan_run`'s) before anything is computed.
     """
+    from .. import curvature as cv
     from ..progress import bar, progress_enabled
-    from . import curvature as cv
     from . import diagnostics as dg
+    from .plan import plan_search, wants_exact
 
     log = log or (lambda _m: None)
     show = progress_enabled(progress)
@@ -103,6 +122,10 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     run = load_run(run_dir)
     t0 = time.perf_counter()
     search = load_search(run_dir, overrides)
+    if on_plan is not None:
+        on_plan(plan_search(search, str(run_dir), len(run.metrics), time.perf_counter() - t0, seed=seed,
+                            batches=batches, curvature_batches=curvature_batches, iters=iters, spectrum=spectrum,
+                            landscape=landscape, grid=grid, grad_corr=grad_corr))
     out: dict[str, Any] = {"run": str(run_dir), "status": run.status, "epochs_done": len(run.metrics),
                            "space": search.space.name, "n_alpha": search.arch.num_alpha(), "seed": seed}
     returned = run.genotype
@@ -120,8 +143,7 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     curv: dict[str, Any] = {"lambda_max": cur.lambda_max, "iters": iters, "hvps": cur.hvps,
                             "seconds": round(cur.seconds, 3), "batches": curvature_batches, "bn": "train",
                             "ritz_top": cur.ritz[:10]}
-    want_exact = spectrum == "yes" or (spectrum == "auto" and search.arch.num_alpha() <= 128)
-    if want_exact:
+    if wants_exact(spectrum, search.arch.num_alpha()):
         with bar(search.arch.num_alpha(), "exact Hessian (rows)", show, unit="row") as b:
             _, ex = cv.exact_spectrum(obj, on_hvp=b.update)
         curv.update({"lambda_max_exact": ex.lambda_max, "spectrum_top": ex.top_k(top_k),
@@ -163,25 +185,62 @@ def end_curvature(analysis: dict | None) -> dict | None:
             "exact": c.get("lambda_max_exact")}
 
 
+def run_skeleton(run: Run):
+    """The skeleton of the run's space (of its genotype where the space is not registered here)."""
+    from ..genotype import DEFAULT_SKELETON
+    from ..registry import SKELETONS, SPACES
+    from ..skeletons import skeleton_of
+
+    space = run.config.get("space", "darts")
+    if space in SPACES:
+        return skeleton_of(space)
+    return run.genotype.skeleton if run.genotype is not None else SKELETONS[DEFAULT_SKELETON]
+
+
+# the numbers every search record carries (curves, lambda panel); any other number is a method's own
+CORE_KEYS = frozenset({"epoch", "train_loss", "val_loss", "lr", "seconds", "lambda_max"})
+
+
+def method_metrics(metrics: list[dict], skeleton) -> dict[str, list[tuple[int, float]]]:
+    """Per extra numeric key of the records (a method's or plug-in's own, a lookup's test accuracy):
+    its (epoch, value) series."""
+    m = skeleton.metric
+    core = CORE_KEYS | {f"train_{m}", f"val_{m}", "train_acc", "val_acc"}
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in metrics:
+        for k, v in r.items():
+            if k not in core and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.setdefault(k, []).append((int(r["epoch"]), float(v)))
+    return out
+
+
 def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
-    """Every figure of a run as PNG bytes, keyed by name (shared by ``analyze`` and the report)."""
-    from ..spaces.registry import get_space
+    """Every figure of a run as PNG bytes, keyed by name (shared by ``analyze`` and the report);
+    a figure with nothing to show is left out."""
+    from ..registry import SPACES
     from . import cells, plots
 
     figs: dict[str, bytes] = {}
     m = run.metrics
     title = run.path.name
+    sk = run_skeleton(run)
     if m:
-        figs["curves"] = plots.curves(m, title)
-        space = get_space(run.config.get("space", "darts"))
-        for ct in space.cell_types:
+        figs["curves"] = plots.curves(m, title, metric=sk.metric, label=sk.metric_label)
+        space = SPACES.get(run.config.get("space", "darts"))
+        for ct in space.cell_types if space is not None else ():
             if all("op_weights" in r and ct in r["op_weights"] for r in m):
                 figs[f"op_weights_{ct}"] = plots.op_weights(m, space.edge_ops, ct, edges=space.edges)
+        extra = method_metrics(m, sk)
+        if extra:
+            figs["method_metrics"] = plots.series_grid(extra, len(m))
     lam = (analysis or {}).get("lambda") or lambda_info(m)
-    figs["lambda"] = plots.lambda_plot(list(zip(lam["epochs"], lam["lambda_max"])),
-                                       [tuple(p) for p in lam["local_average"]], lam.get("early_stop"),
-                                       lam.get("simulated_stop"), lam.get("ada_events", []), title,
-                                       analysis=end_curvature(analysis))
+    end = end_curvature(analysis)
+    if lam["lambda_max"] or end:
+        es = applies_early_stop(run.config)
+        figs["lambda"] = plots.lambda_plot(list(zip(lam["epochs"], lam["lambda_max"])),
+                                           [tuple(p) for p in lam["local_average"]], lam.get("early_stop"),
+                                           lam.get("simulated_stop") if es else None, lam.get("ada_events", []),
+                                           title, analysis=end, last_epoch=len(m))
     if run.genotype is not None:
         for ct in cells.cell_types(run.genotype):
             figs[f"cell_{ct}"] = cells.draw_cell(run.genotype, ct)[0]
@@ -201,6 +260,15 @@ def figures(run: Run, analysis: dict | None) -> dict[str, bytes]:
     if a.get("gradient_correlation"):
         figs["grad_corr"] = plots.grad_corr_plot(a["gradient_correlation"])
     return figs
+
+
+def applies_early_stop(cfg: dict) -> bool:
+    """Whether one of the run's methods applies the DARTS-ES rule (DARTS-ES itself, DARTS-ADA)."""
+    from ..methods.darts_es import DartsES
+    from ..registry import METHODS
+
+    names = [m.get("name") for m in cfg.get("methods") or [] if isinstance(m, dict)]
+    return any(n in METHODS and issubclass(METHODS[n], DartsES) for n in names)
 
 
 def write_plots(run: Run, analysis: dict, folder: Path) -> list[Path]:

@@ -14,7 +14,7 @@
   alpha gradient to the previous weight step, for bi-level (validation x training batch) and
   single-level (training batch with itself) updates, per edge of the first, middle and last cell.
 
-Supernet passes run on cloned BN buffers (``analysis.curvature.forward_keep_buffers``) so an
+Supernet passes run on cloned BN buffers (``curvature.forward_keep_buffers``) so an
 analysis never changes the network it inspects.
 """
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from ..curvature import HVP, AlphaObjective, forward_keep_buffers, measuring_mode, validation_batches
 from ..genotype import Genotype
 from ..registry import SKELETONS
+from ..spaces.catalog import SearchSpace
 from ..spaces.ops import OPS, is_parameter_free
-from ..spaces.registry import SearchSpace
 
 if TYPE_CHECKING:
     from ..search.loop import Search
@@ -69,7 +69,7 @@ def discretization_drop(search: Search, genotype: Genotype | None = None,
                         max_batches: int | None = None, bn: str = "eval") -> dict:
     """Supernet accuracy/loss at alpha* and at the discretised alpha, same weights (robust-darts Sec. 4.2);
     BN with running statistics (``bn="eval"``) or with each batch's own (``bn="train"``)."""
-    from ..methods import Mix
+    from ..supernet.mix import Mix
 
     genotype = genotype or search.genotype()
     arch = search.arch
@@ -182,9 +182,16 @@ def cell_stats(genotype: Genotype) -> dict:
     edge from an intermediate node into the concatenated output counts as one connection).
     Width: sum over intermediate nodes of c times the share of their inputs that come directly
     from the cell inputs (a node fed only by other intermediate nodes adds 0). ``none`` inputs are
-    not connections. For NAS-Bench-201 the output is the last node itself.
+    not connections. For NAS-Bench-201 the output is the last node itself. The share is ``None``
+    where the skeleton does not define it (the recurrent cell).
     """
     sk = genotype.skeleton
+
+    def share(ops: list[str]) -> float | None:
+        if not sk.has_param_free_share:
+            return None
+        return sum(map(is_parameter_free, ops)) / len(ops) if ops else 0.0
+
     out: dict = {}
     all_ops: list[str] = []
     for ct in sk.cell_types(genotype):
@@ -210,11 +217,8 @@ def cell_stats(genotype: Genotype) -> dict:
         else:  # the output is a node itself
             j = graph.outputs[-1]
             cell_depth = depth[j] if reach[j] else 0
-        free = [op for op in ops if is_parameter_free(op)]
-        out[ct] = {"param_free_share": len(free) / len(ops) if ops else 0.0, "width_c": width,
-                   "depth": cell_depth, "ops": len(ops)}
-    free_all = [op for op in all_ops if is_parameter_free(op)]
-    out["all"] = {"param_free_share": len(free_all) / len(all_ops) if all_ops else 0.0}
+        out[ct] = {"param_free_share": share(ops), "width_c": width, "depth": cell_depth, "ops": len(ops)}
+    out["all"] = {"param_free_share": share(all_ops)}
     return out
 
 
@@ -274,12 +278,17 @@ def _corr(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Ten
     return float(s / (xa.shape[0] * xb.shape[0]))
 
 
+def has_edge_modules(search: Search) -> bool:
+    """Whether the supernet has per-edge op modules to hook (the recurrent cell has none)."""
+    return hasattr(search.net, "cells")
+
+
 def gradient_correlation(search: Search, *, batches: int = 1) -> dict:
     """Eq. 8 of single-darts per edge of the first, middle and last cell, averaged over ``batches``
     (validation, training) batch pairs. Bi-level pairs a validation batch with a training batch;
     single-level pairs the training batch with itself (both updates use the same batch). Also the
     bi-level value normalised to a cosine (it is 1 by construction for single-level)."""
-    if not hasattr(search.net, "cells"):  # e.g. the recurrent cell: no per-edge op modules to hook
+    if not has_edge_modules(search):
         return {"skipped": "the supernet has no per-edge op modules (gradient correlation is defined on them)"}
     n_cells = len([c for c in search.net.cells if hasattr(c, "edges")])
     cells = sorted({0, n_cells // 2, n_cells - 1})

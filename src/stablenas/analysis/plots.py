@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
+PAGE_WIDTH = 12.0  # inches at DPI: about the report's main column (1,100 px) once bbox_inches="tight" trims it
 
 
 def _png(fig) -> bytes:
@@ -32,19 +33,19 @@ def _epoch_axis(ax) -> None:
     ax.set_xlabel("epoch")
 
 
-def curves(metrics: Sequence[dict], title: str = "") -> bytes:
-    """Train/validation loss and accuracy per epoch."""
+def curves(metrics: Sequence[dict], title: str = "", metric: str = "acc", label: str = "accuracy") -> bytes:
+    """Train/validation loss and the skeleton's metric (``train_<metric>``, ``val_<metric>``) per epoch."""
     ep = [r["epoch"] for r in metrics]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.6))
     a1.plot(ep, [r["train_loss"] for r in metrics], "o-", label="train (weight half)")
     a1.plot(ep, [r["val_loss"] for r in metrics], "s-", label="validation (alpha half)")
     _epoch_axis(a1)
     a1.set_ylabel("loss")
     a1.legend()
-    a2.plot(ep, [r["train_acc"] for r in metrics], "o-", label="train")
-    a2.plot(ep, [r["val_acc"] for r in metrics], "s-", label="validation")
+    a2.plot(ep, [r.get(f"train_{metric}") for r in metrics], "o-", label="train")
+    a2.plot(ep, [r.get(f"val_{metric}") for r in metrics], "s-", label="validation")
     _epoch_axis(a2)
-    a2.set_ylabel("accuracy")
+    a2.set_ylabel(label)
     a2.legend()
     for a in (a1, a2):
         a.grid(alpha=0.3)
@@ -57,7 +58,7 @@ def train_curves(metrics: Sequence[dict], title: str = "") -> bytes:
     """A training run (``stablenas train``): loss and accuracies per epoch (validation / test
     accuracy where the run evaluated them)."""
     ep = [r["epoch"] for r in metrics]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.6))
     a1.plot(ep, [r.get("train_loss") for r in metrics], "o-", label="train")
     a1.set_ylabel("loss")
     for key, style, lab in (("train_acc", "o-", "train"), ("valid_acc", "s-", "validation (holdout)"),
@@ -77,11 +78,12 @@ def train_curves(metrics: Sequence[dict], title: str = "") -> bytes:
 
 def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[int, float]] = (),
                 stop: dict | None = None, simulated: dict | None = None, rollbacks: Sequence[dict] = (),
-                title: str = "", analysis: dict | None = None) -> bytes:
+                title: str = "", analysis: dict | None = None, last_epoch: int = 0) -> bytes:
     """lambda_max per epoch (1-based epochs), its local average and the early-stopping marks;
     ``analysis`` ({"epoch", "lambda_max", "exact"?}) is the value ``stablenas analyze`` computed at
-    the end of the search, drawn as its own marker so a run without tracking still shows it."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    the end of the search, drawn as its own marker so a run without tracking still shows it. The
+    epoch axis runs from 1 to ``last_epoch`` (the run's last epoch) when given."""
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.8))
     if series:
         ax.plot([e for e, _ in series], [v for _, v in series], "o-", color="C0", label="lambda_max")
     if local_avg:
@@ -108,9 +110,11 @@ def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[i
             ax.plot([e], [analysis["exact"]], "x", color="k", ms=11, mew=2,
                     label=f"end of search (exact Hessian): {analysis['exact']:.4g}")
         if not series:
-            ax.set_xlim(e - 1, e + 1)
+            ax.set_xlim(0.5, e + 0.5)
             lo = min(v for v in (analysis["lambda_max"], analysis.get("exact")) if _finite(v))
             ax.set_ylim(min(0.0, lo * 1.2), max(analysis["lambda_max"], analysis.get("exact") or 0) * 1.25 or 1.0)
+    if last_epoch:
+        ax.set_xlim(0.5, last_epoch + 0.5)
     _epoch_axis(ax)
     ax.set_ylabel(r"$\lambda_{max}$ of $\nabla^2_\alpha L_{val}$")
     ax.grid(alpha=0.3)
@@ -124,6 +128,27 @@ def lambda_plot(series: Sequence[tuple[int, float]], local_avg: Sequence[tuple[i
                 ha="center", va="center", transform=ax.transAxes)
     if title:
         ax.set_title(title)
+    return _png(fig)
+
+
+def series_grid(series: dict[str, Sequence[tuple[int, float]]], last_epoch: int, title: str = "") -> bytes:
+    """One small panel per named series over the epochs (a method's own numbers per epoch record)."""
+    cols = min(3, len(series))
+    rows = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.6 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(series):
+            ax.axis("off")
+            continue
+        name, pts = list(series.items())[i]
+        ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", ms=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0.5, max(last_epoch, 1) + 0.5)
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -192,7 +217,7 @@ def landscape_plot(land: dict, title: str = "") -> bytes:
 
 
 def alpha_distance_plot(ad: dict, title: str = "") -> bytes:
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.8))
     d, tl, ep = ad["distance"], ad["train_loss"], ad["epochs"]
     ax.plot(d, tl, "o-")
     for di, ti, e in zip(d, tl, ep):
@@ -207,7 +232,7 @@ def alpha_distance_plot(ad: dict, title: str = "") -> bytes:
 
 
 def spectrum_plot(eigs: Sequence[float], title: str = "") -> bytes:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4))
     a1.bar(range(1, len(eigs) + 1), eigs, color=["C3" if v < 0 else "C0" for v in eigs])
     a1.set_xlabel("l-th eigenvalue (by magnitude)")
     a1.set_ylabel("eigenvalue")
@@ -246,7 +271,7 @@ def overlay(runs: Sequence[tuple[str, Sequence[tuple[float, float]]]], ylabel: s
             points: Sequence[tuple[str, tuple[float, float]]] = ()) -> bytes:
     """Several runs' series on one axis (comparison page); ``points``: one marker per run (the
     value ``analyze`` computed at the end of the search), in the run's colour."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.8))
     colors = {name: f"C{i % 10}" for i, (name, _) in enumerate(runs)}
     for name, pts in runs:
         if pts:
@@ -254,8 +279,8 @@ def overlay(runs: Sequence[tuple[str, Sequence[tuple[float, float]]]], ylabel: s
     for name, (x, y) in points:
         ax.plot([x], [y], "D", ms=8, color=colors.get(name, "k"), label=f"{name}: end (analyze)")
     xs = [p[0] for _, pts in runs for p in pts] + [x for _, (x, _y) in points]
-    if xs and max(xs) - min(xs) < 1:  # one epoch only: whole-epoch ticks around it
-        ax.set_xlim(min(xs) - 1, max(xs) + 1)
+    if xs:  # epoch 1 to the last epoch any run reached
+        ax.set_xlim(0.5, max(xs) + 0.5)
     _epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

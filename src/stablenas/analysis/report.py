@@ -14,7 +14,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .analyze import end_curvature, figures, lambda_info, load_analysis
+from .analyze import (
+    applies_early_stop,
+    end_curvature,
+    figures,
+    lambda_info,
+    load_analysis,
+    method_metrics,
+    run_skeleton,
+)
 from .run import Run, load_run
 
 CSS = """
@@ -30,6 +38,7 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0}
 td,th{border:1px solid #e2e5ea;padding:4px 9px;text-align:left;vertical-align:top}
 th{background:#f0f3f7}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
+img.plot{width:100%}
 .row{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .row figure{margin:0;flex:1 1 380px}
 figcaption{font-size:12px;color:#555}
@@ -41,12 +50,15 @@ overflow-x:auto}
 """
 
 SECTIONS = [("summary", "Summary"), ("cells", "Cells"), ("curves", "Training curves"),
-            ("lambda", "Curvature (lambda_max)"), ("op-weights", "Op weights"), ("landscape", "Landscape"),
-            ("alpha-distance", "Alpha distance"), ("diagnostics", "Diagnostics"), ("genotype", "Genotype")]
+            ("lambda", "Curvature (lambda_max)"), ("method-metrics", "Method metrics"), ("op-weights", "Op weights"),
+            ("landscape", "Landscape"), ("alpha-distance", "Alpha distance"), ("diagnostics", "Diagnostics"),
+            ("genotype", "Genotype")]
 
 
-def _img(png: bytes, alt: str, width: int | None = None) -> str:
+def _img(png: bytes, alt: str, width: int | None = None, cls: str | None = None) -> str:
+    """``cls="plot"``: a plot drawn at the page's width, scaled with it (CSS ``img.plot``)."""
     size = f' width="{width}"' if width else ""
+    size += f' class="{cls}"' if cls else ""
     return (f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}">')
 
@@ -69,9 +81,12 @@ def _cells_html(pngs: Sequence[tuple[str, bytes]]) -> str:
                    f"</figcaption></figure>" for ct, p in pngs)
 
 
+DASH = "\u2013"  # a missing value: the character itself, so cells built from several values escape once
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None:
-        return "&ndash;"
+        return DASH
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}"
     return html.escape(str(v))
@@ -95,20 +110,36 @@ def _methods(cfg: dict) -> str:
     return ", ".join(m.get("name", "?") for m in cfg.get("methods", [])) or "darts"
 
 
+def cell_statistics(run: Run, a: dict | None) -> dict | None:
+    """Parameter-free share, width and depth per cell: analyze's, else computed from the genotype."""
+    if (a or {}).get("cells"):
+        return a["cells"]
+    if run.genotype is None:
+        return None
+    from .diagnostics import cell_stats
+
+    return cell_stats(run.genotype)
+
+
 def _summary_rows(run: Run, a: dict | None) -> list[tuple[str, object]]:
     cfg = run.config
+    sk = run_skeleton(run)
+    m = sk.metric
     last = run.metrics[-1] if run.metrics else {}
+
+    def metric(key: str) -> str:
+        v = last.get(key)
+        return sk.format_metric(v) if isinstance(v, (int, float)) else DASH
+
     rows: list[tuple[str, object]] = [
         ("space", cfg.get("space")), ("dataset", cfg.get("data", {}).get("dataset")),
         ("methods", _methods(cfg)), ("update rule", cfg.get("search", {}).get("update")),
-        ("seed", cfg.get("seed")), ("network", f"{cfg.get('network', {}).get('layers')} cells x "
-                                               f"{cfg.get('network', {}).get('channels')} channels"),
+        ("seed", cfg.get("seed")), ("network", sk.describe_network(cfg)),
         ("L2 factor (optim.weight_decay)", cfg.get("optim", {}).get("weight_decay")),
-        ("DropPath max", cfg.get("regularization", {}).get("drop_path_max")),
-        ("cutout", cfg.get("data", {}).get("cutout")),
+        *sk.report_rows(cfg),
         ("epochs", f"{len(run.metrics)} / {cfg.get('optim', {}).get('epochs')}"), ("status", run.status),
-        ("final train loss / acc", f"{_fmt(last.get('train_loss'))} / {_fmt(last.get('train_acc'))}"),
-        ("final val loss / acc", f"{_fmt(last.get('val_loss'))} / {_fmt(last.get('val_acc'))}"),
+        (f"final train loss / {sk.metric_label}", f"{_fmt(last.get('train_loss'))} / {metric(f'train_{m}')}"),
+        (f"final val loss / {sk.metric_label}", f"{_fmt(last.get('val_loss'))} / {metric(f'val_{m}')}"),
     ]
     lam = [r["lambda_max"] for r in run.metrics if isinstance(r.get("lambda_max"), (int, float))]
     if lam:
@@ -129,107 +160,133 @@ def _genotype_text(run: Run) -> str:
     return g.skeleton.genotype_text(g)
 
 
-def run_report_html(run: Run, analysis: dict | None = None) -> str:
-    """The report of one run as an HTML string."""
-    a = analysis
-    figs = figures(run, a)
-    parts = []
-    cfg = run.config
-    parts.append(f'<section id="summary"><h2>Summary</h2>{_table(_summary_rows(run, a))}'
-                 + ("" if a else "<p class='note'>No analysis.json: run <code>stablenas analyze "
-                    f"{html.escape(str(run.path))}</code> for curvature, discretisation drop, landscape and "
-                    "gradient correlation.</p>") + "</section>")
+def _cells_section(run: Run, figs: dict, a: dict | None) -> str:
     cells_html = _cells_html([(k.split("_", 1)[1], figs[k]) for k in figs if k.startswith("cell_")])
-    stats = (a or {}).get("cells")
+    stats = cell_statistics(run, a)
     stats_html = ""
     if stats:
         rows = [(f"{ct}: parameter-free share / width / depth",
                  f"{_fmt(v.get('param_free_share'), 3)} / {_fmt(v.get('width_c'), 3)}c / {v.get('depth')}")
                 for ct, v in stats.items() if ct != "all"]
-        rows.append(("both cells: parameter-free share", stats.get("all", {}).get("param_free_share")))
+        if len(stats) > 2:
+            rows.append(("all cells: parameter-free share", stats.get("all", {}).get("param_free_share")))
         stats_html = _table(rows) + ("<p class='note'>Width and depth as defined in SDARTS App. 7.4 "
                                      "(Shu et al. 2020); parameter-free: skip, pooling, none, noise.</p>")
-    parts.append(f'<section id="cells"><h2>Cells (returned genotype)</h2><div class="cells">'
-                 f'{cells_html or "<p>no genotype yet</p>"}</div>{stats_html}</section>')
-    if "curves" in figs:
-        parts.append(f'<section id="curves"><h2>Training curves</h2>{_img(figs["curves"], "curves")}'
-                     "<p class='note'>Train: the weight half of the split (running average over the epoch's "
-                     "steps); validation: the alpha half (supernet in eval mode).</p></section>")
+    return (f'<section id="cells"><h2>Cells (returned genotype)</h2><div class="cells">'
+            f'{cells_html or "<p>no genotype yet</p>"}</div>{stats_html}</section>')
+
+
+def _lambda_section(run: Run, figs: dict, a: dict | None) -> str:
+    """The curvature panel; the DARTS-ES rule's marks and caption only on runs that apply it."""
     lam = (a or {}).get("lambda") or lambda_info(run.metrics)
-    stop = lam.get("early_stop")
-    sim = lam.get("simulated_stop")
-    lam_rows = []
+    es = applies_early_stop(run.config)
+    stop, sim = lam.get("early_stop"), lam.get("simulated_stop")
+    rows = []
     if stop:
-        lam_rows.append(("DARTS-ES stopped: decided at epoch / returned epoch",
-                         f"{stop['decided_at']} / {stop['stop_epoch']} (ratio {_fmt(stop.get('ratio'), 3)})"))
-    if sim:
-        lam_rows.append(("ES rule (simulated on this series): decided at / returns epoch",
-                         f"{sim['decided_at']} / {sim['stop_epoch']} (ratio {_fmt(sim.get('ratio'), 3)})"))
-    elif lam.get("lambda_max"):
-        lam_rows.append(("ES rule (simulated on this series)", "never fires"))
+        rows.append(("DARTS-ES stopped: decided at epoch / returned epoch",
+                     f"{stop['decided_at']} / {stop['stop_epoch']} (ratio {_fmt(stop.get('ratio'), 3)})"))
+    if es and sim:
+        rows.append(("ES rule (simulated on this series): decided at / returns epoch",
+                     f"{sim['decided_at']} / {sim['stop_epoch']} (ratio {_fmt(sim.get('ratio'), 3)})"))
+    elif es and lam.get("lambda_max"):
+        rows.append(("ES rule (simulated on this series)", "never fires"))
     for ev in lam.get("ada_events") or []:
-        lam_rows.append((f"DARTS-ADA rollback (criterion at epoch {ev['decided_at']})",
-                         f"back to epoch {ev['stop_epoch']}, R {_fmt(ev['R_before'])} -> "
-                         f"{_fmt(ev['R_after'])}"))
+        rows.append((f"DARTS-ADA rollback (criterion at epoch {ev['decided_at']})",
+                     f"back to epoch {ev['stop_epoch']}, R {_fmt(ev['R_before'])} -> {_fmt(ev['R_after'])}"))
     w, k, thr = lam.get("window", 5), lam.get("k", 5), lam.get("threshold", 0.75)
-    parts.append(f'<section id="lambda"><h2>Curvature: dominant eigenvalue of the validation Hessian '
-                 f'w.r.t. alpha</h2>{_img(figs["lambda"], "lambda_max")}'
-                 f'{_table(lam_rows) if lam_rows else ""}'
-                 f"<p class='note'>Local average over {w} epochs around each epoch; DARTS-ES stops when "
-                 f"lambda_bar(i-{k}) / lambda_bar(i) &lt; {thr} and returns the architecture of epoch i-k "
-                 "(robust-darts Sec. 4.3).</p></section>")
-    ow = "".join(_img(figs[k], k) for k in figs if k.startswith("op_weights_"))
-    parts.append(f'<section id="op-weights"><h2>Op weights per edge over the search</h2>{ow or "<p>none</p>"}'
-                 "</section>")
+    note = f"Local average over {w} epochs around each epoch."
+    if es:
+        note += (f" DARTS-ES stops when lambda_bar(i-{k}) / lambda_bar(i) &lt; {thr} and returns the "
+                 "architecture of epoch i-k (robust-darts Sec. 4.3).")
+    return (f'<section id="lambda"><h2>Curvature: dominant eigenvalue of the validation Hessian w.r.t. alpha</h2>'
+            f'{_img(figs["lambda"], "lambda_max", cls="plot")}{_table(rows) if rows else ""}'
+            f"<p class='note'>{note}</p></section>")
+
+
+def _method_section(run: Run, figs: dict) -> str:
+    series = method_metrics(run.metrics, run_skeleton(run))
+    rows = [(f"{k} (last epoch recorded)", pts[-1][1]) for k, pts in series.items()]
+    return (f'<section id="method-metrics"><h2>Method metrics</h2>'
+            f'{_img(figs["method_metrics"], "method metrics", cls="plot")}{_table(rows)}'
+            "<p class='note'>Numbers the run's methods (plug-ins included) add to each epoch record in "
+            "metrics.jsonl.</p></section>")
+
+
+def _diagnostics(figs: dict, a: dict) -> str:
+    d = a.get("discretization") or {}
+    out = ["<h3>Discretisation (robust-darts Sec. 4.2)</h3>" + _table([
+        ("supernet accuracy at alpha*", d.get("acc_supernet")),
+        ("accuracy at the discretised alpha (same weights)", d.get("acc_discrete")),
+        ("accuracy drop", d.get("acc_drop")), ("loss increase", d.get("loss_increase"))])]
+    c = a.get("curvature") or {}
+    crow = [("lambda_max (Lanczos)", c.get("lambda_max")), ("HVPs", c.get("hvps")),
+            ("seconds", c.get("seconds")), ("batches / BN mode", f"{c.get('batches')} / {c.get('bn')}")]
+    if "lambda_max_exact" in c:
+        crow += [("lambda_max (exact Hessian)", c.get("lambda_max_exact")),
+                 ("share of negative eigenvalues", c.get("negative_share"))]
+    out.append("<h3>Curvature at the end of the search</h3>" + _table(crow))
+    if "spectrum" in figs:
+        out.append(_img(figs["spectrum"], "spectrum", cls="plot"))
+    gc = a.get("gradient_correlation")
+    if gc:
+        rows = [(f"cell {ci}: bi-level / single-level / bi-level cosine",
+                 f"{_fmt(v['bi'], 3)} / {_fmt(v['single'], 3)} / {_fmt(v['bi_cosine'], 3)}")
+                for ci, v in gc["summary"].items()]
+        out.append("<h3>Gradient correlation (Single-DARTS eq. 8, mean over edges)</h3>" + _table(rows))
+        if "grad_corr" in figs:
+            out.append(_img(figs["grad_corr"], "gradient correlation", cls="plot"))
+    return '<section id="diagnostics"><h2>Diagnostics</h2>' + "".join(out) + "</section>"
+
+
+def _optional_sections(run: Run, figs: dict, a: dict | None) -> dict[str, str]:
+    parts = {}
+    if "curves" in figs:
+        parts["curves"] = (f'<section id="curves"><h2>Training curves</h2>{_img(figs["curves"], "curves", cls="plot")}'
+                           "<p class='note'>Train: the weight half of the split (running average over the epoch's "
+                           "steps); validation: the alpha half (supernet in eval mode).</p></section>")
+    if "lambda" in figs:
+        parts["lambda"] = _lambda_section(run, figs, a)
+    if "method_metrics" in figs:
+        parts["method-metrics"] = _method_section(run, figs)
+    ow = "".join(_img(figs[k], k, cls="plot") for k in figs if k.startswith("op_weights_"))
+    if ow:
+        parts["op-weights"] = f'<section id="op-weights"><h2>Op weights per edge over the search</h2>{ow}</section>'
     if "landscape" in figs:
         land = a["landscape"]
-        parts.append(f'<section id="landscape"><h2>Validation accuracy landscape around alpha</h2>'
-                     f'<div class="row"><figure>{_img(figs["landscape"], "landscape")}<figcaption>x: unit '
-                     f"gradient direction of L_val, y: random orthogonal unit direction; radius "
-                     f"{_fmt(land['radius'])}, grid "
-                     f"{land['grid']}x{land['grid']}, {land['batches']} batches; ||alpha|| = "
-                     f"{_fmt(land['alpha_norm'], 3)} (SDARTS Fig. 1)</figcaption></figure></div></section>")
-    else:
-        parts.append('<section id="landscape"><h2>Validation accuracy landscape around alpha</h2>'
-                     "<p class='note'>not computed (run <code>stablenas analyze</code>)</p></section>")
+        parts["landscape"] = (
+            f'<section id="landscape"><h2>Validation accuracy landscape around alpha</h2>'
+            f'<div class="row"><figure>{_img(figs["landscape"], "landscape")}<figcaption>x: unit '
+            f"gradient direction of L_val, y: random orthogonal unit direction; radius {_fmt(land['radius'])}, grid "
+            f"{land['grid']}x{land['grid']}, {land['batches']} batches; ||alpha|| = "
+            f"{_fmt(land['alpha_norm'], 3)} (SDARTS Fig. 1)</figcaption></figure></div></section>")
     if "alpha_distance" in figs:
         basis = ((a or {}).get("alpha_distance") or {}).get("basis") or "see axis"
-        parts.append(f'<section id="alpha-distance"><h2>Training loss vs distance to the final alpha</h2>'
-                     f'{_img(figs["alpha_distance"], "alpha distance")}<p class="note">MS-DARTS Fig. 4; '
-                     f"distance computed on: {html.escape(str(basis))} (raw alpha when the records carry it, "
-                     "i.e. with method <code>hessian</code>/<code>darts-es</code>/<code>darts-ada</code>)."
-                     "</p></section>")
-    diag = []
+        parts["alpha-distance"] = (
+            f'<section id="alpha-distance"><h2>Training loss vs distance to the final alpha</h2>'
+            f'{_img(figs["alpha_distance"], "alpha distance", cls="plot")}<p class="note">MS-DARTS Fig. 4; '
+            f"distance computed on: {html.escape(str(basis))} (raw alpha when the records carry it, "
+            "i.e. with method <code>hessian</code>/<code>darts-es</code>/<code>darts-ada</code>).</p></section>")
     if a:
-        d = a.get("discretization") or {}
-        diag.append("<h3>Discretisation (robust-darts Sec. 4.2)</h3>" + _table([
-            ("supernet accuracy at alpha*", d.get("acc_supernet")),
-            ("accuracy at the discretised alpha (same weights)", d.get("acc_discrete")),
-            ("accuracy drop", d.get("acc_drop")), ("loss increase", d.get("loss_increase"))]))
-        c = a.get("curvature") or {}
-        crow = [("lambda_max (Lanczos)", c.get("lambda_max")), ("HVPs", c.get("hvps")),
-                ("seconds", c.get("seconds")), ("batches / BN mode", f"{c.get('batches')} / {c.get('bn')}")]
-        if "lambda_max_exact" in c:
-            crow += [("lambda_max (exact Hessian)", c.get("lambda_max_exact")),
-                     ("share of negative eigenvalues", c.get("negative_share"))]
-        diag.append("<h3>Curvature at the end of the search</h3>" + _table(crow))
-        if "spectrum" in figs:
-            diag.append(_img(figs["spectrum"], "spectrum"))
-        gc = a.get("gradient_correlation")
-        if gc:
-            rows = [(f"cell {ci}: bi-level / single-level / bi-level cosine",
-                     f"{_fmt(v['bi'], 3)} / {_fmt(v['single'], 3)} / {_fmt(v['bi_cosine'], 3)}")
-                    for ci, v in gc["summary"].items()]
-            diag.append("<h3>Gradient correlation (Single-DARTS eq. 8, mean over edges)</h3>" + _table(rows))
-            if "grad_corr" in figs:
-                diag.append(_img(figs["grad_corr"], "gradient correlation"))
-    parts.append('<section id="diagnostics"><h2>Diagnostics</h2>'
-                 + ("".join(diag) or "<p class='note'>run <code>stablenas analyze</code></p>") + "</section>")
-    parts.append(f'<section id="genotype"><h2>Genotype</h2><pre>{html.escape(_genotype_text(run))}</pre>'
-                 "</section>")
+        parts["diagnostics"] = _diagnostics(figs, a)
+    return parts
+
+
+def run_report_html(run: Run, analysis: dict | None = None) -> str:
+    """The report of one run as an HTML string: a section per panel that has something to show."""
+    a = analysis
+    figs = figures(run, a)
+    cfg = run.config
+    parts = {"summary": f'<section id="summary"><h2>Summary</h2>{_table(_summary_rows(run, a))}'
+             + ("" if a else "<p class='note'>No analysis.json: run <code>stablenas analyze "
+                f"{html.escape(str(run.path))}</code> for curvature at the end of the search, discretisation "
+                "drop, landscape and gradient correlation.</p>") + "</section>",
+             "cells": _cells_section(run, figs, a), **_optional_sections(run, figs, a),
+             "genotype": f'<section id="genotype"><h2>Genotype</h2><pre>{html.escape(_genotype_text(run))}</pre>'
+                         "</section>"}
+    nav = [(i, t) for i, t in SECTIONS if i in parts]
     title = f"stablenas report: {run.path.name}"
     sub = html.escape(f"{run.path}  |  space {cfg.get('space')}  |  methods {_methods(cfg)}  |  {run.status}")
-    return _page(title, sub, SECTIONS, "".join(parts))
+    return _page(title, sub, nav, "".join(parts[i] for i, _ in nav))
 
 
 TRAIN_SECTIONS = [("summary", "Summary"), ("cells", "Cells"), ("curves", "Training curves"),
@@ -290,40 +347,40 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
     names = [r.path.name for r in runs]
     if len(set(names)) < len(names):
         names = [str(r.path) for r in runs]
-    head = ["run", "space", "methods", "L2", "DropPath", "epochs", "final val acc",
-            "lambda_max (last tracked / analyze)",
-            "ES stop (actual / simulated)", "acc drop", "param-free share", "normal width / depth"]
+    head = ["run", "space", "methods", "L2", "epochs", "final val metric", "lambda_max (last tracked / analyze)",
+            "ES stop (actual / simulated)", "acc drop", "param-free share", "first cell width / depth"]
     rows = []
     for name, run, a in zip(names, runs, analyses):
-        cfg = run.config
-        last = run.metrics[-1] if run.metrics else {}
+        cfg, sk = run.config, run_skeleton(run)
+        v = (run.metrics[-1] if run.metrics else {}).get(f"val_{sk.metric}")
         lam = lambda_info(run.metrics)
         lams = lam["lambda_max"]
         es = lam.get("early_stop")
-        sim = lam.get("simulated_stop")
-        cs = (a or {}).get("cells") or {}
-        normal = cs.get("normal") or cs.get("cell") or {}
-        vals = [name, cfg.get("space"), _methods(cfg), cfg.get("optim", {}).get("weight_decay"),
-                cfg.get("regularization", {}).get("drop_path_max"), len(run.metrics), last.get("val_acc"),
-                f"{_fmt(lams[-1]) if lams else '-'} / {_fmt((end_curvature(a) or {}).get('lambda_max'))}",
-                f"{es['stop_epoch'] if es else '-'} / {sim['stop_epoch'] if sim else '-'}",
+        sim = lam.get("simulated_stop") if applies_early_stop(cfg) else None
+        cs = cell_statistics(run, a) or {}
+        first = next((st for ct, st in cs.items() if ct != "all"), {})
+        vals = [name, cfg.get("space"), _methods(cfg), cfg.get("optim", {}).get("weight_decay"), len(run.metrics),
+                f"{sk.metric} {sk.format_metric(v)}" if isinstance(v, (int, float)) else None,
+                f"{_fmt(lams[-1]) if lams else DASH} / {_fmt((end_curvature(a) or {}).get('lambda_max'))}",
+                f"{es['stop_epoch'] if es else DASH} / {sim['stop_epoch'] if sim else DASH}",
                 ((a or {}).get("discretization") or {}).get("acc_drop"),
                 (cs.get("all") or {}).get("param_free_share"),
-                f"{_fmt(normal.get('width_c'), 3)}c / {normal.get('depth', '-')}" if normal else None]
+                f"{_fmt(first.get('width_c'), 3)}c / {first.get('depth', DASH)}" if first else None]
         rows.append("<tr>" + "".join(f"<td class='num'>{_fmt(v)}</td>" for v in vals) + "</tr>")
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(rows)
              + "</table>")
     ov = []
-    for key, label in (("val_acc", "validation accuracy"), ("train_loss", "training loss")):
+    sk0 = run_skeleton(runs[0])
+    for key, label in ((f"val_{sk0.metric}", f"validation {sk0.metric_label}"), ("train_loss", "training loss")):
         series = [(n, [(r["epoch"], r[key]) for r in run.metrics if key in r]) for n, run in zip(names, runs)]
-        ov.append(_img(plots.overlay(series, label), label))
+        ov.append(_img(plots.overlay(series, label), label, cls="plot"))
     lam_series = [(n, [(r["epoch"], r["lambda_max"]) for r in run.metrics
                        if isinstance(r.get("lambda_max"), (int, float))]) for n, run in zip(names, runs)]
     ends = [(n, end_curvature(a)) for n, a in zip(names, analyses)]
     ends = [(n, (e["epoch"], e["lambda_max"])) for n, e in ends if e]
     if any(p for _, p in lam_series) or ends:
         ov.append(_img(plots.overlay(lam_series, "lambda_max", "dominant eigenvalue per epoch", points=ends),
-                       "lambda_max"))
+                       "lambda_max", cls="plot"))
     else:
         ov.append("<p class='note'>no lambda_max: no run tracked it (method <code>hessian</code>) or ran "
                   "<code>stablenas analyze</code></p>")
@@ -334,8 +391,8 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
         imgs = _cells_html([(ct, cells.draw_cell(run.genotype, ct)[0]) for ct in cells.cell_types(run.genotype)])
         cell_parts.append(f"<h3>{html.escape(n)}</h3><div class='cells'>{imgs}</div>")
     body = (f'<section id="comparison"><h2>Runs</h2>{table}<p class="note">ES stop: the epoch whose '
-            "architecture DARTS-ES returned, and where the rule would stop on the recorded lambda_max series."
-            "</p></section>"
+            "architecture DARTS-ES returned, and where its rule stops on the recorded lambda_max series (runs that "
+            "apply DARTS-ES). Param-free share, width and depth: from each run's genotype.</p></section>"
             f'<section id="overlays"><h2>Curves</h2>{"".join(ov)}</section>'
             f'<section id="cells"><h2>Cells</h2>{"".join(cell_parts) or "<p>no genotypes</p>"}</section>'
             f'<section id="configs"><h2>Config keys that differ</h2>{_config_diff(names, runs)}</section>')

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..genotype import Genotype
-from ..spaces.registry import get_space
+from ..spaces.catalog import get_space
 
 if TYPE_CHECKING:
     from .backends import Backend

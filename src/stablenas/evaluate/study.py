@@ -79,6 +79,17 @@ class RetrainSpec(ConfigModel):
     preset: str | None = None  # a training preset (darts, darts-small, nb201) or none: the fields below only
     set: dict[str, Any] = {}  # TrainConfig fields (the S5-table protocol is an example of a CPU budget)
     spaces: list[str] | None = None  # None: every space without a ground-truth lookup table
+    # also retrain the cell derived at these search epochs (iDARTS Fig. 7: accuracy of the cell taken at
+    # epoch e), for the methods in ``at_epochs_methods`` (None: every method)
+    at_epochs: list[int] = []
+    at_epochs_methods: list[str] | None = None
+
+    @field_validator("at_epochs")
+    @classmethod
+    def _positive_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v) or len(set(v)) != len(v):
+            raise ValueError(f"at_epochs {v}: distinct search epochs, each >= 1")
+        return sorted(v)
 
 
 class EstimateSpec(ConfigModel):
@@ -174,6 +185,7 @@ class Unit:
     method: str
     search: dict
     train: dict | None  # None: the space's ground-truth lookup gives the test accuracy
+    at_epochs: tuple[int, ...] = ()  # search epochs whose derived cells are retrained too
 
     def key(self) -> str:
         return self.name
@@ -212,7 +224,10 @@ def study_units(protocol: StudyProtocol) -> list[Unit]:
                     except ConfigError as e:
                         raise ConfigError(f"{where}: retrain: {e}") from None
                     train = tc.model_dump(mode="json")
-                units.append(Unit(f"{space}-{method}-seed{seed}", seed, space, method, d, train))
+                at = ()
+                if train is not None and (rt.at_epochs_methods is None or method in rt.at_epochs_methods):
+                    at = tuple(e for e in rt.at_epochs if e < d["optim"]["epochs"])  # the last: the unit's own
+                units.append(Unit(f"{space}-{method}-seed{seed}", seed, space, method, d, train, at))
     return units
 
 
@@ -221,9 +236,12 @@ def study_units(protocol: StudyProtocol) -> list[Unit]:
 
 
 def param_free_share(genotype: Genotype, cell_type: str | None = "normal") -> float | None:
-    """Share of parameter-free ops (skip, pooling, none, noise) in one cell (``None``: all cells)."""
+    """Share of parameter-free ops (skip, pooling, none, noise) in one cell (``None``: all cells);
+    ``None`` where the skeleton does not define the share (the recurrent cell)."""
     from ..spaces.ops import is_parameter_free
 
+    if not genotype.skeleton.has_param_free_share:
+        return None
     types = genotype.cell_types()
     ct = cell_type if cell_type in types else None
     ops = genotype.ops(ct)
@@ -240,7 +258,7 @@ def _lookup(cfg_dict: dict, genotype: Genotype) -> dict:
     from types import SimpleNamespace
 
     from ..registry import LOOKUPS
-    from ..spaces.registry import get_space
+    from ..spaces.catalog import get_space
 
     lookup = LOOKUPS.get(cfg_dict["space"])
     if lookup is None:
@@ -269,7 +287,7 @@ def curves(metrics: Sequence[dict]) -> dict[str, list]:
     return out
 
 
-def run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) -> dict:
+def run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None, tuple[int, ...]]) -> dict:
     """Search (resumed if interrupted), discretisation drop, retraining (resumed) -> ``result.json``.
 
     A search that diverges is a result, not a crash of the study: the unit returns ``{"failed": why}``
@@ -286,8 +304,8 @@ def run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) -
         return {"name": args[0], "failed": msg}
 
 
-def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) -> dict:
-    name, search_cfg, train_cfg, unit_dir, threads, disc_batches = args
+def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None, tuple[int, ...]]) -> dict:
+    name, search_cfg, train_cfg, unit_dir, threads, disc_batches, at_epochs = args
     import torch
 
     from ..analysis.analyze import load_search
@@ -349,6 +367,8 @@ def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) 
                             log=quiet, loggers="none")
         result.update(test_acc=tr["test_acc"], test_source="retrained", params=tr.get("params"),
                       train_seconds=tr.get("seconds"))
+        if at_epochs:
+            result["test_acc_at_epoch"] = _retrain_at_epochs(run.metrics, at_epochs, train_cfg, unit)
     else:
         result.update(test_acc=_lookup_test_acc(search_cfg, genotype), test_source="lookup", params=None,
                       train_seconds=0.0)
@@ -357,6 +377,26 @@ def _run_unit(args: tuple[str, dict, dict | None, str, int | None, int | None]) 
     result["wall_seconds_this_call"] = round(time.perf_counter() - t0, 3)
     atomic_write_text(done, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _retrain_at_epochs(metrics: Sequence[dict], epochs: Sequence[int], train_cfg: dict, unit: Path) -> dict:
+    """Test accuracy of the cell derived at each search epoch, retrained with the unit's budget (each its own
+    resumable ``train-epochE`` directory); ``None`` where that epoch recorded no cell."""
+    from ..rundir import RunDir
+    from .train import TrainConfig, train_genotype
+
+    cells = {int(r["epoch"]): r.get("genotype") for r in metrics}
+    out: dict[str, float | None] = {}
+    for e in epochs:
+        if not cells.get(e):
+            out[str(e)] = None
+            continue
+        tdir = unit / f"train-epoch{e}"
+        resume = RunDir(tdir, kind="train", config_name="train.json").is_run()
+        tr = train_genotype(Genotype.from_dict(cells[e]), TrainConfig.model_validate(train_cfg), tdir, resume=resume,
+                            progress=False, log=lambda _m: None, loggers="none")
+        out[str(e)] = tr["test_acc"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,6 +413,8 @@ def _record_differs(result: dict, unit: Unit) -> list[str]:
     elif unit.train is not None:
         keys += [f"train.{k}" for k in diff_keys(result["train_config"], unit.train)
                  if k.split(".")[0] not in TRAIN_RUNTIME_KEYS]
+    if sorted(result.get("test_acc_at_epoch") or {}, key=int) != [str(e) for e in unit.at_epochs]:
+        keys.append("retrain.at_epochs")
     return keys
 
 
@@ -484,12 +526,11 @@ def run_study(protocol: StudyProtocol, out_dir: str | Path, *, backend: Backend 
             return
         if rec is not None:
             export_record(rec, out / "runs" / r["name"], r["name"])
-        acc = r.get("test_acc")
-        log(f"[{count}/{len(todo)}] {r['name']}: share {r['share_normal']:.3f}, test acc "
-            f"{'-' if acc is None else f'{acc:.4f}'} ({(time.perf_counter() - start) / 60:.1f} min)")
+        log(f"[{count}/{len(todo)}] {r['name']}: share {_f(r['share_normal'])}, test acc "
+            f"{_f(r.get('test_acc'), 4)} ({(time.perf_counter() - start) / 60:.1f} min)")
 
-    tasks = [(u.name, u.search, u.train, str(out / "runs" / u.name), threads, protocol.discretization_batches)
-             for u in todo]
+    tasks = [(u.name, u.search, u.train, str(out / "runs" / u.name), threads, protocol.discretization_batches,
+              u.at_epochs) for u in todo]
     backend.run(run_unit, tasks, done, key=lambda t: t[0], log=log)
     summary = summarise(protocol, out)
     log(f"study: wrote {out / 'table.md'}, {out / 'results.json'}")
@@ -603,6 +644,7 @@ def summarise(protocol: StudyProtocol, out_dir: str | Path, *, plots: bool = Tru
                 "seconds_per_epoch_rel": (ep / ref_ep) if ep and ref_ep else None,
                 "curves": {k: _per_epoch([r["curves"][k] for r in rs])
                            for k in ("share_normal", "lambda_max", "test_regret")},
+                "test_acc_at_epoch": _at_epochs(rs),
             })
     pairs = [(r["lambda_max_final"], 1.0 - r["test_acc"]) for r in runs
              if r.get("lambda_max_final") is not None and r.get("test_acc") is not None]
@@ -625,6 +667,17 @@ def summarise(protocol: StudyProtocol, out_dir: str | Path, *, plots: bool = Tru
     if plots:
         summary["plots"] = [str(p) for p in write_plots(summary, out / "plots")]
     return summary
+
+
+def _at_epochs(rs: list[dict]) -> dict[str, dict]:
+    """Retrained test accuracy of the cell derived at each retrained epoch (the last: the unit's own cell),
+    mean, std and n over seeds; empty when the protocol retrains no earlier cells of this method."""
+    epochs = sorted({e for r in rs for e in r.get("test_acc_at_epoch") or {}}, key=int)
+    if not epochs:
+        return {}
+    out = {e: _ms([(r.get("test_acc_at_epoch") or {}).get(e) for r in rs]) for e in epochs}
+    out[str(max(r["epochs"] for r in rs))] = _ms([r.get("test_acc") for r in rs])
+    return {e: {"mean": m, "std": s, "n": n} for e, (m, s, n) in out.items()}
 
 
 def _f(x: float | None, nd: int = 3, scale: float = 1.0) -> str:
@@ -665,6 +718,15 @@ def format_table(summary: dict) -> str:
                 f"{_pm(r.get('acc_drop_batch_bn_mean'), r.get('acc_drop_batch_bn_std'), 2, 100)} | "
                 f"{_pm(r['lambda_max_final_mean'], r['lambda_max_final_std'], 4)} | {r['epochs_mean']:.1f} | "
                 f"{_f(r['seconds_per_epoch_rel'], 2)} |")
+        lines.append("")
+    at = [r for r in summary["rows"] if r.get("test_acc_at_epoch")]
+    if at:
+        lines += ["## test acc % of the cell derived at epoch e, retrained (iDARTS Fig. 7)", "",
+                  "| space | method | " + " | ".join(f"epoch {e} (n)" for e in at[0]["test_acc_at_epoch"]) + " |",
+                  "|---|---|" + "---|" * len(at[0]["test_acc_at_epoch"])]
+        for r in at:
+            cells = [f"{_pm(v['mean'], v['std'], 2, 100)} ({v['n']})" for v in r["test_acc_at_epoch"].values()]
+            lines.append(f"| {r['space']} | {r['method']} | " + " | ".join(cells) + " |")
         lines.append("")
     c = summary["lambda_error_correlation"]
     lines += ["## lambda_max at the end of search vs test error (robust-darts Fig. 4: r = 0.867)", "",
@@ -762,13 +824,34 @@ def write_plots(summary: dict, folder: Path) -> list[Path]:
 # cost
 
 
-def estimate_cost(protocol: StudyProtocol, out_dir: str | Path | None = None) -> dict:
+def recorded_results(protocol: StudyProtocol, records: str | Path) -> list[dict]:
+    """The units' records under ``records`` that a study would import (:func:`import_record`'s
+    test: readable, made with the unit's settings), in queue order."""
+    res = []
+    for u in study_units(protocol):
+        f = Path(records) / u.name / "result.json"
+        try:
+            r = json.loads(f.read_text()) if f.is_file() else None
+        except (OSError, ValueError):
+            r = None
+        if r is not None and not _record_differs(r, u):
+            r.update(seed=u.seed, space=u.space, method=u.method)
+            res.append(r)
+    return res
+
+
+def estimate_cost(protocol: StudyProtocol, out_dir: str | Path | None = None,
+                  records: str | Path | None = None) -> dict:
     """Seconds the units still to run will take: measured seconds per epoch of finished units of the
-    same (space, method) when there are any, else the protocol's ``estimate`` figures. ``unknown``:
-    units without a search figure (not in ``seconds``); ``retrain_unpriced``: units whose retraining
-    has no figure yet (their search is in ``seconds``, the retraining is not)."""
+    same (space, method) when there are any, else the protocol's ``estimate`` figures. Finished:
+    in ``out_dir`` or recorded in ``records`` (the units a run or ``--summary`` imports).
+    ``unknown``: units without a search figure (not in ``seconds``); ``retrain_unpriced``: units
+    whose retraining has no figure yet (their search is in ``seconds``, the retraining is not)."""
     units = study_units(protocol)
     runs = load_results(protocol, out_dir) if out_dir is not None and Path(out_dir).exists() else []
+    if records is not None and Path(records).is_dir():
+        here = {(r["space"], r["method"], r["seed"]) for r in runs}
+        runs += [r for r in recorded_results(protocol, records) if (r["space"], r["method"], r["seed"]) not in here]
     done = {(r["space"], r["method"], r["seed"]) for r in runs}
     per_epoch: dict[tuple[str, str], list[float]] = {}
     retrain: dict[str, list[float]] = {}
@@ -804,5 +887,6 @@ def estimate_cost(protocol: StudyProtocol, out_dir: str | Path | None = None) ->
         s = cost + tr
         total += s
         rows[u.name] = s
-    return {"units": len(units), "done": len(done), "to_run": len(units) - len(done), "seconds": total,
-            "unknown": unknown, "retrain_unpriced": unpriced, "per_unit": rows, "measured": est.measured}
+    todo = [u.name for u in units if (u.space, u.method, u.seed) not in done]
+    return {"units": len(units), "done": len(done), "to_run": len(todo), "todo": todo, "seconds": total,
+            "unknown": unknown, "retrain_unpriced": unpriced, "per_unit": rows}

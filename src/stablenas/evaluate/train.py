@@ -44,7 +44,9 @@ from ..errors import (
 from ..genotype import Genotype, GenotypeError
 from ..networks.evaluation import build_eval_network
 from ..networks.profile import count_macs, count_params
+from ..progress import bar as progress_bar
 from ..progress import progress_enabled
+from ..progress import write as write_line
 from ..registry import DATASETS, EVAL_NETWORKS
 from ..rundir import RunDir, stop_signals
 from ..utils import (
@@ -337,21 +339,24 @@ def _split_indices(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader) -> dict[str, float]:
+def _evaluate(model: nn.Module, loader, desc: str = "", progress: bool = False) -> dict[str, float]:
+    """Loss and accuracy over ``loader`` (a bar labelled ``desc`` when ``progress``)."""
     was_training = model.training
     model.eval()
     acc = None
     loader.set_epoch(0)
-    for x, y in loader:
-        logits, _ = model(x)
-        part = torch.stack(
-            [
-                F.cross_entropy(logits, y, reduction="sum"),
-                (logits.argmax(1) == y).sum().float(),
-                torch.tensor(float(y.shape[0]), device=logits.device),
-            ]
-        )
-        acc = part if acc is None else acc + part
+    with progress_bar(len(loader), desc, progress, unit="batch") as b:
+        for x, y in loader:
+            logits, _ = model(x)
+            part = torch.stack(
+                [
+                    F.cross_entropy(logits, y, reduction="sum"),
+                    (logits.argmax(1) == y).sum().float(),
+                    torch.tensor(float(y.shape[0]), device=logits.device),
+                ]
+            )
+            acc = part if acc is None else acc + part
+            b.update(1)
     model.train(was_training)
     device = next(model.parameters()).device
     acc = acc if acc is not None else torch.zeros(3, device=device)
@@ -716,10 +721,10 @@ class _Trainer:
     def _eval_all(self) -> dict[str, float]:
         out = {}
         if self.valid_loader is not None:
-            r = _evaluate(self.model, self.valid_loader)
+            r = _evaluate(self.model, self.valid_loader, f"epoch {self.epoch} validation", self.progress)
             out["valid_loss"], out["valid_acc"] = r["loss"], r["acc"]
         if self.test_loader is not None:
-            r = _evaluate(self.model, self.test_loader)
+            r = _evaluate(self.model, self.test_loader, f"epoch {self.epoch} test", self.progress)
             out["test_loss"], out["test_acc"] = r["loss"], r["acc"]
         return out
 
@@ -740,8 +745,10 @@ class _Trainer:
         return self.run_dir.disk_full(e, kept, "the same `stablenas train` command and --resume")
 
     def _run(self, stop_after: int | None = None) -> dict | None:
+        from ..search.loop import format_seconds
+
         cfg = self.cfg
-        done_now = 0
+        done_now, started = 0, time.perf_counter()
         while self.epoch < cfg.epochs:
             if stop_after is not None and done_now >= stop_after:
                 return None
@@ -760,6 +767,8 @@ class _Trainer:
                 msg += "  " + "  ".join(
                     f"{k} {record[k]:.4f}" for k in ("valid_acc", "test_acc") if k in record
                 )
+            if self.epoch < cfg.epochs:  # from this process's epochs, checkpoints included
+                msg += f"  eta {format_seconds((time.perf_counter() - started) / done_now * (cfg.epochs - self.epoch))}"
             self.log(msg)
             if self.loggers:
                 self._log_epoch(record)
@@ -799,8 +808,6 @@ class _Trainer:
             self.loggers.close()
         if self.out_dir is not None and self.dist.is_main:
             atomic_write_text(self.out_dir / RESULT, json.dumps(result, indent=2) + "\n")
-        summary = "  ".join(f"{k} {final[k]:.4f}" for k in ("valid_acc", "test_acc") if k in final)
-        self.log(f"done: {summary}  params {self.params / 1e6:.3f}M  multiply-adds {self.macs / 1e6:.2f}M")
         return result
 
 
@@ -878,7 +885,7 @@ def train_genotype(
     """
     genotype = resolve_genotype(genotype)
     cfg = config or TrainConfig()
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    log = log or write_line  # through the progress bar (stablenas.progress.write)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         done = _check_out_dir(out, cfg, genotype, resume)

@@ -8,10 +8,10 @@ User methods come from plug-ins (``stablenas --plugin``, see :mod:`stablenas.plu
 import importlib
 import pkgutil
 
-from .base import METHODS, Method, MethodOptions, Mix, register_method
+from .base import METHODS, Method, MethodOptions, register_method
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_") and _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "Method", "MethodOptions", "Mix", "register_method"]
+__all__ = ["METHODS", "Method", "MethodOptions", "register_method"]

@@ -19,7 +19,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ..genotype import Genotype
 from ..registry import SKELETONS
-from .base import Method, MethodOptions, Mix
+from ..supernet.mix import Mix
+from .base import Method, MethodOptions
 
 if TYPE_CHECKING:
     from ..search.loop import Search
@@ -38,16 +39,18 @@ def linear_ramp(start: float, end: float, search: Search, ramp: Ramp) -> float:
     past it (DARTS-PT's selection phase) the ramp stays at ``end``."""
     if ramp == "off":
         return end
-    done = search.epoch if ramp == "epoch" else search.epoch + search.step_in_epoch / max(search.steps_per_epoch, 1)
+    done = search.epoch if ramp == "epoch" else search.epochs_done
     return start + (end - start) * min(done / search.schedule_epochs, 1.0)
 
 
 class RampOptions(MethodOptions):
     """The perturbation radius of the weight step: ``epsilon_min -> epsilon_max`` (``linear_ramp``)."""
 
-    epsilon_min: float = Field(0.03, ge=0.0)  # sdarts.txt Sec. 5.1
-    epsilon_max: float = Field(0.3, ge=0.0)
-    ramp: Ramp = "epoch"  # epoch: eps_e = min + (max - min) * e / epochs; step: per step; off: epsilon_max
+    # sdarts.txt Sec. 5.1
+    epsilon_min: float = Field(0.03, ge=0.0, description="perturbation radius at the start of the ramp")
+    epsilon_max: float = Field(0.3, ge=0.0, description="radius at the end of the ramp")
+    # epoch: eps_e = min + (max - min) * e / epochs; step: per step; off: epsilon_max
+    ramp: Ramp = Field("epoch", description="radius ramp: per epoch, per step, or off (epsilon_max throughout)")
 
     @field_validator("ramp", mode="before")
     @classmethod

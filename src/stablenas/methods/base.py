@@ -36,12 +36,11 @@ with the ``schedule_epochs(cfg, options)`` classmethod: the weight lr's cosine a
 ``_common.linear_ramp`` span that many epochs (``search.schedule_epochs``).
 Modules a method needs in the supernet are declared too: ``supernet_options`` (build keywords the
 skeleton's ``supernet_from_config`` adds, e.g. DARTS-'s ``{"aux_skip": True}``); what the supernet
-computes with them rides on ``Mix`` (``Mix.skip``), never on state stored in the network.
+computes with them rides on ``Mix`` (``supernet.mix``, ``Mix.skip``), never on state stored in the network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -50,38 +49,12 @@ from pydantic import ValidationError
 from ..config import ConfigModel, format_validation_error
 from ..errors import ConfigError
 from ..registry import METHODS
+from ..supernet.mix import Mix
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class Mix:
-    """What the supernet mixes with: op weights per cell type (``[edges, ops]``, or per cell
-    ``[cells of the type, edges, ops]``: ``supernet.network.cell_op_weights``), optional edge weights (PC-DARTS
-    betas), optional hard per-edge op choices (only the chosen op runs) and ``skip``, the weight
-    of an auxiliary identity path added to every mixed op's output (DARTS-'s beta; a plain number,
-    never differentiated; None: no such path)."""
-
-    op: dict[str, torch.Tensor]
-    edge: dict[str, torch.Tensor] | None = None
-    hard: dict[str, list[int]] | None = None
-    skip: float | None = None
-
-    def replace(self, **kw: Any) -> Mix:
-        return replace(self, **kw)
-
-    def detached(self) -> Mix:
-        return Mix({k: v.detach() for k, v in self.op.items()},
-                   None if self.edge is None else {k: v.detach() for k, v in self.edge.items()}, self.hard,
-                   self.skip)
-
-    def net_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of the supernet's forward beyond (op, edge, hard): ``skip`` when set
-        (skeletons without the auxiliary path never see the keyword)."""
-        return {} if self.skip is None else {"skip": self.skip}
 
 
 class MethodOptions(ConfigModel):
@@ -91,6 +64,7 @@ class MethodOptions(ConfigModel):
 class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the publication the method follows: authors, venue, title
     preset: ClassVar[str | None] = None  # configs/<preset>.yaml
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     # config values the method needs, dotted key -> value (checked at config load by validate)

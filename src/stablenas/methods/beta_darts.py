@@ -8,7 +8,8 @@ paper's Sec. 3). lambda grows linearly with the epoch, ``lambda_e = start + coef
 with e counted from 0, constant within an epoch; the authors' ``optimizers/darts/architect.py``
 (``mlc_loss`` and ``_backward_step``: ``0 + 50 * epoch / 100``) fixes start 0, coef 50 and the
 divisor 100 whatever the search length, which is also the line their DARTS-space searches get (that code has
-no other schedule). ``ramp_epochs: null`` divides by the search's own epoch count instead.
+no other schedule). ``ramp_epochs: null`` divides by the search's own epoch count instead
+(``search.schedule_epochs``); past that count (DARTS-PT's selection phase) e stays at it.
 
 Defined on softmax-activated alpha only (a config error otherwise); the term is a function of alpha
 alone, so it runs on every space, the recurrent one included.
@@ -30,9 +31,12 @@ if TYPE_CHECKING:
 
 
 class BetaDecayOptions(MethodOptions):
-    start: float = Field(0.0, ge=0.0)  # the "0 +" of that line
-    coef: float = Field(50.0, ge=0.0)  # architect.py _backward_step: 50 * epoch / 100
-    ramp_epochs: int | None = Field(100, gt=0)  # the divisor 100 of that line; None: optim.epochs
+    start: float = Field(0.0, ge=0.0, description="lambda at epoch 0")  # the "0 +" of that line
+    # architect.py _backward_step: 50 * epoch / 100
+    coef: float = Field(50.0, ge=0.0,
+                        description="lambda's rise over ramp_epochs: lambda_e = start + coef * e / ramp_epochs")
+    # the divisor 100 of that line; None: search.schedule_epochs
+    ramp_epochs: int | None = Field(100, gt=0, description="epochs of the linear rise (null: search.schedule_epochs)")
 
 
 def smoothmax_mean(arch: ArchParams) -> torch.Tensor:
@@ -44,6 +48,7 @@ def smoothmax_mean(arch: ArchParams) -> torch.Tensor:
 @register_method
 class BetaDARTS(Method):
     name = "beta-darts"
+    paper = "Ye et al., CVPR 2022: 'beta-DARTS: Beta-Decay Regularization for Differentiable Architecture Search'"
     description = "beta-DARTS: alpha loss + lambda * mean logsumexp(alpha), lambda = 50 * epoch / 100"
     preset = "beta-darts"
     Options = BetaDecayOptions
@@ -57,8 +62,8 @@ class BetaDARTS(Method):
 
     def coefficient(self, search: Search) -> float:
         """lambda of the current epoch."""
-        ramp = self.opts.ramp_epochs or search.cfg.optim.epochs
-        return self.opts.start + self.opts.coef * search.epoch / ramp
+        span = search.schedule_epochs
+        return self.opts.start + self.opts.coef * min(search.epoch, span) / (self.opts.ramp_epochs or span)
 
     def arch_penalty(self, search: Search) -> torch.Tensor | None:
         lam = self.coefficient(search)

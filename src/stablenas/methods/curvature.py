@@ -4,7 +4,7 @@ Adds ``lambda_max`` (and, when asked, the top eigenvalues of the exact spectrum)
 record every ``every`` epochs and at the last epoch (the RobustDARTS schedule: ``epoch % freq ==
 0 or last``). It never changes the search: fixed validation batches (not the search's stream),
 cloned BN buffers, DropPath off and a private RNG for the start vector (see
-``analysis.curvature``). It also records raw alpha (``alpha``: the flat valid entries) so that
+:mod:`stablenas.curvature`). It also records raw alpha (``alpha``: the flat valid entries) so that
 distances in alpha space can be computed afterwards (MS-DARTS Fig. 4).
 """
 
@@ -24,16 +24,25 @@ if TYPE_CHECKING:
 
 
 class HessianOptions(MethodOptions):
-    every: int = Field(1, ge=1)  # epochs between measurements (plus the last epoch)
-    batches: int = Field(1, ge=1)  # validation batches the loss is averaged over
-    batch_size: int | None = Field(None, gt=0)  # None = data.batch_size (BN batch statistics depend on it)
-    iters: int = Field(20, ge=2)  # Lanczos steps / power iterations (HVPs)
-    algorithm: Literal["lanczos", "power", "exact"] = "lanczos"
-    bn: Literal["train", "eval"] = "train"  # train = batch statistics, as RobustDARTS measures
-    top_k: int = Field(0, ge=0)  # also store the top-k (by magnitude) eigenvalues of the exact Hessian
-    arch_weight_decay: bool = False  # add optim.arch_weight_decay * I (the RobustDARTS code does)
-    record_alpha: bool = True
-    seed: Seed = 0
+    every: int = Field(1, ge=1,
+                       description="epochs between lambda_max measurements (the last epoch is always measured)")
+    batches: int = Field(1, ge=1, description="validation batches the measured loss is averaged over")
+    # None = data.batch_size (BN batch statistics depend on it)
+    batch_size: int | None = Field(None, gt=0, description="size of those batches (null: data.batch_size)")
+    iters: int = Field(20, ge=2,
+                       description="Lanczos steps or power iterations (Hessian-vector products) per measurement")
+    algorithm: Literal["lanczos", "power", "exact"] = Field(
+        "lanczos",
+        description="eigenvalue method: Lanczos, power iteration or the exact Hessian (small alpha only)")
+    bn: Literal["train", "eval"] = Field(
+        "train",
+        description="BatchNorm while measuring: batch statistics (train, as RobustDARTS) or running ones")
+    top_k: int = Field(0, ge=0,
+                       description="also record the k largest-magnitude eigenvalues of the exact Hessian (0: none)")
+    # add optim.arch_weight_decay * I (the RobustDARTS code does)
+    arch_weight_decay: bool = Field(False, description="add optim.arch_weight_decay * I to the Hessian")
+    record_alpha: bool = Field(True, description="store alpha in the epoch record of every measurement")
+    seed: Seed = Field(0, description="seed of the Lanczos / power-iteration start vector")
 
 
 def lambda_series(records: list[dict]) -> list[tuple[int, float]]:
@@ -49,6 +58,7 @@ def lambda_series(records: list[dict]) -> list[tuple[int, float]]:
 @register_method
 class Hessian(Method):
     name = "hessian"
+    paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
     description = "track lambda_max of the val. Hessian w.r.t. alpha (Lanczos on HVPs); search unchanged"
     preset = None
     Options = HessianOptions

@@ -42,11 +42,18 @@ if TYPE_CHECKING:
 
 
 class AdaOptions(EarlyStopOptions):
-    regularizer: Literal["l2", "drop_path"] = "l2"
-    initial: float | None = Field(None, ge=0.0)  # None = optim.weight_decay / regularization.drop_path_max
-    eta: float = Field(10.0, gt=1.0)
-    max_value: float = Field(3e-2, gt=0.0)  # R_max
-    checkpoint_snapshots: bool = True
+    regularizer: Literal["l2", "drop_path"] = Field(
+        "l2",
+        description="what a trigger raises: L2 weight decay or the ScheduledDropPath probability")
+    initial: float | None = Field(
+        None, ge=0.0,
+        description="starting value R (null: optim.weight_decay or regularization.drop_path_max)")
+    eta: float = Field(10.0, gt=1.0, description="factor R is multiplied by at each rollback")
+    max_value: float = Field(3e-2, gt=0.0,
+                             description="R_max: R never rises past it; once it cannot rise, the run stops")
+    checkpoint_snapshots: bool = Field(
+        True,
+        description="keep the rollback snapshots in checkpoints (a resumed run can roll back past its start)")
 
     @model_validator(mode="after")
     def _dp_below_one(self):
@@ -71,6 +78,7 @@ def _cpu_copy(obj: Any) -> Any:
 @register_method
 class DartsADA(DartsES):
     name = "darts-ada"
+    paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
     description = "DARTS-ADA: on the DARTS-ES criterion roll back and raise L2 (or DropPath) by eta, to R_max"
     preset = "darts-ada"
     Options = AdaOptions
@@ -117,7 +125,7 @@ class DartsADA(DartsES):
             for group in search.w_optimizer.param_groups:
                 group["weight_decay"] = self.R
         else:
-            search.net.drop_path_prob = self.R * search.epoch / search.cfg.optim.epochs
+            search.net.drop_path_prob = self.R * min(search.epoch / search.schedule_epochs, 1.0)
 
     def can_raise(self) -> bool:
         return self.R * self.opts.eta <= self.opts.max_value * (1 + 1e-9)

@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 
 
 class EarlyStopOptions(HessianOptions):
-    window: int = Field(5, ge=1)  # epochs (measurements) in the centred local average; odd
-    k: int = Field(5, ge=1)  # lag between the compared local averages
-    threshold: float = Field(0.75, gt=0.0, lt=1.0)  # stop when lambda_bar(i-k) / lambda_bar(i) < threshold
-    min_epoch: int = Field(1, ge=1)  # never return an architecture from before this epoch (1-based)
+    window: int = Field(5, ge=1, description="epochs (measurements) in the centred local average of lambda_max; odd")
+    k: int = Field(
+        5, ge=1,
+        description="lag in epochs between the compared averages; the run returns the architecture of epoch i-k")
+    threshold: float = Field(0.75, gt=0.0, lt=1.0,
+                             description="stop when avg lambda_max(i-k) / avg lambda_max(i) falls below this")
+    min_epoch: int = Field(1, ge=1, description="earliest epoch (1-based) whose architecture may be returned")
 
     @model_validator(mode="after")
     def _odd_window(self):
@@ -98,6 +101,7 @@ def genotype_of_epoch(records: Sequence[dict], epoch0: int) -> Genotype | None:
 @register_method
 class DartsES(Hessian):
     name = "darts-es"
+    paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
     description = "DARTS-ES: stop when local-avg. lambda_max grows 1/0.75-fold in k epochs; return epoch i-k"
     preset = "darts-es"
     Options = EarlyStopOptions

@@ -25,23 +25,26 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from ..registry import SKELETONS, SPACES
+from ..supernet.mix import Mix
 from ._common import linear_ramp
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class DartsMinusOptions(MethodOptions):
-    beta: float = Field(1.0, ge=0.0)  # authors' args.py --skip_beta 1.0: the auxiliary weight at epoch 0
+    # authors' args.py --skip_beta 1.0: the auxiliary weight at epoch 0
+    beta: float = Field(1.0, ge=0.0, description="weight of the auxiliary skip at epoch 0; decays linearly to 0")
     # epoch: beta_e = beta * (1 - e / epochs), the authors' per-epoch DecayScheduler (--decay linear);
     # step: the same line evaluated at every step
-    ramp: Literal["epoch", "step"] = "epoch"
+    ramp: Literal["epoch", "step"] = Field("epoch", description="decay beta once per epoch or at every step")
 
 
 @register_method
 class DartsMinus(Method):
     name = "darts-minus"
+    paper = "Chu et al., ICLR 2021: 'DARTS-: Robustly Stepping out of Performance Collapse Without Indicators'"
     description = "DARTS-: auxiliary skip beta * x beside every mixed op, beta 1 -> 0 linearly"
     preset = "darts-minus"
     Options = DartsMinusOptions

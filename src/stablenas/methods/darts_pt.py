@@ -29,18 +29,17 @@ same loop (checkpoints, resume, guards, data parallelism unchanged). Selection f
   ``reset_optimizer(learning_rate / 10)``), cosine to ``optim.lr_min`` over their ``tune_epochs =
   proj_intv * (decisions - 1) + 1`` (``sota/cnn/projection.py``; ``tune_schedule: constant`` keeps
   the restart lr, as ``nasbench201/projection.py`` does). The search phase is a standalone search of
-  ``search_epochs``: the method declares them as ``schedule_epochs``, so the lr's cosine and the
-  linear ramps of composed methods (SDARTS's radius) span them and the ramps then stay at their end
+  ``search_epochs``: the method declares them as ``schedule_epochs``, so the lr's cosine and every
+  epoch schedule of a composed method (SDARTS's radius, DARTS-'s beta, GDAS's and SNAS's temperature,
+  beta-DARTS's and Lambda-DARTS's strength, the drop-path ramp) span them and then stay at their end
   value, as the authors' SDARTS-PT tunes at the largest radius. Alpha keeps training on undecided edges,
   as the authors' tuning loop calls ``architect.step``; ``freeze_alpha`` stops it (the loop's
   ``Method.freezes_alpha``).
 
 On the DARTS skeleton `none` is never an op candidate: DARTS genotypes hold no `none`, and masking
 its zero output changes nothing, so in the authors' loop it wins only when no other removal hurts
-(their genotype parse then falls back to the first non-`none` op). Schedules a method computes
-itself from ``optim.epochs`` (GDAS's and SNAS's temperature, beta-DARTS's and Lambda-DARTS's
-strength) span search and selection together. The recurrent cell has no DARTS-PT procedure: a
-config error.
+(their genotype parse then falls back to the first non-`none` op). The recurrent cell has no
+DARTS-PT procedure: a config error.
 """
 
 from __future__ import annotations
@@ -51,25 +50,46 @@ import torch
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..registry import OPS, SKELETONS
-from ..spaces.registry import get_space
+from ..registry import METHODS, OPS, SKELETONS
+from ..spaces.catalog import get_space
+from ..supernet.mix import Mix
 from ._common import genotype_of
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class DartsPTOptions(MethodOptions):
-    search_epochs: int = Field(50, ge=1)  # sota/cnn/train_search.py --epochs 50, then pt_project
-    proj_intv: int = Field(5, ge=1)  # exp_scripts/*-proj-*.sh --proj_intv 5
-    criterion: Literal["acc", "loss"] = "acc"  # --proj_crit_normal/_reduce/_edge acc
-    edge_decision: Literal["random", "sgas"] = "random"  # --edge_decision random (the only one coded)
-    val_batches: int | None = Field(None, gt=0)  # None: search.val_batches (unset: whole split, their proj_queue)
-    bn: Literal["train", "eval"] = "train"  # infer(..., _eval=False): batch statistics
-    lr_ratio: float = Field(0.1, gt=0.0)  # model.reset_optimizer(args.learning_rate / 10, ...)
-    tune_schedule: Literal["cosine", "constant"] = "cosine"  # sota/cnn/projection.py: cosine to lr_min
-    freeze_alpha: bool = False  # their tuning loop keeps calling architect.step
+    # sota/cnn/train_search.py --epochs 50, then pt_project
+    search_epochs: int = Field(50, ge=1,
+                               description="epochs of the DARTS search before the perturbation-based selection")
+    # exp_scripts/*-proj-*.sh --proj_intv 5
+    proj_intv: int = Field(5, ge=1, description="fine-tuning epochs between two selection decisions")
+    # --proj_crit_normal/_reduce/_edge acc
+    criterion: Literal["acc", "loss"] = Field(
+        "acc",
+        description="score of masking an op: the drop in validation accuracy or the rise in loss")
+    # --edge_decision random (the only one coded)
+    edge_decision: Literal["random", "sgas"] = Field(
+        "random",
+        description="which edge is decided next: random, or the largest SGAS score")
+    # None: search.val_batches (unset: whole split, their proj_queue)
+    val_batches: int | None = Field(
+        None, gt=0,
+        description="validation batches per score (null: search.val_batches; unset: the whole split)")
+    # infer(..., _eval=False): batch statistics
+    bn: Literal["train", "eval"] = Field(
+        "train",
+        description="BatchNorm while scoring: batch statistics (train) or running ones (eval)")
+    # model.reset_optimizer(args.learning_rate / 10, ...)
+    lr_ratio: float = Field(0.1, gt=0.0, description="fine-tuning learning rate as a fraction of optim.lr")
+    # sota/cnn/projection.py: cosine to lr_min
+    tune_schedule: Literal["cosine", "constant"] = Field(
+        "cosine",
+        description="fine-tuning learning rate: cosine down to optim.lr_min, or constant")
+    # their tuning loop keeps calling architect.step
+    freeze_alpha: bool = Field(False, description="stop the alpha steps while fine-tuning")
 
 
 def decision_nodes(space) -> list[int]:
@@ -99,6 +119,7 @@ def sgas_scores(w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 @register_method
 class DartsPT(Method):
     name = "darts-pt"
+    paper = "Wang et al., ICLR 2021: 'Rethinking Architecture Selection in Differentiable NAS'"
     description = "DARTS-PT: perturbation-based selection (mask each op / edge, keep what hurts most) with fine-tuning"
     preset = "darts-pt"
     Options = DartsPTOptions
@@ -108,9 +129,11 @@ class DartsPT(Method):
         super().validate(cfg, options)
         space = get_space(cfg.space)
         SKELETONS[space.skeleton].require("perturbation_selection", "method darts-pt")
-        if [m.name for m in cfg.methods][-1] != cls.name:
-            raise ConfigError("method darts-pt must be the last entry of methods: its decided edges override the "
-                              "op weights every other method hands on")
+        after = [m.name for m in cfg.methods[[m.name for m in cfg.methods].index(cls.name) + 1:]
+                 if METHODS[m.name].transform is not Method.transform]
+        if after:
+            raise ConfigError(f"method darts-pt must come after every method that edits op weights ({', '.join(after)} "
+                              "follow it): its decided edges override the op weights the others hand on")
         need = options.search_epochs + (n_decisions(space) - 1) * options.proj_intv
         if cfg.optim.epochs < need:
             raise ConfigError(f"method darts-pt needs optim.epochs >= {need} on space {cfg.space} (search_epochs "

@@ -34,15 +34,20 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..registry import METHODS
 from ..supernet.arch import dirichlet_concentration
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from ..supernet.mix import Mix
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class DrNASOptions(MethodOptions):
-    reg: Literal["l2", "kl"] = "l2"  # DrNAS train_search.py: --reg_type l2 (choices l2, kl)
-    reg_scale: float = Field(1e-3, ge=0.0)  # --reg_scale 1e-3 ("proper for l2")
+    # DrNAS train_search.py: --reg_type l2 (choices l2, kl)
+    reg: Literal["l2", "kl"] = Field(
+        "l2",
+        description="regulariser of the Dirichlet concentration towards its prior: l2 or kl")
+    # --reg_scale 1e-3 ("proper for l2")
+    reg_scale: float = Field(1e-3, ge=0.0, description="weight of that regulariser")
 
 
 def dirichlet_sample(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -68,6 +73,7 @@ def kl_to_uniform(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @register_method
 class DrNAS(Method):
     name = "drnas"
+    paper = "Chen et al., ICLR 2021: 'DrNAS: Dirichlet Neural Architecture Search'"
     description = "DrNAS: op weights ~ Dirichlet(elu(alpha)+1), pathwise gradients, prior regulariser, mean at eval"
     preset = "drnas"
     Options = DrNASOptions

@@ -39,13 +39,18 @@ if TYPE_CHECKING:
     from ..genotype import Genotype
     from ..search.loop import Search
     from ..skeletons.base import Skeleton
-    from ..spaces.registry import SearchSpace
+    from ..spaces.catalog import SearchSpace
     from ..supernet.arch import ArchParams
 
 class FairOptions(MethodOptions):
-    weight: float = Field(10.0, ge=0.0)  # train_search.py --aux_loss_weight 10
-    loss: Literal["l2", "l1"] = "l2"  # --sep_loss l2 (ConvSeparateLoss) | l1 (TriSeparateLoss)
-    threshold: float = Field(0.85, gt=0.0, lt=1.0)  # --op_threshold; configures search.discretizer: fair
+    # train_search.py --aux_loss_weight 10
+    weight: float = Field(10.0, ge=0.0,
+                          description="weight of the zero-one loss pushing each sigmoid op weight to 0 or 1")
+    # --sep_loss l2 (ConvSeparateLoss) | l1 (TriSeparateLoss)
+    loss: Literal["l2", "l1"] = Field("l2", description="zero-one loss: l2 (ConvSeparateLoss) or l1 (TriSeparateLoss)")
+    # --op_threshold; configures search.discretizer: fair
+    threshold: float = Field(0.85, gt=0.0, lt=1.0,
+                             description="ops whose sigmoid weight exceeds it are kept (search.discretizer: fair)")
 
 
 def zero_one_loss(arch: ArchParams, kind: str = "l2") -> torch.Tensor:
@@ -108,6 +113,7 @@ DISCRETIZERS.register("fair", FairDiscretizer())
 @register_method
 class FairDARTS(Method):
     name = "fair-darts"
+    paper = "Chu et al., ECCV 2020: 'Fair DARTS: Eliminating Unfair Advantages in Differentiable Architecture Search'"
     description = "FairDARTS: sigmoid op weights, zero-one loss (weight 10), threshold-0.85 selection"
     preset = "fair-darts"
     Options = FairOptions

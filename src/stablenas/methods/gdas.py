@@ -5,7 +5,8 @@ argmax of the Gumbel-softmax h = softmax((log p + g) / tau), p the op weights, g
 The mixing weight is the straight-through one_hot(argmax h) - h.detach() + h: its value is the
 one-hot choice, its gradient that of h, so alpha is trained through the single op that ran. tau is
 annealed linearly from 10 to 0.1, once per epoch: tau_e = tau_max - (tau_max - tau_min) * e /
-(epochs - 1) (the GDAS code, ``search_model.set_tau``). Sampling is shared by all cells of a
+(epochs - 1) (the GDAS code, ``search_model.set_tau``), epochs being ``search.schedule_epochs``
+(past them, DARTS-PT's selection phase, tau stays at tau_min). Sampling is shared by all cells of a
 cell type, as in GDAS. The hard choices are Python lists (the supernet runs only the chosen op), so
 each sampled forward makes one small device-to-host copy of the indices.
 
@@ -20,18 +21,24 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field, model_validator
 
+from ..supernet.mix import Mix
 from ._common import argmax_mix, gumbel_softmax
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class GDASOptions(MethodOptions):
-    tau_max: float = Field(10.0, gt=0.0)  # GDAS scripts: --tau_max 10 --tau_min 0.1
-    tau_min: float = Field(0.1, gt=0.0)
-    anneal: Literal["epoch", "step"] = "epoch"  # linear per epoch (GDAS code) or per step
-    eval: Literal["sample", "argmax", "soft"] = "sample"  # validation forwards: GDAS samples there too
+    # GDAS scripts: --tau_max 10 --tau_min 0.1
+    tau_max: float = Field(10.0, gt=0.0, description="Gumbel-softmax temperature at the start of the anneal")
+    tau_min: float = Field(0.1, gt=0.0, description="temperature at its end")
+    # linear per epoch (GDAS code) or per step
+    anneal: Literal["epoch", "step"] = Field("epoch", description="lower tau linearly once per epoch or at every step")
+    # validation forwards: GDAS samples there too
+    eval: Literal["sample", "argmax", "soft"] = Field(
+        "sample",
+        description="op weights of validation forwards: a sampled op, the argmax op or the soft mixture")
 
     @model_validator(mode="after")
     def _annealed_down(self) -> GDASOptions:
@@ -53,6 +60,7 @@ def gumbel_hard(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
 @register_method
 class GDAS(Method):
     name = "gdas"
+    paper = "Dong & Yang, CVPR 2019: 'Searching for A Robust Neural Architecture in Four GPU Hours'"
     description = "GDAS: one Gumbel-sampled op per edge, straight-through gradient, tau 10->0.1 linear"
     preset = "gdas"
     Options = GDASOptions
@@ -63,11 +71,9 @@ class GDAS(Method):
 
     def _tau(self, search: Search) -> float:
         o = self.opts
-        total = search.cfg.optim.epochs
-        if o.anneal == "epoch":
-            frac = search.epoch / (total - 1) if total > 1 else 0.0
-        else:
-            frac = min(search.progress_fraction * total / max(total - 1, 1), 1.0) if total > 1 else 0.0
+        total = search.schedule_epochs
+        done = search.epoch if o.anneal == "epoch" else search.epochs_done
+        frac = min(done / (total - 1), 1.0) if total > 1 else 0.0
         return o.tau_max - (o.tau_max - o.tau_min) * frac
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:

@@ -37,19 +37,32 @@ from .. import distributed as dist
 from ..data import TensorLoader
 from ..genotype import Genotype
 from ..registry import DISCRETIZERS, OPS, SKELETONS
+from ..supernet.mix import Mix
 from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle, engine_options
-from .base import Method, MethodOptions, Mix, register_method
+from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class IDARTSOptions(MethodOptions):
-    images: int = Field(5000, ge=1)  # held-out images for discretisation (Sec. IV-A: 5,000 on CIFAR-10)
-    split: Literal["all", "train", "val"] = "all"  # all = whole search data (the paper's training set)
-    batch_size: int = Field(64, ge=1)  # forward batch; one cell's op outputs for a batch are held at once
-    projection: Literal["span", "sequential"] = "span"
-    every_epoch: bool = False  # decorrelation for every epoch record too (a held-out pass each)
+    # held-out images for discretisation (Sec. IV-A: 5,000 on CIFAR-10)
+    images: int = Field(5000, ge=1, description="held-out images of the decorrelation discretisation")
+    # all = whole search data (the paper's training set)
+    split: Literal["all", "train", "val"] = Field(
+        "all",
+        description="where they come from: all search data, or its train or val half")
+    # forward batch; one cell's op outputs for a batch are held at once
+    batch_size: int = Field(
+        64, ge=1,
+        description="forward batch of that pass (one cell's op outputs for a batch are held at once)")
+    projection: Literal["span", "sequential"] = Field(
+        "span",
+        description="span: orthogonalise each op against the ops selected so far; sequential: raw op outputs")
+    # decorrelation for every epoch record too (a held-out pass each)
+    every_epoch: bool = Field(
+        False,
+        description="discretise by decorrelation for every epoch's record too (one held-out pass each)")
 
 
 @register_method
@@ -58,6 +71,7 @@ class IDARTS(Method):
     method, with default options, after any optimiser)."""
 
     name = "idarts"
+    paper = "Wang et al.: 'iDARTS: Improving DARTS by Node Normalization and Decorrelation Discretization'"
     description = "iDARTS: node normalisation (static BN per node) + decorrelation discretisation (Alg. 1)"
     preset = "idarts"
     Options = IDARTSOptions

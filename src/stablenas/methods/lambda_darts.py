@@ -9,7 +9,8 @@ weight gradient becomes ``grad_w L_train - lambda_t * grad_w R``. ``grad_w R = (
 difference of the training gradient along ``p`` in op-weight space: with ``eps = epsilon / |p|``,
 ``-grad_w R ~ (grad_w L(A - eps p) - grad_w L(A + eps p)) / (2 eps)`` (the authors'
 ``sota/cnn/model_search.py``: ``get_perturbations`` with ``corr_type='corr'``, ``get_reg_grads``; the
-loop in ``train_search.py``). ``lambda_t = lambda * epoch / (epochs - 1)`` (``train_search.py``);
+loop in ``train_search.py``). ``lambda_t = lambda * epoch / (epochs - 1)`` (``train_search.py``), epochs
+being ``search.schedule_epochs`` (lambda past them, in DARTS-PT's selection phase);
 lambda 0.125, epsilon 1e-4 (its defaults and the NAS-Bench-201 CIFAR-10 script; the SVHN scripts use
 0.25 and 1e-3). The authors' DARTS-space code zeroes the reduction cells' ``p`` (``reduce_cells``).
 
@@ -37,10 +38,15 @@ if TYPE_CHECKING:
 
 
 class LambdaOptions(MethodOptions):
-    strength: float = Field(0.125, ge=0.0)  # train_search.py --lambda_ 0.125 (SVHN scripts: 0.25)
-    epsilon: float = Field(1e-4, gt=0.0)  # train_search.py --epsilon_0 1e-4 (SVHN scripts: 1e-3)
-    ramp: bool = True  # lambda_t = lambda * epoch / (epochs - 1) (train_search.py); false: lambda throughout
-    reduce_cells: bool = False  # the authors' DARTS code aligns the normal cells only
+    # train_search.py --lambda_ 0.125 (SVHN scripts: 0.25)
+    strength: float = Field(0.125, ge=0.0,
+                            description="lambda: weight of the term aligning the cells' op-weight gradients")
+    # train_search.py --epsilon_0 1e-4 (SVHN scripts: 1e-3)
+    epsilon: float = Field(1e-4, gt=0.0, description="finite-difference step of that term's gradient")
+    # lambda_t = lambda * epoch / (epochs - 1) (train_search.py); false: lambda throughout
+    ramp: bool = Field(True, description="raise lambda linearly from 0 over the epochs (false: lambda throughout)")
+    # the authors' DARTS code aligns the normal cells only
+    reduce_cells: bool = Field(False, description="align the reduction cells too, not only the normal cells")
 
 
 def harmony_direction(g: torch.Tensor) -> torch.Tensor:
@@ -55,6 +61,8 @@ def harmony_direction(g: torch.Tensor) -> torch.Tensor:
 @register_method
 class LambdaDARTS(Method):
     name = "lambda-darts"
+    paper = ("Movahedi et al., ICLR 2023: "
+             "'Lambda-DARTS: Mitigating Performance Collapse by Harmonizing Operation Selection among Cells'")
     description = "Lambda-DARTS: weight step raises the cosine of the cells' op-weight gradients (finite diff.)"
     preset = "lambda-darts"
     Options = LambdaOptions
@@ -82,7 +90,7 @@ class LambdaDARTS(Method):
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:
         if self.opts.ramp:
-            self.strength = self.opts.strength * epoch / max(search.cfg.optim.epochs - 1, 1)
+            self.strength = self.opts.strength * min(epoch / max(search.schedule_epochs - 1, 1), 1.0)
 
     def cell_gradients(self, search: Search) -> dict[str, torch.Tensor]:
         """``g`` per aligned cell type, ``[cells, edges, ops]``: the training loss of the weight step's

@@ -27,6 +27,7 @@ import torch
 from pydantic import Field
 
 from .. import distributed as dist
+from ..supernet.mix import Mix
 from ._common import (
     BNMode,
     Projection,
@@ -37,23 +38,39 @@ from ._common import (
     project,
     uniform_like,
 )
-from .base import Batch, Mix, register_method
+from .base import Batch, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class MSOptions(RampOptions):
-    epsilon_min: float = Field(0.025, ge=0.0)  # MS-DARTS code: epsilon_alpha / 10
-    epsilon_max: float = Field(0.25, ge=0.0)  # MS-DARTS code default --epsilon_alpha 0.25
-    bandwidth: float = Field(1.0, gt=0.0)  # h; code default 1 (paper Table 4: h in 0.2..1.4)
-    samples: int = Field(3, ge=1)  # N (paper: N = 2, 3, 4; code default 3)
-    iterations: int = Field(2, ge=1)  # T (paper: T = 2, 3; code default 2)
-    weighting: Literal["softmax", "linear"] = "softmax"  # omega = softmax(losses) (code) or loss / sum
-    kernel: Literal["cell_type", "joint"] = "cell_type"  # per cell type (code) or all of A (eq. 11)
-    bn_mode: BNMode = "eval"
-    batched: bool = True  # vmap the N sample losses (eval-mode BN only)
-    projection: Projection = "auto"
+    # MS-DARTS code: epsilon_alpha / 10
+    epsilon_min: float = Field(0.025, ge=0.0, description="sampling radius at the start of the ramp")
+    # MS-DARTS code default --epsilon_alpha 0.25
+    epsilon_max: float = Field(0.25, ge=0.0, description="sampling radius at the end of the ramp")
+    # h; code default 1 (paper Table 4: h in 0.2..1.4)
+    bandwidth: float = Field(1.0, gt=0.0, description="h: bandwidth of the Gaussian kernel")
+    # N (paper: N = 2, 3, 4; code default 3)
+    samples: int = Field(3, ge=1, description="N: architectures sampled per mean-shift iteration")
+    # T (paper: T = 2, 3; code default 2)
+    iterations: int = Field(2, ge=1, description="T: mean-shift iterations per weight step")
+    # omega = softmax(losses) (code) or loss / sum
+    weighting: Literal["softmax", "linear"] = Field(
+        "softmax",
+        description="omega of a sample from its loss: softmax over the N losses, or loss / sum")
+    # per cell type (code) or all of A (eq. 11)
+    kernel: Literal["cell_type", "joint"] = Field(
+        "cell_type",
+        description="kernel distance per cell type, or over all op weights at once (eq. 11)")
+    bn_mode: BNMode = Field(
+        "eval",
+        description="BatchNorm for the sample losses: running statistics (eval) or batch ones (train)")
+    # vmap the N sample losses (eval-mode BN only)
+    batched: bool = Field(True, description="compute the N sample losses in one vmapped forward (eval-mode BN only)")
+    projection: Projection = Field(
+        "auto",
+        description="back onto the op-weight domain: auto (simplex for softmax, box for sigmoid), simplex, box")
 
 
 def mean_shift_step(center: dict[str, torch.Tensor], samples: dict[str, torch.Tensor], losses: torch.Tensor,
@@ -104,6 +121,7 @@ def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dic
 @register_method
 class MSDARTS(RampedPerturbation):
     name = "ms-darts"
+    paper = "Hsieh et al. 2022: 'MS-DARTS: Mean-Shift Based Differentiable Architecture Search'"
     description = "MS-DARTS: weight step at a loss-weighted Gaussian mean shift of sampled op weights"
     preset = "ms-darts"
     Options = MSOptions

@@ -43,8 +43,12 @@ if TYPE_CHECKING:
 
 
 class OLESOptions(MethodOptions):
-    threshold: float = Field(0.4, ge=-1.0, le=1.0)  # train_search.py --patience 0.4
-    window: int = Field(20, ge=1)  # train_search.py --count 20 (steps per decision)
+    # train_search.py --patience 0.4
+    threshold: float = Field(
+        0.4, ge=-1.0, le=1.0,
+        description="freeze an op when its mean train/val gradient cosine over a window is below this")
+    # train_search.py --count 20 (steps per decision)
+    window: int = Field(20, ge=1, description="steps per decision window")
 
 
 def op_units(net: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
@@ -68,6 +72,7 @@ def column_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @register_method
 class OLES(Method):
     name = "oles"
+    paper = "Jiang et al., NeurIPS 2023: 'Operation-Level Early Stopping for Robustifying Differentiable NAS'"
     description = "OLES: freeze an op's weights when its train/val gradient cosine stays < 0.4 over 20 steps"
     preset = "oles"
     Options = OLESOptions

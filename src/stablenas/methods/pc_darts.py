@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 @register_method
 class PCDARTS(Method):
     name = "pc-darts"
+    paper = "Xu et al., ICLR 2020: 'PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture Search'"
     description = "PC-DARTS: 1/K partial channels + shuffle (network.partial_channels) and edge betas"
     preset = "pc-darts"
 

@@ -28,22 +28,27 @@ from pydantic import Field
 
 from .. import distributed as dist
 from ..genotype import Genotype
+from ..supernet.mix import Mix
 from ._common import discrete_mix, genotype_of, sample_architecture
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class RSWSOptions(MethodOptions):
-    samples: int = Field(1000, ge=1)  # architectures ranked at the end (code: 1000)
-    eval_batches: int = Field(10, ge=1)  # validation batches per candidate (code: 10)
-    top_k: int = Field(10, ge=0)  # re-ranked on the full validation split (code: 10); 0 = skip
+    # architectures ranked at the end (code: 1000)
+    samples: int = Field(1000, ge=1, description="random architectures ranked at the end")
+    # validation batches per candidate (code: 10)
+    eval_batches: int = Field(10, ge=1, description="validation batches per candidate")
+    # re-ranked on the full validation split (code: 10); 0 = skip
+    top_k: int = Field(10, ge=0, description="best candidates re-ranked on the full validation split (0: none)")
 
 
 @register_method
 class RSWS(Method):
     name = "rs-ws"
+    paper = "Li & Talwalkar, UAI 2019: 'Random Search and Reproducibility for Neural Architecture Search'"
     description = "Random search with weight sharing: train a uniform random arch per step, rank N at the end"
     preset = "rs-ws"
     Options = RSWSOptions

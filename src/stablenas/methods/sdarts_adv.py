@@ -18,21 +18,29 @@ import torch
 from pydantic import Field
 
 from .. import distributed as dist
+from ..supernet.mix import Mix
 from ..supernet.network import weights_frozen
 from ._common import BNMode, Projection, RampedPerturbation, RampOptions, perturbed_loss, project, uniform_like
-from .base import Batch, Mix, register_method
+from .base import Batch, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class ADVOptions(RampOptions):
-    steps: int = Field(7, ge=1)  # "7-step PGD attack under l_inf norm ball"
-    step_size: float | None = Field(None, gt=0.0)  # None: 2 * eps / steps (SmoothDARTS Linf_SGD lr)
-    random_start: bool = True
-    keep_clean_if_weaker: bool = True  # SmoothDARTS: restore A if the attack lowered the loss
-    bn_mode: BNMode = "eval"  # SmoothDARTS runs the attack with model.eval()
-    projection: Projection = "auto"
+    # "7-step PGD attack under l_inf norm ball"
+    steps: int = Field(7, ge=1, description="PGD steps of the l_inf attack on the op weights")
+    # None: 2 * eps / steps (SmoothDARTS Linf_SGD lr)
+    step_size: float | None = Field(None, gt=0.0, description="PGD step size (null: 2 * epsilon / steps)")
+    random_start: bool = Field(True, description="start the attack at a uniform random point of the epsilon ball")
+    # SmoothDARTS: restore A if the attack lowered the loss
+    keep_clean_if_weaker: bool = Field(True, description="keep the clean op weights when the attack lowered the loss")
+    # SmoothDARTS runs the attack with model.eval()
+    bn_mode: BNMode = Field("eval",
+                            description="BatchNorm during the attack: running statistics (eval) or batch ones (train)")
+    projection: Projection = Field(
+        "auto",
+        description="back onto the op-weight domain: auto (simplex for softmax, box for sigmoid), simplex, box")
 
 
 def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: Batch, eps: float,
@@ -76,6 +84,8 @@ def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: 
 @register_method
 class SDARTSADV(RampedPerturbation):
     name = "sdarts-adv"
+    paper = ("Chen & Hsieh, ICML 2020: "
+             "'Stabilizing Differentiable Architecture Search via Perturbation-based Regularization'")
     description = "SDARTS-ADV: weight step at op weights + 7-step PGD l_inf attack (simplex), eps 0.03->0.3"
     preset = "sdarts-adv"
     Options = ADVOptions

@@ -12,20 +12,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from ..supernet.mix import Mix
 from ._common import Projection, RampedPerturbation, RampOptions, project, uniform_like
-from .base import Batch, Mix, register_method
+from .base import Batch, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class RSOptions(RampOptions):
-    projection: Projection = "auto"  # simplex for softmax op weights, box [0, 1] for sigmoid
+    # simplex for softmax op weights, box [0, 1] for sigmoid
+    projection: Projection = Field(
+        "auto",
+        description="back onto the op-weight domain: auto (simplex for softmax, box for sigmoid), simplex, box")
 
 
 @register_method
 class SDARTSRS(RampedPerturbation):
     name = "sdarts-rs"
+    paper = ("Chen & Hsieh, ICML 2020: "
+             "'Stabilizing Differentiable Architecture Search via Perturbation-based Regularization'")
     description = "SDARTS-RS: weight step at op weights + U[-eps, eps] (simplex-projected), eps 0.03->0.3"
     preset = "sdarts-rs"
     Options = RSOptions

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @register_method
 class SingleDARTS(Method):
     name = "single-darts"
+    paper = "Hou et al.: 'Single-DARTS: Towards Stable Architecture Search'"
     description = "Single-DARTS: w and alpha from one loss on one batch (update: single), sigmoid alpha"
     preset = "single-darts"
 

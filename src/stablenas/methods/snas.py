@@ -12,7 +12,7 @@ tau is annealed linearly per epoch from tau0 = 1 to tau_min = 0.03 (the authors'
 ``--temp 1 --temp_min 0.03 --temp_annealing``; ``Temp_Scheduler`` in their ``utils.py``):
 tau_e = tau_min + (tau0 - tau_min) * (1 - (e + 1) / E) for epoch e = 0 .. E-1, so the last epoch
 runs at tau_min (the scheduler is stepped once before the first epoch; it fixes E at 150, their
-search length, here E is ``optim.epochs``).
+search length, here E is ``search.schedule_epochs``, past which tau stays at tau_min).
 
 SNAS trains weights and alpha from one loss in one backward pass: the ``snas`` preset uses
 ``search.update: single``. Its resource constraint is not part of this method (a resource budget
@@ -25,17 +25,22 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from ..supernet.mix import Mix
 from ._common import argmax_mix, gumbel_softmax
-from .base import Batch, Method, MethodOptions, Mix, register_method
+from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..search.loop import Search
 
 
 class SNASOptions(MethodOptions):
-    tau0: float = Field(1.0, gt=0.0)  # SNAS README: --temp 1 --temp_min 0.03 --temp_annealing
-    tau_min: float = Field(0.03, gt=0.0)
-    eval: Literal["sample", "argmax", "soft"] = "sample"  # validation forwards: the SNAS code samples there too
+    # SNAS README: --temp 1 --temp_min 0.03 --temp_annealing
+    tau0: float = Field(1.0, gt=0.0, description="temperature of the relaxed Gumbel-softmax at the start")
+    tau_min: float = Field(0.03, gt=0.0, description="temperature at the end of the anneal")
+    # validation forwards: the SNAS code samples there too
+    eval: Literal["sample", "argmax", "soft"] = Field(
+        "sample",
+        description="op weights of validation forwards: a sample, the argmax op or the soft mixture")
 
     @model_validator(mode="after")
     def _annealed_down(self) -> SNASOptions:
@@ -46,13 +51,14 @@ class SNASOptions(MethodOptions):
 
 
 def snas_temperature(tau0: float, tau_min: float, epoch: int, epochs: int) -> float:
-    """The SNAS code's linear schedule at (0-based) epoch ``epoch`` of ``epochs``."""
-    return tau_min + (tau0 - tau_min) * (1.0 - (epoch + 1) / epochs)
+    """The SNAS code's linear schedule at (0-based) epoch ``epoch`` of ``epochs``; tau_min past them."""
+    return tau_min + (tau0 - tau_min) * (1.0 - min((epoch + 1) / epochs, 1.0))
 
 
 @register_method
 class SNAS(Method):
     name = "snas"
+    paper = "Xie et al., ICLR 2019: 'SNAS: Stochastic Neural Architecture Search'"
     description = "SNAS: soft Gumbel-softmax op weights in every forward, tau 1 -> 0.03 linear, single-level"
     preset = "snas"
     Options = SNASOptions
@@ -62,7 +68,7 @@ class SNAS(Method):
         self.tau = self.opts.tau0
 
     def on_epoch_start(self, search: Search, epoch: int) -> None:
-        self.tau = snas_temperature(self.opts.tau0, self.opts.tau_min, epoch, search.cfg.optim.epochs)
+        self.tau = snas_temperature(self.opts.tau0, self.opts.tau_min, epoch, search.schedule_epochs)
 
     def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "eval" and self.opts.eval != "sample":

@@ -4,21 +4,21 @@ JSON: ``{"space": "ptb", "recurrent": [[op, pred], ...], "concat": [1, ..., 8]}`
 node 0 is the highway input s0) reads ``pred`` in 0..i-1. The discretisation rule (DARTS
 ``model_search.genotype``): per node, the predecessor whose strongest non-`none` op weight is
 largest, with that op; ties go to the earlier predecessor / earlier op.
+Saving and loading are ``Genotype``'s (JSON text, ``save``, ``load``); this class supplies
+``to_dict`` / ``from_dict``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..errors import GenotypeError
 from ..genotype import Genotype
 from ..registry import SPACES
-from ..spaces.registry import SearchSpace
+from ..spaces.catalog import SearchSpace
 from .space import CELL, RNN_OPS, RNN_SKELETON
 
 Pair = tuple[str, int]
@@ -103,14 +103,6 @@ class RecurrentGenotype(Genotype):
     def to_dict(self) -> dict:
         return {"space": self.space, "recurrent": [[op, p] for op, p in self.recurrent],
                 "concat": list(self.recurrent_concat)}
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> None:
-        from ..utils import atomic_write_text
-
-        atomic_write_text(Path(path), self.to_json(indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RecurrentGenotype:

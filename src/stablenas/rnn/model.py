@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.ptb import RNNInput
-from ..spaces.registry import SearchSpace
+from ..spaces.catalog import SearchSpace
 from .genotype import RecurrentGenotype
 from .space import ACTIVATIONS, CELL
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..spaces.catalog import SearchSpace, register_space
 from ..spaces.ops import register_op
-from ..spaces.registry import SearchSpace, register_space
 
 RNN_SKELETON = "rnn"
 CELL = "recurrent"  # the one cell type of a recurrent space

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..config import ConfigModel, Seed, apply_overrides, format_validation_error
 from ..data.ptb import TRAIN_KEYS, BPTTStream, Corpus, load_ptb, perplexity
 from ..errors import CheckpointError, ConfigError, DivergedError, InterruptedRun
 from ..progress import progress_enabled
+from ..progress import write as write_line
 from ..rundir import RunDir, stop_signals
 from ..utils import atomic_write_text, resolve_device
 from .genotype import RecurrentGenotype
@@ -153,7 +153,7 @@ class RNNTrainer:
                  corpus: Corpus | None = None):
         self.genotype, self.cfg = genotype, cfg
         self.out = Path(out_dir) if out_dir is not None else None
-        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.log = log or write_line  # through the progress bar (stablenas.progress.write)
         self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

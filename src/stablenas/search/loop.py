@@ -54,14 +54,18 @@ from ..errors import (
     StablenasError,
 )
 from ..genotype import Genotype
-from ..methods import Method, Mix
+from ..methods import Method
 from ..methods.base import schedule_epochs
+from ..progress import bar as progress_bar
 from ..progress import progress_enabled
+from ..progress import write as write_line
 from ..registry import LOOKUPS, METHODS, SKELETONS
 from ..rundir import CHECKPOINT, RunDir, load_checkpoint, stop_signals
 from ..skeletons.base import SearchData
-from ..spaces.registry import get_space
+from ..spaces.catalog import get_space
+from ..supernet import engine
 from ..supernet.arch import ArchParams
+from ..supernet.mix import Mix
 from ..supernet.network import double_backward_mode, weights_frozen
 from ..utils import resolve_device, rng_state, seed_everything, set_rng_state, use_deterministic_algorithms
 from .discretize import DISCRETIZERS
@@ -96,7 +100,7 @@ class Search:
                  loggers: str | Sequence[str] | None = None):
         self.cfg = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.log = log or write_line  # through the progress bar (stablenas.progress.write)
         self.progress = progress_enabled(progress)  # a terminal, not CI (stablenas.progress)
         cfg = config
         if cfg.threads:
@@ -146,6 +150,11 @@ class Search:
         if cl:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.net.channels_last = True
+        # this device's engine options (its defaults or a `bench --tune` file), recorded in status.json
+        self.engine = engine.apply(self.net, self.device, self.log)
+        self._net_forward = engine.StepForward(self.log)
+        if self.run_dir is not None:
+            self.run_dir.status_info["engine"] = self.engine.record()
         a = cfg.arch
         gen = torch.Generator().manual_seed(cfg.seed)
         self.arch = ArchParams(self.space, a.activation, a.init, a.init_scale, a.edge_betas,
@@ -311,7 +320,7 @@ class Search:
         """Supernet logits; with ``params`` the weights are substituted functionally and BN
         running statistics go to throw-away copies (virtual steps must not move them)."""
         if params is None:
-            return self.net(x, mix.op, mix.edge, mix.hard, **mix.net_kwargs())
+            return self._net_forward(self.net, x, mix.op, mix.edge, mix.hard, **mix.net_kwargs())
         buffers = {n: b.clone() for n, b in self.net.named_buffers()}
         return functional_call(self.net, {**params, **buffers}, (x, mix.op, mix.edge, mix.hard), mix.net_kwargs())
 
@@ -334,9 +343,15 @@ class Search:
         return self.w_optimizer.param_groups[0]["lr"]
 
     @property
-    def progress_fraction(self) -> float:
-        """Fraction of the search done at the current step, in [0, 1) (for linear schedules)."""
-        return (self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1)) / self.cfg.optim.epochs
+    def epochs_done(self) -> float:
+        """Epochs done at the current step, fractional within an epoch (per-step schedules divide it by
+        ``schedule_epochs``)."""
+        return self.epoch + self.step_in_epoch / max(self.steps_per_epoch, 1)
+
+    def drop_path_at(self, epoch: int) -> float:
+        """The drop-path probability of epoch ``epoch``: linear up to ``drop_path_max`` over the schedule
+        span (the DARTS code's ``drop_path_prob * epoch / epochs``), held there past it."""
+        return self.cfg.regularization.drop_path_max * min(epoch / self.schedule_epochs, 1.0)
 
     def alpha_frozen(self) -> bool:
         """No alpha step in this epoch: warm-up, ``update: none``, or a method freezes it
@@ -563,7 +578,7 @@ class Search:
         self.step_in_epoch = 0
         self._accum.zero_()
         self.train_loader.set_epoch(epoch)
-        self.net.drop_path_prob = self.cfg.regularization.drop_path_max * epoch / self.cfg.optim.epochs
+        self.net.drop_path_prob = self.drop_path_at(epoch)
         for m in self.methods:
             m.on_epoch_start(self, epoch)
 
@@ -646,10 +661,11 @@ class Search:
 
     @torch.no_grad()
     def evaluate(self, loader: TensorLoader | None = None, max_batches: int | None = None,
-                 mix: Mix | None = None, bn: str = "eval") -> tuple[float, float]:
+                 mix: Mix | None = None, bn: str = "eval", desc: str | None = None) -> tuple[float, float]:
         """Loss and accuracy of the supernet on the validation split. ``bn="eval"``: BN's running statistics;
         ``bn="train"``: each batch's own statistics, as the search trains (the running statistics, gathered
-        under the op mixture, do not fit a discretised cell), the network's buffers left as they were."""
+        under the op mixture, do not fit a discretised cell), the network's buffers left as they were.
+        ``desc``: a progress bar with that label (when bars are on)."""
         if bn not in ("eval", "train"):
             raise ValueError(f"bn must be 'eval' or 'train', got {bn!r}")
         loader = loader or self.val_eval_loader
@@ -661,10 +677,13 @@ class Search:
         mix = mix or self.mix("eval").detached()
         acc = torch.zeros(3, device=self.device)
         loader.set_epoch(0)
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            acc += self.skeleton.eval_sums(self, x, y, mix)
+        total = len(loader) if max_batches is None else min(len(loader), max_batches)
+        with progress_bar(total, desc or "", self.progress and desc is not None, unit="batch") as b:
+            for i, (x, y) in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                acc += self.skeleton.eval_sums(self, x, y, mix)
+                b.update(1)
         if saved is not None:
             with torch.no_grad():
                 for b, v in zip(self.net.buffers(), saved, strict=True):
@@ -721,7 +740,7 @@ class Search:
         dist.check_same([*self.arch.parameters(), *self.net.parameters()], f"search epoch {epoch + 1}")
         self._timing["train_seconds"] = self._timing.get("train_seconds", 0.0) + self.epoch_seconds
         loss_sum, correct, count = self._accum.tolist()
-        val_loss, val_acc = self.evaluate()
+        val_loss, val_acc = self.evaluate(desc=f"epoch {epoch + 1} evaluation")
         if not math.isfinite(val_loss):
             raise DivergedError(self._diverged_message(f"non-finite validation loss at the end of epoch "
                                                        f"{epoch + 1}"))
@@ -753,9 +772,10 @@ class Search:
         if self.loggers:
             self._log_epoch(record)
         self._timing["epoch_seconds"] = self._timing.get("epoch_seconds", 0.0) + time.perf_counter() - t_end
+        sk, m = self.skeleton, self.skeleton.metric
         line = (f"epoch {epoch + 1}/{self.cfg.optim.epochs}  train loss {record['train_loss']:.4f} "
-                f"acc {record['train_acc']:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-                f"lr {record['lr']:.5f}")
+                f"{m} {sk.format_metric(record[f'train_{m}'])}  val loss {val_loss:.4f} "
+                f"{m} {sk.format_metric(record[f'val_{m}'])}  lr {record['lr']:.5f}")
         if isinstance(record.get("lambda_max"), (int, float)):
             line += f"  lambda_max {record['lambda_max']:.4g}"
         line += f"  {record['seconds']:.1f}s"
@@ -919,7 +939,7 @@ class Search:
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
         self.epoch_seconds = float(st["epoch_seconds"])
         self._saved_world = int(st.get("world", 1))
-        self.net.drop_path_prob = self.cfg.regularization.drop_path_max * self.epoch / self.cfg.optim.epochs
+        self.net.drop_path_prob = self.drop_path_at(self.epoch)
         if self.step_in_epoch > 0:
             # mid-epoch state: per-epoch method schedules must be in force again
             for m in self.methods:

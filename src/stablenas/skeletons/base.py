@@ -1,6 +1,6 @@
 """The ``Skeleton`` plug-in: everything that depends on the macro network a space uses.
 
-A search space is data (:class:`~stablenas.spaces.registry.SearchSpace`: nodes, edges, candidate ops
+A search space is data (:class:`~stablenas.spaces.catalog.SearchSpace`: nodes, edges, candidate ops
 per edge) plus the *name* of a skeleton. The skeleton is the code: the supernet around the cells,
 the evaluation networks a found cell is trained in, what data it consumes and which metric it
 reports, and how its genotypes read, derive (discretise), serialise, print, draw and count. Code
@@ -32,13 +32,17 @@ uses it:
 - supernet: ``build_supernet(space, **sizes)``, ``supernet_from_config(space, cfg, data)``,
   ``build_reference(space, **sizes)`` (the plain oracle, if the skeleton has one);
 - loss: ``loss(search, x, y, mix, params)`` (stateful skeletons: ``search.stream`` names the
-  stream, ``"train"``, ``"val"`` or ``"eval"``, of the current phase); ``epoch_metrics``;
+  stream, ``"train"``, ``"val"`` or ``"eval"``, of the current phase); ``epoch_metrics``,
+  ``format_metric`` and ``metric_label`` (how epoch lines and reports show ``metric``);
+- descriptions: ``describe_network(cfg)`` (dry runs, plans, reports) and ``report_rows(cfg)``
+  (the regularisation settings a report lists);
 - genotypes: ``owns``/``claims`` (which genotypes are this skeleton's), ``genotype_from_dict``,
   ``genotype_to_dict``, ``genotype_str``, ``genotype_text`` (report), ``cell_types``,
   ``cell_pairs``, ``cell_graph`` (drawing and cell statistics), ``derive`` (the default
   discretisation), ``genotype_of(space, hard)`` and ``sample(space, generator)`` (op index per
   edge, -1 = not kept), ``genotype_edges``; the discrete structure: ``keeps_every_edge``,
-  ``keep_per_node``, ``zero_is_choice``, ``zero_genotype`` (every kept connection `none`);
+  ``keep_per_node``, ``zero_is_choice``, ``zero_genotype`` (every kept connection `none`),
+  ``has_param_free_share`` (whether reports, ``show`` and studies give the share);
 - evaluation: ``eval_networks``, ``resolve_eval_network(name)`` (for ``train``/``info``).
 """
 
@@ -60,8 +64,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..genotype import Genotype
-    from ..methods.base import Mix
-    from ..spaces.registry import SearchSpace
+    from ..spaces.catalog import SearchSpace
+    from ..supernet.mix import Mix
 
 
 
@@ -108,10 +112,14 @@ class Skeleton:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     data_kind: ClassVar[str] = "image"  # "image": the datasets registry; others bring their own data
     metric: ClassVar[str] = "acc"  # the quality number epochs report (accuracy; perplexity for LMs)
+    metric_label: ClassVar[str] = "accuracy"  # its name in reports and plots
     eval_networks: ClassVar[tuple[str, ...]] = ()  # evaluation networks, the first is the default
     # discretisation keeps every edge (one op each, `none` a choice: NB201) rather than the
     # ``inputs_per_node`` strongest edges per node (DARTS)
     keeps_every_edge: ClassVar[bool] = False
+    # a cell's parameter-free share (skip, pooling, none, noise against ops with weights: the
+    # collapse signal, robust-darts Sec. 3) means something: its ops differ in carrying weights
+    has_param_free_share: ClassVar[bool] = True
 
     def parse_options(self, raw: dict) -> BaseModel:
         """The config's ``model:`` section as this skeleton's ``Options`` (one-line errors)."""
@@ -232,6 +240,21 @@ class Skeleton:
     def epoch_metrics(self, prefix: str, loss: float, acc: float) -> dict:
         """The numbers an epoch record carries for a split (``prefix``: train or val)."""
         return {f"{prefix}_loss": loss, f"{prefix}_acc": acc}
+
+    def format_metric(self, value: float) -> str:
+        """``metric``'s value as epoch lines and reports print it."""
+        return f"{value:.4f}"
+
+    # -- descriptions (dry runs, reports) ------------------------------------------------------
+    def describe_network(self, cfg: Mapping) -> str:
+        """The searched network in a few words, from a config as a dict (``config.yaml``)."""
+        n = cfg.get("network") or {}
+        return f"{n.get('layers')} cells x {n.get('channels')} ch"
+
+    def report_rows(self, cfg: Mapping) -> list[tuple[str, Any]]:
+        """The regularisation settings of this skeleton's search that a report lists."""
+        return [("DropPath max", (cfg.get("regularization") or {}).get("drop_path_max")),
+                ("cutout", (cfg.get("data") or {}).get("cutout"))]
 
     # -- genotypes ----------------------------------------------------------------------------
     def owns(self, genotype: Genotype) -> bool:
@@ -362,7 +385,7 @@ def get_skeleton(name: str) -> Skeleton:
 def skeleton_of(obj: Any) -> Skeleton:
     """The skeleton of a space, a space name, a genotype or a genotype dict."""
     from ..genotype import genotype_skeleton
-    from ..spaces.registry import SearchSpace
+    from ..spaces.catalog import SearchSpace
 
     if isinstance(obj, SearchSpace):
         return SKELETONS[obj.skeleton]

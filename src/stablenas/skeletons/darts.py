@@ -21,7 +21,7 @@ from .base import CellGraph, Skeleton, register_skeleton
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..spaces.registry import SearchSpace
+    from ..spaces.catalog import SearchSpace
 
 _KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..genotype import Genotype
-    from ..methods.base import Mix
-    from ..spaces.registry import SearchSpace
+    from ..spaces.catalog import SearchSpace
+    from ..supernet.mix import Mix
 
 
 class RNNSearchOptions(ConfigModel):
@@ -81,7 +81,11 @@ class RecurrentSkeleton(Skeleton):
     capabilities = frozenset()
     data_kind = "text"
     metric = "ppl"
+    metric_label = "perplexity"
     eval_networks = ("ptb",)
+    # every op is an activation on weights the cell owns (each counts as parameter-free): the share
+    # would be 1 for every cell
+    has_param_free_share = False
     Options = RNNSearchOptions
 
     # -- spaces ------------------------------------------------------------------------------
@@ -170,6 +174,19 @@ class RecurrentSkeleton(Skeleton):
         except OverflowError:
             ppl = float("inf")
         return {f"{prefix}_loss": loss, f"{prefix}_ppl": ppl, f"{prefix}_acc": acc}
+
+    def format_metric(self, value: float) -> str:
+        return f"{value:.2f}"
+
+    def describe_network(self, cfg: Mapping) -> str:
+        o = self.parse_options(cfg.get("model") or {})
+        return f"recurrent cell, {o.nhid} hidden units (emsize {o.emsize}), BPTT {o.bptt}"
+
+    def report_rows(self, cfg: Mapping) -> list[tuple[str, Any]]:
+        o = self.parse_options(cfg.get("model") or {})
+        return [("dropout: output / hidden / input / embedding",
+                 f"{o.dropout} / {o.dropouth} / {o.dropoutx} / {o.dropouti}"),
+                ("temporal activation regularisation (tar)", o.tar)]
 
     # -- genotypes ----------------------------------------------------------------------------
     def owns(self, genotype: Genotype) -> bool:

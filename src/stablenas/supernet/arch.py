@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ACTIVATIONS
-from ..spaces.registry import SearchSpace
+from ..spaces.catalog import SearchSpace
 
 OpWeights = dict[str, torch.Tensor]
 
@@ -50,8 +50,7 @@ def register_activation(name: str, fn: Activation, *, simplex: bool = False) -> 
 
 
 def _masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if bool(mask.all()):
-        return torch.softmax(alpha, dim=-1)
+    # masked even when nothing is (the same bits): asking the mask first is a host sync per step
     return torch.softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
 
 
@@ -123,11 +122,14 @@ class ArchParams(nn.Module):
         """Whether the activation's op weights lie on the simplex of each edge (``register_activation``)."""
         return ACTIVATIONS[self.activation].simplex
 
-    def op_weights(self, alphas: OpWeights | None = None) -> OpWeights:
-        """Activation applied to (possibly substituted) alphas: what the supernet mixes with."""
+    def op_weights(self, alphas: OpWeights | None = None, *, detach: bool = False) -> OpWeights:
+        """Activation applied to (possibly substituted) alphas: what the supernet mixes with, on
+        alpha's autograd graph (the alpha gradient flows through it); ``detach=True``: the values
+        alone, for hooks that record or print them (no graph kept, no warning on ``float()``)."""
         alphas = self.alphas if alphas is None else alphas
         act = ACTIVATIONS[self.activation]
-        return {ct: act(alphas[ct], self.mask(ct)) for ct in self.cell_types}
+        out = {ct: act(alphas[ct], self.mask(ct)) for ct in self.cell_types}
+        return {ct: w.detach() for ct, w in out.items()} if detach else out
 
     def edge_weights(self) -> OpWeights | None:
         """PC-DARTS edge normalisation: softmax of betas over the edges entering each node."""

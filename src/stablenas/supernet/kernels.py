@@ -57,6 +57,13 @@ class EngineOptions:
       once per node, not once per op.
     * ``scaled_terms``: a shared pool's normalised output enters each edge's node sum as
       ``sum.addcmul_(z, w)`` rather than as a product map ``w * z`` added afterwards.
+    * ``compile_step`` (off; CUDA only): the supernet forward of first-order steps runs through
+      ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one replay instead of thousands of
+      kernel launches), eager when compiling fails; code that differentiates twice always runs
+      eager (``supernet.engine.StepForward``).
+
+    Each device type has its own defaults (``supernet.engine.defaults_for``); a
+    ``stablenas bench --tune`` file overrides them.
     """
 
     fused: bool = True
@@ -75,6 +82,7 @@ class EngineOptions:
     shared_subsample: bool = True
     phase_sums: bool = True
     scaled_terms: bool = True
+    compile_step: bool = False
 
     def where(self, mode: Where, x: torch.Tensor) -> bool:
         return mode == "always" or (mode == "cpu" and x.device.type == "cpu")

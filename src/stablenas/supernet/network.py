@@ -52,19 +52,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..registry import SKELETONS
+from ..spaces.catalog import SearchSpace
 from ..spaces.ops import (
     OPS,
     DilConv,
     FactorizedReduce,
     Identity,
     ReLUConvBN,
-    ResNetBasicBlock,
     SepConv,
     build_op,
 )
-from ..spaces.registry import SearchSpace
 from . import kernels as K
 from .kernels import DEFAULT, EngineOptions
+from .macro import NB201Macro
 
 # the kernel helpers under the names the tests and older callers use
 _DWConv = K.DWConv
@@ -845,28 +845,17 @@ class NB201SearchCell(nn.Module):
         return states[-1].x if fast else states[-1]
 
 
-class NB201SearchNetwork(nn.Module):
-    """NAS-Bench-201 skeleton: stem, 3 stages of N cells (C, 2C, 4C) joined by ResNet blocks."""
+class NB201SearchNetwork(NB201Macro):
+    """NAS-Bench-201 skeleton (``supernet.macro``) around :class:`NB201SearchCell`."""
 
     def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
                  in_channels: int = 3, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
-        super().__init__()
+        super().__init__(C, N, num_classes, in_channels,
+                         lambda c: NB201SearchCell(space, c, partial_k, node_norm, aux_skip))
         self.space = space
         self.drop_path_prob = 0.0
         self.channels_last = False
         self.engine = DEFAULT
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        layers: list[nn.Module] = []
-        c = C
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResNetBasicBlock(c, 2 * c, 2))
-                c *= 2
-            layers.extend(NB201SearchCell(space, c, partial_k, node_norm, aux_skip) for _ in range(N))
-        self.cells = nn.ModuleList(layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor, weights: OpWeights, edge_weights: OpWeights | None = None,
                 hard: Hard | None = None, skip: float | None = None) -> torch.Tensor:
@@ -878,8 +867,7 @@ class NB201SearchNetwork(nn.Module):
                 x = cell(x, w, ew, h, self.drop_path_prob, skip)
             else:
                 x = cell(x)
-        x = self.lastact(x)
-        return self.classifier(self.global_pooling(x).flatten(1))
+        return self.head(x)
 
 
 def build_supernet(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,

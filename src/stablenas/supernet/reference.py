@@ -17,7 +17,8 @@ It exists for two reasons:
 Module and parameter names mirror ``supernet.network`` (``stem``, ``cells.i.preprocess0``,
 ``cells.i.edges.e.ops.k``, ``classifier``), so ``plain.load_state_dict(fast.state_dict())``
 works. Only the op *blocks* are shared with the library (``spaces.ops``: ReLUConvBN, SepConv,
-DilConv, ...), which are themselves the unfused textbook definitions.
+DilConv, ...), which are themselves the unfused textbook definitions, and NAS-Bench-201's macro
+scaffolding around the cells (``supernet.macro``: stem, stages, head).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import SKELETONS
-from ..spaces.ops import FactorizedReduce, ReLUConvBN, ResNetBasicBlock, build_op
-from ..spaces.registry import SearchSpace
+from ..spaces.catalog import SearchSpace
+from ..spaces.ops import FactorizedReduce, ReLUConvBN, build_op
+from .macro import NB201Macro
 
 __all__ = ["PlainMixedOp", "PlainCell", "PlainNetwork", "PlainNB201Network", "PlainArchitect", "PlainDARTS",
            "PlainSearchStep", "build_plain", "copy_weights", "plain_softmax"]
@@ -199,26 +201,14 @@ class PlainNB201Cell(nn.Module):
         return nodes[-1]
 
 
-class PlainNB201Network(nn.Module):
-    """NAS-Bench-201's search network (stem, 3 stages of N cells joined by ResNet blocks).
+class PlainNB201Network(NB201Macro):
+    """NAS-Bench-201's search network (``supernet.macro``) around :class:`PlainNB201Cell`.
     ``aux_skip`` builds nothing: the cells have no stride-2 edge, DARTS-'s auxiliary path is x."""
 
     def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
                  in_channels: int = 3, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
-        super().__init__()
+        super().__init__(C, N, num_classes, in_channels, lambda c: PlainNB201Cell(space, c, partial_k, node_norm))
         self.space = space
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
-        layers: list[nn.Module] = []
-        c = C
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResNetBasicBlock(c, 2 * c, 2))
-                c *= 2
-            layers.extend(PlainNB201Cell(space, c, partial_k, node_norm) for _ in range(N))
-        self.cells = nn.ModuleList(layers)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
                 edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None,
@@ -228,8 +218,7 @@ class PlainNB201Network(nn.Module):
         w2 = None if edge_weights is None else edge_weights["cell"]
         for cell in self.cells:
             x = cell(x, weights["cell"], w2, skip) if isinstance(cell, PlainNB201Cell) else cell(x)
-        x = self.lastact(x)
-        return self.classifier(self.global_pooling(x).view(x.size(0), -1))
+        return self.head(x)
 
 
 def build_plain(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,

@@ -6,6 +6,9 @@ and intermediate nodes a cell has, and the candidate ops *of every edge* of ever
 Per-edge op sets are the general case; a uniform space is just one where every edge lists the
 same ops. Spaces are looked up by name like timm's model registry: ``get_space("s3")``; new ones
 are added with :func:`register_space`.
+
+This module holds the ``SearchSpace`` type and the catalogue of built-in spaces (DARTS, NAS-Bench-201,
+the S1-S4 spaces of RobustDARTS); the name -> space table itself is ``stablenas.registry.SPACES``.
 """
 
 from __future__ import annotations
