@@ -210,3 +210,35 @@ def test_bench_tune_budget_skips_what_it_cannot_time_and_refuses_nonsense(cache,
     assert engine.read_tuned(cache, CPU) == out["changes"]
     bad = CliRunner().invoke(app, [*TUNE, "--tune-budget", "0"])
     assert bad.exit_code == 2 and "error: --tune-budget must be > 0, got 0.0" in bad.output
+
+
+def test_a_resume_runs_the_options_its_checkpoint_was_written_with(cache, tmp_path):
+    """A tuned file written between a run's start and its resume does not change the engine the run
+    computes with: the resumed run is bit-identical to an uninterrupted one on the defaults."""
+    from conftest import assert_same_search
+
+    class Crash(Exception):
+        pass
+
+    ref = _search(tmp_path / "ref").run()
+    s = _search(tmp_path / "run")
+    step = s.weight_step
+
+    def crashing(batch):
+        if s.epoch == 1:  # after the end-of-epoch checkpoint of epoch 1
+            raise Crash()
+        return step(batch)
+
+    s.weight_step = crashing
+    with pytest.raises(Crash):
+        s.run()
+    engine.write_tuned(CPU, {"conv_avg_pool": False, "linear_pw": "never"}, {})
+    logs: list[str] = []
+    resumed = Search(sn.load_config("darts", TINY), tmp_path / "run", resume=True, progress=False, log=logs.append)
+    assert resumed.net.engine == EngineOptions() and resumed.engine.source.startswith("the checkpoint's")
+    assert any("running the checkpoint's options, not those of the tuned" in m for m in logs)
+    res = resumed.run()
+    st = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert st["engine"]["options"] == asdict(EngineOptions())
+    assert_same_search(ref, res, tmp_path / "ref", tmp_path / "run")
+    assert _search().net.engine == EngineOptions(conv_avg_pool=False, linear_pw="never")  # a new run: the file

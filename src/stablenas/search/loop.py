@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -65,8 +65,9 @@ from ..skeletons.base import SearchData
 from ..spaces.catalog import get_space
 from ..supernet import engine
 from ..supernet.arch import ArchParams
+from ..supernet.kernels import EngineOptions
 from ..supernet.mix import Mix
-from ..supernet.network import double_backward_mode, weights_frozen
+from ..supernet.network import double_backward_mode, set_engine, weights_frozen
 from ..utils import resolve_device, rng_state, seed_everything, set_rng_state, use_deterministic_algorithms
 from .discretize import DISCRETIZERS
 
@@ -907,6 +908,8 @@ class Search:
             "final_genotype": None if self.final_genotype is None else self.final_genotype.to_dict(),
             "epoch_seconds": self.epoch_seconds,  # training time of the current epoch so far
             "world": self.dist.world,  # ranks the run was on (a resume on another number is another run)
+            # the engine options the run started with: a resume runs them, whatever the tuned file says now
+            "engine": None if self.engine.options is None else asdict(self.engine.options),
         }
         if snapshot:
             st["n_metrics"] = len(self.metrics)
@@ -939,12 +942,24 @@ class Search:
         self.final_genotype = Genotype.from_dict(st["final_genotype"]) if st["final_genotype"] else None
         self.epoch_seconds = float(st["epoch_seconds"])
         self._saved_world = int(st.get("world", 1))
+        self._keep_engine(st.get("engine"))
         self.net.drop_path_prob = self.drop_path_at(self.epoch)
         if self.step_in_epoch > 0:
             # mid-epoch state: per-epoch method schedules must be in force again
             for m in self.methods:
                 if m is not exclude:
                     m.on_epoch_start(self, self.epoch)
+
+    def _keep_engine(self, saved: dict | None) -> None:
+        """Run the engine options a checkpoint was written with (a `bench --tune` file written since
+        may choose others, and they round differently in float32)."""
+        if saved is None or self.engine.options is None or saved == asdict(self.engine.options):
+            return
+        self.log(f"engine: running the checkpoint's options, not those of the {self.engine.source}")
+        self.engine = engine.EngineChoice(EngineOptions(**saved), "the checkpoint's (the run started with them)")
+        set_engine(self.net, self.engine.options)
+        if self.run_dir is not None:
+            self.run_dir.status_info["engine"] = self.engine.record()
 
     def write_metrics(self) -> None:
         """Rewrite metrics.jsonl from ``self.metrics`` (after a resume or a rollback)."""
