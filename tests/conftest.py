@@ -71,6 +71,20 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def run_cli(argv: list, capsys) -> tuple[int, str, str]:
+    """``stablenas ARGV`` in-process: (exit code, stdout, stderr); a SystemExit is the exit code."""
+    from stablenas.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def metric_records(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl without wall-clock ``seconds``, the one field allowed to differ
     between an interrupted-and-resumed run and an uninterrupted one."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from stablenas.cli import main
 from stablenas.genotype import Genotype
@@ -41,16 +42,6 @@ S5_GENOTYPE = {"space": "s5", "normal": [["sep_conv_3x3", 0], ["skip_connect", 1
 
 # --------------------------------------------------------------------------------------------- helpers
 
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -12,27 +12,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from test_s5 import _fake_table
 
 import stablenas as sn
 from stablenas.analysis.run import Run
 from stablenas.analysis.summary import show_lines
-from stablenas.cli import main
 from stablenas.evaluate import s5
 
 # ops without weights, counted by hand from the op definitions (pooling, identity, zero, noise)
 PARAM_FREE = {"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"}
 
-
-def run_cli(argv: list, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _torch_loaded_after(code: str) -> bool:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
-from stablenas.cli import main
 from stablenas.config import load_config
 from stablenas.data import download as dl
 from stablenas.data.datasets import clear_cache, load_dataset
@@ -147,17 +147,6 @@ def _serve(monkeypatch, httpd, dataset: str, files: dict[str, bytes], md5s: dict
     remotes = tuple(dl.Remote(f"http://127.0.0.1:{port}/{name}",
                               (md5s or {}).get(name, hashlib.md5(body).hexdigest())) for name, body in files.items())
     monkeypatch.setitem(dl.SOURCES, dataset, dataclasses.replace(dl.SOURCES[dataset], files=remotes))
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _nothing_passes(cache: Path) -> None:

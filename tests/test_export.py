@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
-from stablenas.cli import main
 from stablenas.export import build_network, export_network
 
 NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|nor_conv_1x1~1|skip_connect~2|"
@@ -63,17 +63,6 @@ def _diff(got, want: list[torch.Tensor]) -> float:
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     assert len(got) == len(want)
     return max(float((a - b).abs().max()) for a, b in zip(got, want))
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
