@@ -38,33 +38,61 @@ import time
 
 import torch
 
-from stablenas import bench as B
+from stablenas.bench import add_size_arguments, sized_from_args
+from stablenas.bench.steps import (
+    as_channels_first,
+    as_channels_last,
+    base_config,
+    batches,
+    make_search,
+    plain_model,
+    search_iteration,
+)
+from stablenas.bench.timing import load1
 from stablenas.supernet.network import engine_options
+
+
+def _time_rotated(variants: dict, warmup: int, repeats: int, clock) -> dict[str, list[float]]:
+    """Each variant's timed calls after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(warmup + repeats):
+        # rotate the order every round: no variant always runs first (cold caches) or last
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, ctx = variants[name]
+            with ctx():
+                t = clock()
+                fn()
+                dt = clock() - t
+            if r >= warmup:
+                times[name].append(dt)
+    return times
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    B.add_size_arguments(p, "paper")
+    add_size_arguments(p, "paper")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--only", default="", help="comma-separated variants to run (engine always runs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this process's CPU time (a machine shared with other jobs)")
     args = p.parse_args()
-    bc = B.sized_from_args(args)
-    cl = B.make_search(B._base_config(bc, args.update), bc)
-    cf_cfg = B._base_config(bc, args.update)
+    bc = sized_from_args(args)
+    cl = make_search(base_config(bc, args.update), bc)
+    cf_cfg = base_config(bc, args.update)
     cf_cfg["network"] = {**cf_cfg["network"], "channels_last": False}
-    cf = B.make_search(cf_cfg, bc)
+    cf = make_search(cf_cfg, bc)
     cf.net.load_state_dict(cl.net.state_dict())
     cf.arch.load_state_dict(cl.arch.state_dict())
-    train, val = B._batches(cl)
-    it_cl, it_cf = B._search_iteration(cl, train, val), B._search_iteration(cf, B._cf(train), B._cf(val))
+    train, val = batches(cl)
+    it_cl = search_iteration(cl, train, val)
+    it_cf = search_iteration(cf, as_channels_first(train), as_channels_first(val))
     unrolled = args.update == "second"
-    _, plain_step = B._plain_model(cl, bc)
-    _, plain_cl_step = B._plain_model(cl, bc, channels_last=True)
-    tp, vp = B._cf(train), B._cf(val)
-    tc, vc = B._cl(train), B._cl(val)
+    _, plain_step = plain_model(cl, bc)
+    _, plain_cl_step = plain_model(cl, bc, channels_last=True)
+    tp, vp = as_channels_first(train), as_channels_first(val)
+    tc, vc = as_channels_last(train), as_channels_last(val)
 
     def undo(**change):
         return lambda: engine_options(cl.net, **change)
@@ -94,22 +122,16 @@ def main() -> None:
         if unknown:
             p.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))}; known: {', '.join(variants)}")
         variants = {k: v for k, v in variants.items() if k in wanted}
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    names = list(variants)
-    for r in range(args.warmup + args.repeats):
-        # rotate the order every round: no variant always runs first (cold caches) or last
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, ctx = variants[name]
-            with ctx():
-                t = clock()
-                fn()
-                dt = clock() - t
-            if r >= args.warmup:
-                times[name].append(dt)
+    times = _time_rotated(variants, args.warmup, args.repeats,
+                          time.perf_counter if args.clock == "wall" else time.process_time)
+    _report(times, bc, args)
+
+
+def _report(times: dict[str, list[float]], bc, args) -> None:
+    """One JSON line and one markdown row per variant, relative to the engine."""
     base = statistics.median(times["engine"])
     print(f"{bc.size}: {bc.cells} cells x {bc.channels} channels, batch {bc.batch}, input {bc.input}; "
-          f"{args.update}-order iteration; {torch.get_num_threads()} threads; {args.clock} clock; load1 {B._load()}")
+          f"{args.update}-order iteration; {torch.get_num_threads()} threads; {args.clock} clock; load1 {load1()}")
     print(f"| variant | s / {args.update}-order iteration (median) | min-max | x engine time (paired median) |")
     print("|---|---|---|---|")
     for name, ts in times.items():

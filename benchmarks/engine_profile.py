@@ -18,7 +18,9 @@ import json
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from stablenas import bench as B
+from stablenas.bench import add_size_arguments, sized_from_args
+from stablenas.bench.steps import as_channels_last, base_config, batches, make_search, plain_model, search_iteration
+from stablenas.runs.lifecycle import sync
 
 
 def _profile(fn, device: torch.device, top: int) -> dict:
@@ -26,7 +28,7 @@ def _profile(fn, device: torch.device, top: int) -> dict:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         fn()
-        B._sync(device)
+        sync(device)
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     calls = sum(e.count for e in events)
     total = sum(e.self_cpu_time_total for e in events)
@@ -41,19 +43,19 @@ def _profile(fn, device: torch.device, top: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    B.add_size_arguments(p, "cpu-study")
+    add_size_arguments(p, "cpu-study")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     args = p.parse_args()
-    bc = B.sized_from_args(args)
-    search = B.make_search(B._base_config(bc, args.update), bc)
-    train, val = B._batches(search)
-    _, step = B._plain_model(search, bc, channels_last=True)
-    t, v = B._cl(train), B._cl(val)
+    bc = sized_from_args(args)
+    search = make_search(base_config(bc, args.update), bc)
+    train, val = batches(search)
+    _, step = plain_model(search, bc, channels_last=True)
+    t, v = as_channels_last(train), as_channels_last(val)
     unrolled = args.update == "second"
     res = {"config": f"{bc.space}, {bc.cells} cells x {bc.channels} ch, batch {bc.batch}, input "
                      f"{'x'.join(map(str, bc.input))}, {args.update} order, {torch.get_num_threads()} threads",
-           "engine": _profile(B._search_iteration(search, train, val), search.device, args.top),
+           "engine": _profile(search_iteration(search, train, val), search.device, args.top),
            "plain_cl": _profile(lambda: step(t, v, unrolled=unrolled), search.device, args.top)}
     if args.json:
         print(json.dumps(res, indent=1))

@@ -21,7 +21,8 @@ import sys
 
 import torch
 
-from stablenas import bench as B
+from stablenas.bench import add_size_arguments, sized_from_args
+from stablenas.bench.steps import base_config, batches, engine_objective, make_search, plain_model
 from stablenas.supernet.network import weights_frozen
 
 
@@ -40,13 +41,13 @@ def _where(stage: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    B.add_size_arguments(p, "cpu-study")
+    add_size_arguments(p, "cpu-study")
     p.add_argument("--engine", choices=("fast", "plain_cl"), default="fast")
     p.add_argument("--what", choices=("alpha", "weights", "both", "lambda_max"), default="both")
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args()
-    bc = B.sized_from_args(args)
-    s = B.make_search(B._base_config(bc, "first"), bc)
+    bc = sized_from_args(args)
+    s = make_search(base_config(bc, "first"), bc)
     store: dict[int, tuple[int, str]] = {}
     stage = ["fwd"]
 
@@ -58,17 +59,18 @@ def main() -> None:
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     if args.what == "lambda_max":
-        cur = B._curvature_module()
-        obj = B.engine_objective(cur, s, bc, args.engine)
+        from stablenas import curvature as cur
+
+        obj = engine_objective(cur, s, bc, args.engine)
         hvp = cur.HVP(obj)
         with hvp, hooks:
             loss = obj.batch_loss(hvp.alpha, obj.batches[0]) / obj.count
             stage[0] = "bwd"
             torch.autograd.grad(loss, hvp.alpha, create_graph=True)
     else:
-        x, y = B._batches(s)[1]
+        x, y = batches(s)[1]
         if args.engine == "plain_cl":
-            model, _ = B._plain_model(s, bc, channels_last=True)
+            model, _ = plain_model(s, bc, channels_last=True)
             params, alphas = list(model.net.parameters()), list(model.arch_parameters())
             x = x.contiguous(memory_format=torch.channels_last)
         else:

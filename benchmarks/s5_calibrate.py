@@ -28,12 +28,12 @@ def _one(args: tuple[int, int, dict, str]) -> dict:
     index, seed, protocol, out = args
     import torch
 
-    from stablenas.evaluate.s5 import enumerate_s5
     from stablenas.evaluate.train import train_config, train_genotype
+    from stablenas.skeletons.darts.s5_table import enumerate_s5
 
     cfg = train_config(None, {**protocol, "seed": seed, "eval_every": 1})
     torch.set_num_threads(cfg.threads or 1)
-    from stablenas.rundir import RunDir
+    from stablenas.runs.directory import RunDir
 
     resume = RunDir(out, kind="train", config_name="train.json").is_run()  # --resume on a missing dir is refused
     r = train_genotype(enumerate_s5()[index], cfg, out, resume=resume, progress=False, log=lambda s: None)
@@ -44,7 +44,7 @@ def _one(args: tuple[int, int, dict, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from stablenas.config import apply_overrides
-    from stablenas.evaluate.s5 import S5_PROTOCOL
+    from stablenas.experiments.s5 import S5_PROTOCOL
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/s5-calibrate")

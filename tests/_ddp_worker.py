@@ -15,11 +15,9 @@ import os
 import traceback
 
 import torch
+from conftest import TINY_SEARCH
 
-TINY = ["space=s3", "data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
-        "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
-        "optim.warmup_epochs=0", "search.steps_per_epoch=3", "search.val_batches=2",
-        "network.channels_last=false", "data.crop_padding=2", "data.flip=true", "threads=1"]
+TINY = [*TINY_SEARCH, "space=s3", "search.val_batches=2", "data.crop_padding=2", "data.flip=true", "threads=1"]
 CASES = {
     "darts": ("darts", []),
     "darts-2nd-fd": ("darts-2nd", ["search.unrolled_hvp=finite-difference"]),
@@ -113,7 +111,7 @@ def _measure(s, tb, vb) -> dict[str, torch.Tensor]:
         if m.name == "hessian":
             o = m.opts
             if isinstance(vb[0], torch.Tensor):
-                lam = m.measure(s).lambda_max
+                lam = m.observer.measure(s).lambda_max
             else:  # the reference: one objective over both shards of the fixed batch (mean of shard means)
                 loader = s.skeleton.fixed_val_loader(s, o.batch_size or s.cfg.data.batch_size, s.cfg.seed * 1000 + 7)
                 batches = [_shard_batch(loader, r, len(vb[0])) for r in range(len(vb[0]))]
@@ -207,7 +205,8 @@ def _train_case(rank: int, world: int) -> dict:
     """``stablenas train``'s step under data parallelism: the reduced gradient against the mean of
     the two shards' gradients computed in one process, then one epoch in lockstep."""
     from stablenas import distributed as dist
-    from stablenas.evaluate.train import _Trainer, train_config
+    from stablenas.evaluate.train import train_config
+    from stablenas.evaluate.trainer import ImageTrainer
     from stablenas.genotype import Genotype
 
     g = Genotype(space="s5", normal=(("sep_conv_3x3", 0), ("skip_connect", 1)), normal_concat=(2,),
@@ -215,7 +214,7 @@ def _train_case(rank: int, world: int) -> dict:
     cfg = train_config(None, dict(dataset="digits", channels=8, layers=3, stem_multiplier=2, epochs=1, batch_size=32,
                                   steps_per_epoch=2, channels_last=False, eval_batch_size=256, threads=1,
                                   evaluate_test=False, drop_path=0.0))
-    t = _Trainer(g, cfg, None, resume=False, progress=False, log=lambda m: None)
+    t = ImageTrainer(g, cfg, None, resume=False, progress=False, log=lambda m: None)
     t.model.train()
     snap = copy.deepcopy(t.model.state_dict())
     t.backward(*t.train_loader.batch(0, 0))

@@ -15,10 +15,12 @@ import torch
 # 4-channel supernets fed 8x8 digits (free(): invalid size); the tiny test nets use 8 channels and the
 # default thread count unless a module asks for `one_thread`.
 
-# a digits search small enough to run in seconds (s3 unless a test says otherwise)
-TINY_SEARCH = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "data.eval_batch_size=64",
-               "network.channels=8", "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2",
-               "optim.warmup_epochs=0", "search.steps_per_epoch=3", "network.channels_last=false"]
+# the one tiny search: digits, 2 cells of 8 channels, 2 epochs of 3 steps, in seconds (the preset's
+# space unless a test says otherwise); each test module adds only what it tests
+TINY = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "network.channels=8", "network.layers=2",
+        "network.stem_multiplier=2", "optim.epochs=2", "search.steps_per_epoch=3", "network.channels_last=false"]
+# the methods' harnesses: small evaluation batches, alpha trained from the first step whatever the preset
+TINY_SEARCH = [*TINY, "data.eval_batch_size=64", "optim.warmup_epochs=0"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +32,8 @@ def _engine_defaults(monkeypatch, tmp_path_factory):
 
 @pytest.fixture
 def tiny_overrides():
-    """A digits search small enough to run in seconds."""
-    return ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "network.channels=8",
-            "network.layers=2", "network.stem_multiplier=2", "optim.epochs=2", "search.steps_per_epoch=3",
-            "search.val_batches=2", "network.channels_last=false"]
+    """The tiny search (``TINY``) with two validation batches per epoch end."""
+    return [*TINY, "search.val_batches=2"]
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from stablenas.errors import ConfigError
-from stablenas.evaluate.backends import LocalBackend, RayBackend, get_backend
-from stablenas.evaluate.sweep import SweepPlan, run_sweep
+from stablenas.experiments.sweep import SweepPlan, run_sweep
+from stablenas.runs.backends import LocalBackend, RayBackend, get_backend
 
 
 def _square(x: int) -> dict:
@@ -64,7 +64,7 @@ class _Owner:
 def _run_until_signalled(task: tuple[str, str]) -> dict:
     """A stand-in for a search: runs ~30 s, or on SIGINT/SIGTERM 'saves a checkpoint' and raises InterruptedRun."""
     from stablenas.errors import InterruptedRun
-    from stablenas.rundir import stop_signals
+    from stablenas.runs.directory import stop_signals
 
     name, folder = task
     with open(os.path.join(folder, f"{name}.started"), "w") as f:
@@ -230,7 +230,7 @@ def test_a_ctrl_c_outside_any_run_says_the_interrupted_line(tmp_path, monkeypatc
     """A KeyboardInterrupt escaping a command (a second Ctrl-C, or one where no run has its handler)
     ends with the interrupted line and exit 130, not typer's silent 130."""
     from stablenas import cli
-    from stablenas.evaluate import study
+    from stablenas.experiments import study
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

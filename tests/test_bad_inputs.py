@@ -23,16 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY as TINY_BASE
 from conftest import run_cli
 
 from stablenas.cli import main
 from stablenas.genotype import Genotype
 
-TINY = ["--set", "data.dataset=digits", "--set", "data.subset=null", "--set", "space=s3",
-        "--set", "network.layers=2", "--set", "network.channels=8", "--set", "network.stem_multiplier=2",
-        "--set", "optim.epochs=1", "--set", "data.batch_size=32", "--set", "search.steps_per_epoch=2",
-        "--set", "search.val_batches=1", "--set", "network.channels_last=false", "--set", "threads=1",
-        "--no-progress"]
+TINY = [a for o in [*TINY_BASE, "space=s3", "optim.epochs=1", "search.steps_per_epoch=2", "search.val_batches=1",
+                    "threads=1"] for a in ("--set", o)] + ["--no-progress"]
 TRAIN_TINY = ["--dataset", "digits", "--epochs", "1", "--channels", "8", "--layers", "2", "--batch", "32",
               "--set", "steps_per_epoch=1", "--set", "auxiliary=false", "--set", "evaluate_test=false",
               "--no-progress"]
@@ -201,7 +199,7 @@ def test_yaml_loader_refuses_duplicates_only(tmp_path):
     """Merge keys still override (YAML's rule, not a duplicate); every shipped preset and protocol
     reads through the same loader."""
     from stablenas.config import PRESET_DIR, load_yaml, read_yaml
-    from stablenas.evaluate.study import PROTOCOL_DIR
+    from stablenas.experiments.study import PROTOCOL_DIR
 
     assert load_yaml("a: &A {x: 1, y: 2}\nb: {<<: *A, y: 3}\n")["b"] == {"x": 1, "y": 3}
     shipped = [*PRESET_DIR.glob("*.yaml"), *PROTOCOL_DIR.glob("*.yaml")]
@@ -714,7 +712,7 @@ def test_s5_table_work_is_a_file_and_never_writes_the_package(tmp_path, capsys):
     assert_one_error(code, err, 2, "is a file")
     assert tree(tmp_path) == before
     # the default table path is inside --work, not the installed package
-    from stablenas.evaluate import s5
+    from stablenas.experiments import s5
 
     assert "table_path(dataset)" not in Path(s5.__file__).read_text().split("def generate_table")[1]
     assert tree(pkg) == pkg_before
@@ -768,7 +766,7 @@ def test_a_forked_child_is_another_writer(tmp_path):
     """A process forked while holding a run's lock does not inherit it: the child's own RunLock on that
     path is refused (one writer), and the parent still holds the lock after the child exits."""
     from stablenas.errors import RunLockedError
-    from stablenas.rundir import RunLock, lock_holder
+    from stablenas.runs.lock import RunLock, lock_holder
 
     path = tmp_path / "run.lock"
     lock = RunLock(path)
@@ -795,7 +793,7 @@ def test_a_forked_child_is_another_writer(tmp_path):
         os.waitpid(pid, 0)
         assert got == bytes([0])
         assert lock.held and lock_holder(path) is None  # still ours (None: held by this process)
-        child = subprocess.run([sys.executable, "-c", "import sys; from stablenas.rundir import lock_holder; "
+        child = subprocess.run([sys.executable, "-c", "import sys; from stablenas.runs.directory import lock_holder; "
                                 f"print(lock_holder(__import__('pathlib').Path({str(path)!r})))"],
                                capture_output=True, text=True, check=True)
         assert child.stdout.strip() == str(os.getpid())

@@ -12,8 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stablenas.bench import BenchConfig, _run_worker, parse_input
+from stablenas.bench import BenchConfig, BenchOptions, parse_input
+from stablenas.bench.memory import run_worker
 from stablenas.cli import app
+from stablenas.errors import ConfigError
 
 TINY = ["--space", "s5", "--cells", "2", "--channels", "4", "--batch", "8", "--input", "1x8x8",
         "--repeats", "1", "--warmup", "0", "--threads", "1"]
@@ -47,7 +49,7 @@ def test_bench_cli_writes_json(tmp_path):
 
 def test_memory_worker_reports_peak():
     cfg = {"space": "s5", "cells": 2, "channels": 4, "batch": 8, "input": [1, 8, 8], "threads": 1}
-    res = _run_worker({"config": cfg, "what": "first_order", "engine": "fast"}, timeout=300)
+    res = run_worker({"config": cfg, "what": "first_order", "engine": "fast"}, timeout=300)
     assert "error" not in res, res
     assert res["peak_mb"] >= res["base_mb"] > 0 and res["growth_mb"] >= 0
 
@@ -75,6 +77,35 @@ def test_bench_rejects_bad_input(bad, msg):
     assert msg in r.output
 
 
+@pytest.mark.parametrize("values,msg", [
+    ({"space": "nope", "cells": 0}, "--space 'nope': unknown; available: "),
+    ({"cells": 0, "input": "x"}, "--cells must be >= 1, got 0"),
+    ({"warmup": -1, "repeats": 0}, "--repeats must be >= 1, got 0"),
+    ({"warmup": -1}, "--warmup must be >= 0, got -1"),
+    ({"curvature_iters": 0}, "--curvature-iters must be >= 1, got 0"),
+    ({"input": "0x4x4", "size": "huge"}, "--input '0x4x4': expected CxHxW with positive integers, e.g. 3x32x32"),
+    ({"size": "paper,huge"}, "--size 'paper,huge': unknown size 'huge'; available: paper, cpu-study"),
+    ({"size": ","}, "--size ',': unknown size ''; available: paper, cpu-study"),
+    ({"tune": True, "tune_budget": 0.0}, "--tune-budget must be > 0, got 0.0"),
+    ({"bogus": 1}, "--bogus: Extra inputs are not permitted"),
+])
+def test_bench_options_report_the_first_bad_option_in_command_line_order(values, msg):
+    with pytest.raises(ConfigError) as e:
+        BenchOptions.parse(**values)
+    assert str(e.value).startswith(msg) and e.value.exit_code == 2
+
+
+def test_bench_options_expand_into_one_config_per_size():
+    assert [c.size for c in BenchOptions.parse().configs()] == ["paper", "cpu-study"]
+    custom = BenchOptions.parse(cells=2, methods="none").configs()
+    assert [(c.size, c.cells, c.channels, c.methods) for c in custom] == [("custom", 2, 16, [])]
+    (c,) = BenchOptions.parse(size="cpu-study", input="1x8x8", methods=" a, b", tune_budget=0.0).configs()
+    assert (c.size, c.input, c.methods, c.batch, c.cells) == ("cpu-study", (1, 8, 8), ["a", "b"], 64, 5)
+    assert BenchOptions.parse(methods="all").methods is None
+    assert BenchOptions.parse(device="cpu", tune=True).tune_config().size == "cpu-study"
+    assert BenchOptions.parse(device="cpu", tune=True, cells=2).tune_config().size == "custom"
+
+
 def test_parse_input():
     assert parse_input("3x32x32") == (3, 32, 32)
     with pytest.raises(ValueError):
@@ -100,15 +131,15 @@ def test_plain_channels_last_baseline_is_the_same_computation():
     """The channels_last plain model (the fair baseline) takes the same step as the plain one."""
     import torch
 
-    from stablenas import bench as B
+    from stablenas.bench import steps as S
 
-    bc = B.BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), threads=1)
-    s = B.make_search(B._base_config(bc, "second"), bc)
-    train, val = B._batches(s)
+    bc = BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), threads=1)
+    s = S.make_search(S.base_config(bc, "second"), bc)
+    train, val = S.batches(s)
     out = {}
     for eng in ("plain", "plain_cl"):
-        model, step = B._plain_model(s, bc, channels_last=(eng == "plain_cl"))
-        conv = B._plain_batch(eng)
+        model, step = S.plain_model(s, bc, channels_last=(eng == "plain_cl"))
+        conv = S.plain_batch(eng)
         step(conv(train), conv(val), unrolled=True)
         out[eng] = [p.detach().clone() for p in list(model.parameters()) + model.arch_parameters()]
         if eng == "plain_cl":
@@ -127,11 +158,11 @@ def test_each_measurement_holds_only_its_own_models(monkeypatch):
     import gc
     import weakref
 
-    from stablenas import bench as B
-    from stablenas.supernet.reference import PlainNetwork
+    from stablenas.bench import run_bench, timing
+    from stablenas.skeletons.darts.reference import PlainNetwork
 
     live, seen, starts = [], weakref.WeakSet(), []
-    timer = B._time
+    timer = timing.time_call
 
     def counting(fn, device):
         gc.collect()
@@ -143,10 +174,10 @@ def test_each_measurement_holds_only_its_own_models(monkeypatch):
                 starts.append(m.stem[0].weight.detach().clone())
         return timer(fn, device)
 
-    monkeypatch.setattr(B, "_time", counting)
+    monkeypatch.setattr(timing, "time_call", counting)
     cfg = BenchConfig(space="s5", cells=2, channels=4, batch=8, input=(1, 8, 8), repeats=2, warmup=0,
                       methods=["none"], exact=False, memory=False, curvature_iters=2, threads=1)
-    res = B.run_bench(cfg, log=lambda _: None)
+    res = run_bench(cfg, log=lambda _: None)
     assert max(live) == 2 and len(live) == 3 * 2 * 3  # 3 measurements x 2 repeats x 3 engines
     assert len(starts) == 6 and all(torch.equal(s, starts[0]) for s in starts)  # 3 measurements x 2 plain
     assert res["timing"]["second_order"]["plain_cl"]["median_s"] > 0

@@ -18,7 +18,7 @@ from test_s5 import _fake_table
 import stablenas as sn
 from stablenas.analysis.run import Run
 from stablenas.analysis.summary import show_lines
-from stablenas.evaluate import s5
+from stablenas.skeletons.darts import s5_table
 
 # ops without weights, counted by hand from the op definitions (pooling, identity, zero, noise)
 PARAM_FREE = {"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"}
@@ -121,8 +121,8 @@ def test_print_config_fills_in_every_method_option(tmp_path, capsys):
 
 def test_search_and_show_print_the_compact_genotype_and_the_stability_numbers(tmp_path, monkeypatch, capsys,
                                                                              tiny_overrides):
-    monkeypatch.setattr(s5, "RESOURCES", tmp_path)
-    s5._load_cached.cache_clear()
+    monkeypatch.setattr(s5_table, "RESOURCES", tmp_path)
+    s5_table.forget_cached()
     (tmp_path / "s5_digits.json").write_text(json.dumps(_fake_table("digits")))
     run = tmp_path / "run"
     sets = [a for o in [*tiny_overrides, "space=s5", "methods=[{name: hessian, iters: 4}]", "threads=1"]
@@ -144,7 +144,7 @@ def test_search_and_show_print_the_compact_genotype_and_the_stability_numbers(tm
         in lines
     assert next(x for x in lines if x.startswith("lambda_max: ")).startswith(
         f"lambda_max: {last['lambda_max']:.4g} at epoch {last['epoch']}")
-    table = s5.load_table("digits")
+    table = s5_table.load_table("digits")
     acc, regret = table.test_acc(g), table.best_acc - table.test_acc(g)
     assert f"derived cell (s5 lookup): test acc {acc * 100:.2f}%  regret {regret * 100:.2f}%" in lines
 

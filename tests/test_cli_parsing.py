@@ -38,7 +38,7 @@ def test_sweep_takes_several_values_per_option(monkeypatch, tmp_path):
         (out / "table.md").write_text("table\n")
         return {"selected": "none"}
 
-    monkeypatch.setattr("stablenas.evaluate.sweep.run_sweep", fake_run)
+    monkeypatch.setattr("stablenas.experiments.sweep.run_sweep", fake_run)
     with pytest.raises(SystemExit) as e:
         cli.main(["sweep", "r-darts-l2", "--seeds", "0", "1", "2", "--l2", "3e-4", "27e-4", "--out",
                   str(tmp_path / "s"), "--final-seeds", "4", "5", "--set", "optim.epochs=2", "-j", "2"])

@@ -17,6 +17,7 @@ import stablenas as sn
 from stablenas import curvature as cv
 from stablenas.curvature import Curvature
 from stablenas.genotype import Genotype
+from stablenas.methods.curvature import LambdaMaxObserver
 from stablenas.methods.darts_ada import DartsADA
 from stablenas.methods.darts_es import DartsES, first_stop, local_average
 from stablenas.search.loop import Search
@@ -176,7 +177,7 @@ def _Script(values):
 
 def test_darts_es_stops_and_returns_epoch_i_minus_k(tiny_overrides, monkeypatch, tmp_path):
     lam = [1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0, 3.0]
-    monkeypatch.setattr(DartsES, "measure", _Script(lam))
+    monkeypatch.setattr(LambdaMaxObserver, "measure", _Script(lam))
     cfg = _cfg(tiny_overrides, "optim.epochs=8", "search.steps_per_epoch=1", "search.val_batches=1",
                "methods=[{name: darts-es, window: 3, k: 2}]")
     res = Search(cfg, tmp_path / "es", progress=False, log=lambda m: None).run()
@@ -213,7 +214,7 @@ def _ada_cfg(tiny_overrides, epochs=5):
 
 def test_darts_ada_rolls_back_and_raises_l2(tiny_overrides, monkeypatch):
     # criterion (window 1, k 1): lambda(i-1)/lambda(i) < 0.75 -> at epoch index 2, stop epoch 1
-    monkeypatch.setattr(DartsES, "measure", _Script([1.0, 1.0, 2.0, 2.0, 2.0]))
+    monkeypatch.setattr(LambdaMaxObserver, "measure", _Script([1.0, 1.0, 2.0, 2.0, 2.0]))
     s = Search(_ada_cfg(tiny_overrides), None, progress=False, log=lambda m: None)
     spy = _Spy()
     s.methods.insert(0, spy)
@@ -237,7 +238,7 @@ def test_darts_ada_rolls_back_and_raises_l2(tiny_overrides, monkeypatch):
 
 
 def test_darts_ada_resume_matches_uninterrupted_run(tiny_overrides, monkeypatch, tmp_path):
-    monkeypatch.setattr(DartsES, "measure", _Script([1.0, 1.0, 2.0, 2.0, 2.0]))
+    monkeypatch.setattr(LambdaMaxObserver, "measure", _Script([1.0, 1.0, 2.0, 2.0, 2.0]))
     full = Search(_ada_cfg(tiny_overrides), tmp_path / "full", progress=False, log=lambda m: None).run()
 
     calls = {"n": 0}

@@ -343,7 +343,8 @@ def _same_numbers(a: Path, b: Path) -> bool:
 
 def test_amp_fp16_needs_cuda_and_bf16_runs_on_cpu(capsys):
     from stablenas.config import ConfigError
-    from stablenas.evaluate.train import _Trainer, train_config
+    from stablenas.evaluate.train import train_config
+    from stablenas.evaluate.trainer import ImageTrainer
     from stablenas.genotype import Genotype
 
     g = Genotype(space="s5", normal=(("sep_conv_3x3", 0), ("skip_connect", 1)), normal_concat=(2,),
@@ -351,9 +352,10 @@ def test_amp_fp16_needs_cuda_and_bf16_runs_on_cpu(capsys):
     base = dict(dataset="digits", channels=8, layers=3, stem_multiplier=2, epochs=1, batch_size=16,
                 steps_per_epoch=1, channels_last=True, evaluate_test=False, device="cpu")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        _Trainer(g, train_config(None, {**base, "amp": "fp16"}), None, resume=False, progress=False, log=print)
+        ImageTrainer(g, train_config(None, {**base, "amp": "fp16"}), None, resume=False, progress=False, log=print)
     said = []
-    t = _Trainer(g, train_config(None, {**base, "amp": "bf16"}), None, resume=False, progress=False, log=said.append)
+    t = ImageTrainer(g, train_config(None, {**base, "amp": "bf16"}), None, resume=False, progress=False,
+                     log=said.append)
     assert any("slower" in m for m in said)
     loss, _ = t.backward(*t.train_loader.batch(0, 0))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)  # CE autocasts to fp32

@@ -362,7 +362,7 @@ def test_phase_sums_convert_once_per_node():
 
     outs = []
     try:
-        N._from_phases = counting
+        K.from_phases = counting
         for on in (True, False):
             calls.clear()
             with N.engine_options(fast, phase_sums=on):
@@ -370,7 +370,7 @@ def test_phase_sums_convert_once_per_node():
             n_dil = sum(1 for e in fast.cells[0].edges for name in e.op_names if name.startswith("dil_conv"))
             assert len(calls) == (sp.n_nodes if on else n_dil)
     finally:
-        N._from_phases = orig
+        K.from_phases = orig
     assert _close(outs[0], outs[1])
 
 

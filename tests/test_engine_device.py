@@ -14,7 +14,7 @@ from conftest import TINY_SEARCH
 from typer.testing import CliRunner
 
 import stablenas as sn
-from stablenas import tune
+from stablenas.bench import tune
 from stablenas.cli import app
 from stablenas.errors import ConfigError
 from stablenas.search.loop import Search

@@ -47,7 +47,7 @@ from stablenas.evaluate import (  # noqa: E402
     info,
 )
 from stablenas.genotype import Genotype  # noqa: E402
-from stablenas.networks.evaluation import _AuxPool  # noqa: E402
+from stablenas.skeletons.darts.networks import _AuxPool  # noqa: E402
 from stablenas.spaces.catalog import get_space  # noqa: E402
 
 # Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the OpenMP workers spin-

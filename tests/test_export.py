@@ -141,7 +141,7 @@ def test_onnx_matches_pytorch_within_1e5(tmp_path, case):
 
 def test_a_training_run_exports_its_trained_weights(tmp_path, capsys):
     from stablenas.evaluate.train import train_config, train_genotype
-    from stablenas.rundir import load_checkpoint
+    from stablenas.runs.checkpoint import load_checkpoint
 
     cfg = train_config("darts", ["steps_per_epoch=1", "evaluate_test=false", "threads=1"], dataset="digits",
                        epochs=1, channels=8, layers=2, batch_size=32)
@@ -166,8 +166,8 @@ def test_a_training_run_exports_its_trained_weights(tmp_path, capsys):
 def test_a_recurrent_training_run_exports_the_weights_its_perplexity_was_measured_with(tmp_path, capsys):
     from test_ptb_train import _cfg, _corpus
 
-    from stablenas.rnn.genotype import DARTS_V2_RNN
-    from stablenas.rnn.train import train_recurrent
+    from stablenas.skeletons.rnn.genotype import DARTS_V2_RNN
+    from stablenas.skeletons.rnn.train import train_recurrent
 
     train_recurrent(DARTS_V2_RNN, _cfg(epochs=1), tmp_path / "run", corpus=_corpus(lines=40), log=lambda s: None)
     code, out, err = run_cli(["export", tmp_path / "run", "-f", "pytorch", "-o", tmp_path / "lm.py"], capsys)

@@ -29,7 +29,7 @@ from conftest import TINY_SEARCH, assert_same_search
 
 import stablenas as sn
 from stablenas.cli import main
-from stablenas.errors import EXIT_NO_SPACE, DivergedError
+from stablenas.errors import EXIT_NO_SPACE, DivergedError, InterruptedRun
 from stablenas.search.loop import Search
 
 TINY = [*TINY_SEARCH, "search.val_batches=1", "space=s3", "threads=1", "evaluation.lookup=false"]
@@ -319,3 +319,92 @@ def test_full_disk_in_training_keeps_the_last_epoch(tmp_path, capsys, monkeypatc
     assert code == 0, err
     assert [r["epoch"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     assert json.loads((d / "result.json").read_text())["epochs"] == 2
+
+
+def _sigint_after(obj, name: str, when) -> None:
+    """Wrap ``obj.<name>``: after the first call at which ``when()`` holds, a real SIGINT arrives, which the
+    run's own handler (installed by ``run()``) must catch."""
+    orig, fired, found = getattr(obj, name), [], signal.getsignal(signal.SIGINT)
+
+    def wrapped(*a, **kw):
+        out = orig(*a, **kw)
+        if not fired and when():
+            fired.append(True)
+            assert signal.getsignal(signal.SIGINT) is not found, "no stop handler installed"
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    setattr(obj, name, wrapped)
+
+
+def _stopped_search(out: Path, tmp_path_factory):
+    cfg = _cfg("darts")
+    ref, ref_dir = _reference("darts", (), tmp_path_factory)
+    run = Search(cfg, out / "run", progress=False, log=lambda m: None)
+    _sigint_after(run, "weight_step", lambda: run.epoch == 1 and run.step_in_epoch == 1)  # epoch 2, step 2
+    resume = lambda: Search(cfg, out / "run", resume=True, progress=False, log=lambda m: None).run()  # noqa: E731
+
+    def same(a, b) -> None:
+        assert_same_search(a, b, ref_dir, out / "run")
+
+    return run, resume, ref, same
+
+
+def _stopped_training(out: Path, _factory):
+    from test_train import _s5, _tiny
+
+    from stablenas.evaluate.train import train_genotype
+    from stablenas.evaluate.trainer import ImageTrainer
+
+    cfg = _tiny(epochs=3, auxiliary=True, drop_path=0.3)
+    ref = train_genotype(_s5(), cfg, out / "ref", log=lambda m: None)
+    run = ImageTrainer(_s5(), cfg, out / "run", resume=False, progress=False, log=lambda m: None)
+    _sigint_after(run, "_train_step", lambda: run.epoch == 1)  # in epoch 2: the checkpoint of epoch 1 is kept
+    resume = lambda: train_genotype(_s5(), cfg, out / "run", resume=True, log=lambda m: None)  # noqa: E731
+
+    def same(a, b) -> None:
+        assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+        wa, wb = (torch.load(out / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ref", "run"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    return run, resume, ref, same
+
+
+def _stopped_recurrent(out: Path, _factory):
+    from test_ptb_train import _cfg as _rnn_cfg
+    from test_ptb_train import _corpus
+
+    from stablenas.skeletons.rnn.genotype import DARTS_V2_RNN
+    from stablenas.skeletons.rnn.train import RNNTrainer
+
+    corpus, cfg = _corpus(lines=60), _rnn_cfg(epochs=2)
+    ref = RNNTrainer(DARTS_V2_RNN, cfg, out / "ref", corpus=corpus, log=lambda m: None).run()
+    run = RNNTrainer(DARTS_V2_RNN, cfg, out / "run", corpus=corpus, log=lambda m: None)
+    _sigint_after(run, "train_step", lambda: run.epoch == 1 and run.stream.position == 2)  # epoch 2, window 2
+    resume = lambda: RNNTrainer(DARTS_V2_RNN, cfg, out / "run", corpus=corpus, resume=True,  # noqa: E731
+                                log=lambda m: None).run()
+
+    def same(a, b) -> None:
+        assert (a["test_loss"], a["valid_loss"]) == (b["test_loss"], b["valid_loss"])
+
+    return run, resume, ref, same
+
+
+@pytest.mark.parametrize("kind", ["search", "training", "recurrent"])
+def test_sigint_stops_every_kind_of_run_alike(kind, tmp_path, tmp_path_factory):
+    """A search, an image training and a recurrent training, each stopped by SIGINT mid-epoch: InterruptedRun
+    (exit 130), status "interrupted", the stop handler gone again, and a checkpoint from which the resumed
+    run ends as the uninterrupted one does."""
+    torch.set_num_threads(1)
+    make = {"search": _stopped_search, "training": _stopped_training, "recurrent": _stopped_recurrent}[kind]
+    run, resume, ref, same = make(tmp_path, tmp_path_factory)
+    found = signal.getsignal(signal.SIGINT)
+    with pytest.raises(InterruptedRun) as e:
+        run.run()
+    assert e.value.exit_code == 130 and "interrupted by SIGINT" in str(e.value) and "--resume" in str(e.value)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["reason"] == str(e.value)
+    assert signal.getsignal(signal.SIGINT) is found  # the run restored the handler it found
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    same(ref, resume())
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "complete"

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from stablenas.genotype import Genotype, GenotypeError, derive, nb201_string, parse_nb201
+from stablenas.genotype import Genotype, GenotypeError, derive
+from stablenas.skeletons.nb201.genotype import nb201_string, parse_nb201
 from stablenas.spaces.catalog import SearchSpace, get_space
 
 

@@ -1,5 +1,5 @@
-"""The package-level import graph (every import in src/stablenas, function-level ones included,
-``if TYPE_CHECKING:`` blocks excluded) has no cycle; errors and registry sit at the bottom."""
+"""The package-level import graph (every import in src/stablenas, function-level and type-only
+``if TYPE_CHECKING:`` ones included) has no cycle; errors and registry sit at the bottom."""
 
 import ast
 from pathlib import Path
@@ -18,12 +18,8 @@ def _imports(path: Path) -> set[str]:
     module = ".".join(rel.parts)
     package = module[: -len(".__init__")] if module.endswith(".__init__") else module.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]

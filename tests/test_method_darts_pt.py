@@ -14,9 +14,9 @@ from conftest import TINY_SEARCH, assert_same_search, metric_records
 
 import stablenas as sn
 from stablenas.errors import ConfigError
-from stablenas.genotype import derive_darts
 from stablenas.methods.darts_pt import DartsPT, n_decisions, sgas_scores
 from stablenas.search.loop import Search
+from stablenas.skeletons.darts.genotype import derive_darts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -23,8 +23,10 @@ from stablenas.methods.rs_ws import RSWS
 from stablenas.methods.sdarts_adv import ADVOptions, pgd_attack
 from stablenas.methods.sdarts_rs import SDARTSRS
 from stablenas.search.loop import Search
+from stablenas.skeletons.darts.supernet import SearchCell
+from stablenas.skeletons.nb201.supernet import NB201SearchCell
 from stablenas.spaces.ops import OPS
-from stablenas.supernet.network import MixedOp, NB201SearchCell, SearchCell, engine_options
+from stablenas.supernet.network import MixedOp, engine_options
 
 TINY = [*TINY_SEARCH, "search.val_batches=2"]
 NB201 = ["space=nb201", "network.layers=1"]

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from stablenas.config import load_config
-from stablenas.evaluate import nb201
 from stablenas.evaluate.lookup import annotate_record
-from stablenas.evaluate.nb201 import NB201Benchmark, NB201FileError, extract
 from stablenas.genotype import Genotype
 from stablenas.search.loop import Search
+from stablenas.skeletons.nb201 import benchmark as nb201
+from stablenas.skeletons.nb201.benchmark import NB201Benchmark, NB201FileError, extract
 
 A0 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 A1 = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"

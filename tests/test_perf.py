@@ -20,6 +20,8 @@ from stablenas.config import load_config
 from stablenas.search.loop import Search
 from stablenas.spaces.catalog import get_space
 from stablenas.spaces.ops import DilConv, FactorizedReduce
+from stablenas.supernet import fused
+from stablenas.supernet import kernels as K
 from stablenas.supernet import network as N
 from stablenas.supernet.arch import ArchParams
 from stablenas.supernet.reference import PlainDARTS, PlainSearchStep, build_plain
@@ -160,7 +162,7 @@ def test_polyphase_dilated_conv_equals_dilated_conv(stride, kernel, hw, cl):
     x.requires_grad_(True)
     w = torch.tensor(0.7, requires_grad=True)
     ref = w * op(x)
-    got = N._dil_conv(op, N._Input(x, N.EngineOptions(phase_dilation="always")), w)
+    got = fused._dil_conv(op, fused.Input(x, N.EngineOptions(phase_dilation="always")), w)
     assert got.shape == ref.shape
     assert _close(got, ref)
     g = torch.randn_like(ref)
@@ -174,12 +176,12 @@ def test_polyphase_layout_round_trip():
         x = torch.randn(2, 3, 6, 4)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        p = N._to_phases(x)
+        p = K.to_phases(x)
         assert p.shape == (8, 3, 3, 2)
         assert torch.equal(p[0:2], x[:, :, 0::2, 0::2]) and torch.equal(p[6:8], x[:, :, 1::2, 1::2])
         assert torch.equal(p[2:4], x[:, :, 0::2, 1::2]) and torch.equal(p[4:6], x[:, :, 1::2, 0::2])
-        assert torch.equal(N._from_phases(p, 2), x)
-        assert N._from_phases(p, 2).is_contiguous(memory_format=torch.channels_last) == cl
+        assert torch.equal(K.from_phases(p, 2), x)
+        assert K.from_phases(p, 2).is_contiguous(memory_format=torch.channels_last) == cl
 
 
 def test_bn_with_folded_weight_in_channels_last():
@@ -190,7 +192,7 @@ def test_bn_with_folded_weight_in_channels_last():
     x = torch.randn(6, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     g = torch.randn(6, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     w = torch.tensor(0.7, requires_grad=True)
-    got = torch.autograd.grad(N._bn(copy.deepcopy(bn), x, w), (x, w), g)
+    got = torch.autograd.grad(K.bn(copy.deepcopy(bn), x, w), (x, w), g)
     ref = torch.autograd.grad(w * copy.deepcopy(bn)(x), (x, w), g)
     for a, b in zip(got, ref):
         assert _close(a, b)
@@ -307,7 +309,7 @@ def test_depthwise_function_matches_conv2d_to_second_order(k, p, d, hw):
     C = 3
     x = torch.randn(2, C, hw, hw, dtype=torch.float64, requires_grad=True)
     w = torch.randn(C, 1, k, k, dtype=torch.float64, requires_grad=True)
-    f = lambda a, b: N._DWConv.apply(a, b, p, d)  # noqa: E731
+    f = lambda a, b: K.DWConv.apply(a, b, p, d)  # noqa: E731
     ref = F.conv2d(x, w, padding=p, dilation=d, groups=C)
     got = f(x, w)
     assert torch.allclose(got, ref)
@@ -333,7 +335,7 @@ def test_stride2_depthwise_in_double_backward_mode(hw):
 
     def f(a, b):
         conv = SimpleNamespace(kernel_size=(3, 3), bias=None, weight=b, groups=3)
-        return N._depthwise(conv, a, 2, 1, 1, N.EngineOptions(double_backward=True))
+        return fused._depthwise(conv, a, 2, 1, 1, N.EngineOptions(double_backward=True))
 
     assert torch.allclose(f(x, w), F.conv2d(x, w, None, 2, 1, 1, 3))
     assert torch.autograd.gradgradcheck(f, (x, w))

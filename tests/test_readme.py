@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 import stablenas as sn
@@ -19,9 +20,7 @@ from stablenas.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-TINY_SEARCH = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "network.channels=8",
-               "network.layers=2", "network.stem_multiplier=2", "optim.epochs=1", "search.steps_per_epoch=2",
-               "search.val_batches=1", "network.channels_last=false"]
+TINY_SEARCH = [*TINY, "optim.epochs=1", "search.steps_per_epoch=2", "search.val_batches=1"]
 TINY_TRAIN = ["dataset=digits", "subset=null", "channels=8", "layers=2", "batch_size=32", "epochs=1",
               "steps_per_epoch=2", "test_subset=64", "channels_last=false"]
 

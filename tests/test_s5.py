@@ -11,10 +11,11 @@ import json
 import pytest
 
 from stablenas.config import load_config
-from stablenas.evaluate import s5
-from stablenas.evaluate.s5 import S5Table, canonical_key, enumerate_s5, regret
+from stablenas.experiments import s5
 from stablenas.genotype import Genotype
 from stablenas.search.loop import Search
+from stablenas.skeletons.darts import s5_table
+from stablenas.skeletons.darts.s5_table import S5Table, canonical_key, enumerate_s5, regret
 from stablenas.spaces.catalog import get_space
 
 OPS = ("sep_conv_3x3", "skip_connect", "max_pool_3x3")
@@ -112,9 +113,9 @@ def test_regret_on_a_hand_made_table(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "fashion-mnist-14"])
 def test_shipped_table_covers_all_81_when_present(dataset):
-    table = s5.load_table(dataset)
+    table = s5_table.load_table(dataset)
     if table is None:
-        pytest.skip(f"{s5.table_path(dataset)} not generated yet (`stablenas s5-table`)")
+        pytest.skip(f"{s5_table.table_path(dataset)} not generated yet (`stablenas s5-table`)")
     assert len(table) == 81 and table.covers()
     accs = [e["test_acc"] for e in table.entries.values()]
     assert all(0.0 < a <= 1.0 for a in accs)
@@ -129,12 +130,12 @@ def test_shipped_table_covers_all_81_when_present(dataset):
 
 
 def test_search_on_s5_records_test_regret_per_epoch(tmp_path, monkeypatch, tiny_overrides):
-    monkeypatch.setattr(s5, "RESOURCES", tmp_path)
-    s5._load_cached.cache_clear()
+    monkeypatch.setattr(s5_table, "RESOURCES", tmp_path)
+    s5_table.forget_cached()
     (tmp_path / "s5_digits.json").write_text(json.dumps(_fake_table("digits")))
     cfg = load_config("darts", [*tiny_overrides, "space=s5"])
     result = Search(cfg, None, log=lambda s: None).run()
-    table = s5.load_table("digits")
+    table = s5_table.load_table("digits")
     assert len(result.metrics) == 2
     for rec in result.metrics:
         g = Genotype.from_dict(rec["genotype"])
@@ -147,8 +148,8 @@ def test_lookup_off_or_without_table(tmp_path, monkeypatch):
 
     from stablenas.evaluate.lookup import annotate_record
 
-    monkeypatch.setattr(s5, "RESOURCES", tmp_path)
-    s5._load_cached.cache_clear()
+    monkeypatch.setattr(s5_table, "RESOURCES", tmp_path)
+    s5_table.forget_cached()
     logs: list[str] = []
 
     def search(lookup=True):
@@ -164,11 +165,11 @@ def test_lookup_off_or_without_table(tmp_path, monkeypatch):
     assert "test_regret" not in rec
     assert len(logs) == 1 and "no complete ground-truth table" in logs[0] and "s5-table" in logs[0]
     (tmp_path / "s5_digits.json").write_text(json.dumps(_fake_table("digits", n=80)))  # incomplete
-    s5._load_cached.cache_clear()
+    s5_table.forget_cached()
     annotate_record(search(), rec)
     assert "test_regret" not in rec
     (tmp_path / "s5_digits.json").write_text(json.dumps(_fake_table("digits")))
-    s5._load_cached.cache_clear()
+    s5_table.forget_cached()
     annotate_record(search(lookup=False), rec)
     assert "test_regret" not in rec
     annotate_record(search(), rec)

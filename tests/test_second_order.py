@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 import stablenas as sn
 from stablenas.search.loop import Search
+from stablenas.skeletons.darts import supernet as darts_supernet
+from stablenas.skeletons.nb201 import supernet as nb201_supernet
 from stablenas.supernet import network
 from stablenas.supernet.kernels import EngineOptions
 
@@ -60,7 +62,8 @@ def smooth_relu(monkeypatch):
     # the plain path runs every op module as written, so the patched ReLU modules are what runs
     monkeypatch.setattr(torch.nn.ReLU, "forward", lambda self, x: F.softplus(x, beta=4.0))
     # supernets built in the test call every op module as written (engine option fused=False)
-    monkeypatch.setattr(network, "DEFAULT", EngineOptions(fused=False))
+    for module in (network, darts_supernet, nb201_supernet):
+        monkeypatch.setattr(module, "DEFAULT", EngineOptions(fused=False))
     yield
 
 

@@ -15,7 +15,7 @@ from stablenas.skeletons.darts import DartsSkeleton
 from stablenas.spaces.catalog import SearchSpace
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "stablenas"
-SKELETON_CODE = {"skeletons", "rnn"}  # the skeletons' own packages (rnn: the recurrent skeleton)
+SKELETON_CODE = {"skeletons"}  # the skeletons' own packages (rnn: the recurrent skeleton)
 NB = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|"
 
 

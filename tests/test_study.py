@@ -10,9 +10,11 @@ import yaml
 
 from stablenas import cli
 from stablenas.errors import ConfigError
-from stablenas.evaluate import study as st
-from stablenas.evaluate.s5 import load_table
+from stablenas.experiments import study as st
+from stablenas.experiments.study import measures, records
+from stablenas.experiments.study import run as study_run
 from stablenas.genotype import Genotype
+from stablenas.skeletons.darts.s5_table import load_table
 from stablenas.spaces.ops import is_parameter_free
 
 # 2 methods x 1 seed x 2 epochs on the 8x8 digits; S3 is retrained, S5 uses its lookup (no digits table: none)
@@ -150,7 +152,7 @@ def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, m
     assert pairs and len(pairs) == 2  # r needs >= 3 points
     md = (out / "table.md").read_text()
     r = rows[("s3", "sdarts-rs")]
-    assert (f"| sdarts-rs | 1 | {r['share_normal_mean']:.3f} ± 0.000 | {100 * r['test_acc_mean']:.2f} ± 0.00 | - | "
+    assert (f"| sdarts-rs | 1 | {r['share_normal_mean']:.3f} ± 0.000 | {100 * r['test_acc_mean']:.2f} ± 0.00 | "
             f"{100 * r['acc_drop_mean']:.2f} ± 0.00 | {100 * r['acc_drop_batch_bn_mean']:.2f} ± 0.00 | "
             f"{r['lambda_max_final_mean']:.4f} ± 0.0000 | 2.0 |") in md
     batch_bn = runs["s3-sdarts-rs-seed0"]["discretization"]["batch_bn"]
@@ -159,7 +161,7 @@ def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, m
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "lambda_max_s3.png", "lambda_max_s5.png", "lambda_vs_error.png", "share_normal_s3.png", "share_normal_s5.png"]
     # a fresh directory picks every finished unit up from the records, running nothing
-    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
+    monkeypatch.setattr(study_run, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
     again = st.run_study(tiny, tmp_path / "fresh", records=rec_dir, log=_quiet)
     assert _strip_times(again["rows"]) == _strip_times(s["rows"])
     # a record made with other settings is not taken; changed settings in the same directory are refused
@@ -172,19 +174,59 @@ def test_table_and_results_match_the_per_run_records(tmp_path, tiny, finished, m
     assert "4 units, 0 done here, 0 from records, 0 to run now" in logs[-2]
 
 
+def _tiny_record(genotype: Genotype, regret: float | None) -> dict:
+    """A finished unit's result.json, written by hand: one 2-epoch search, its cell looked up."""
+    share = st.param_free_share(genotype)
+    return {"name": "", "genotype": genotype.to_dict(), "epochs": 2, "search_seconds": 4.0, "track_seconds": 0.0,
+            "share_normal": share, "share_all": st.param_free_share(genotype, None), "discretization": None,
+            "curves": {"share_normal": [share, share], "lambda_max": [None, None], "test_regret": [regret, regret]},
+            "lambda_max_final": None, "test_acc": None, "test_source": "lookup", "test_regret_final": regret}
+
+
+def _space_sections(md: str) -> dict[str, str]:
+    return {part.split("\n", 1)[0]: part for part in md.split("## space ")[1:]}
+
+
+def test_s5_regret_column_only_where_an_s5_table_scores_the_space(tmp_path):
+    """The S5 regret column belongs to a space whose cells the S5 table of its dataset scores, decided from
+    the protocol: shown (with the record's regret) for S5 on Fashion-MNIST, absent for NAS-Bench-201 and for
+    S5 on a dataset without a table."""
+    from stablenas.skeletons.darts.s5_table import enumerate_s5
+
+    table = load_table("fashion-mnist")
+    s5_cell = enumerate_s5()[17]
+    d = {"name": "cols", "base": "quickstart", "set": ["optim.epochs=2", "threads=1"], "spaces": ["s5", "nb201"],
+         "seeds": [0], "methods": {"darts": []}, "track": None}
+    nb201_cell = Genotype.from_dict({"space": "nb201", "arch": "|nor_conv_3x3~0|+|skip_connect~0|none~1|"
+                                                               "+|avg_pool_3x3~0|skip_connect~1|nor_conv_1x1~2|"})
+    for space, g, regret in (("s5", s5_cell, table.regret(s5_cell)), ("nb201", nb201_cell, None)):
+        (tmp_path / "runs" / f"{space}-darts-seed0").mkdir(parents=True)
+        (tmp_path / "runs" / f"{space}-darts-seed0" / "result.json").write_text(json.dumps(_tiny_record(g, regret)))
+    st.summarise(st.StudyProtocol.model_validate(d), tmp_path, plots=False)
+    sections = _space_sections((tmp_path / "table.md").read_text())
+    assert "| S5 regret % |" in sections["s5"] and "S5 regret" not in sections["nb201"]
+    share = st.param_free_share(s5_cell)
+    assert (f"| darts | 1 | {share:.3f} ± 0.000 | - | {100 * table.regret(s5_cell):.2f} ± 0.00 | - | - | - | "
+            "2.0 | 1.00 |") in sections["s5"]
+    assert "| darts | 1 | 0.667 ± 0.000 | - | - | - | - | 2.0 | 1.00 |" in sections["nb201"]  # 4 of 6 ops
+    no_table = {**d, "space_set": {"s5": ["data.dataset=digits", "data.subset=null"]}}
+    st.summarise(st.StudyProtocol.model_validate(no_table), tmp_path, plots=False)
+    assert "S5 regret" not in (tmp_path / "table.md").read_text()
+
+
 def test_pearson_and_lookup_against_references():
     xs, ys = [0.1, 0.4, 0.2, 0.9], [3.0, 5.0, 2.5, 9.0]
     assert st.pearson(xs, ys) == pytest.approx(statistics.correlation(xs, ys))
     assert st.pearson([1, 1, 1], [1, 2, 3]) is None and st.pearson([1, 2], [1, 2]) is None
     from stablenas.config import load_config
-    from stablenas.evaluate.s5 import enumerate_s5
+    from stablenas.skeletons.darts.s5_table import enumerate_s5
 
     table = load_table("fashion-mnist")
     cfg = load_config("quickstart", ["space=s5"]).to_dict()
     for g in enumerate_s5()[::20]:
-        assert st._lookup_test_acc(cfg, g) == table.test_acc(g)
-        assert st._lookup(cfg, g)["test_regret"] == pytest.approx(table.regret(g))
-    assert st._lookup_test_acc(load_config("quickstart").to_dict(), enumerate_s5()[0]) is None  # s3: no table
+        assert measures.lookup_test_acc(cfg, g) == table.test_acc(g)
+        assert measures.lookup(cfg, g)["test_regret"] == pytest.approx(table.regret(g))
+    assert measures.lookup_test_acc(load_config("quickstart").to_dict(), enumerate_s5()[0]) is None  # s3: no table
 
 
 def test_partial_study_is_marked_partial_and_estimates_the_rest(tmp_path, tiny, finished):
@@ -248,7 +290,7 @@ def test_units_finished_here_without_a_record_get_one(tmp_path, tiny, finished, 
     _, out, rec_dir = finished
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
+    monkeypatch.setattr(study_run, "run_unit", lambda args: pytest.fail(f"ran {args[0]} again"))
     st.run_study(tiny, copy, records=tmp_path / "rec", log=_quiet)
     for u in st.study_units(tiny):
         new, old = tmp_path / "rec" / u.name / "result.json", rec_dir / u.name / "result.json"
@@ -258,7 +300,7 @@ def test_units_finished_here_without_a_record_get_one(tmp_path, tiny, finished, 
 def test_summary_of_committed_records_runs_nothing(tmp_path, tiny, finished, monkeypatch, capsys):
     """`study P --out NEW --records R --summary`: the table of the records alone (a fresh clone's view)."""
     s, _, rec_dir = finished
-    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(study_run, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
     monkeypatch.setattr(st, "load_protocol", lambda *a, **k: tiny)
     with pytest.raises(SystemExit) as e:
         cli.main(["study", "tiny", "--out", str(tmp_path / "view"), "--records", str(rec_dir), "--summary"])
@@ -289,7 +331,7 @@ def test_summary_refuses_what_it_cannot_summarise(tmp_path, tiny, finished, monk
     directory holding no study (or a foreign one), and another protocol's study are refused in one
     line, every file left as it was."""
     _, out, rec_dir = finished
-    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(study_run, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
     proto = tmp_path / "tiny.yaml"
     proto.write_text(yaml.safe_dump(TINY, sort_keys=False))
     base = ["study", str(proto), "--summary"]
@@ -321,7 +363,7 @@ def test_summary_names_every_record_it_leaves_out(tmp_path, tiny, finished, monk
     import shutil
 
     _, _, rec_dir = finished
-    monkeypatch.setattr(st, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
+    monkeypatch.setattr(study_run, "run_unit", lambda args: pytest.fail(f"ran {args[0]}"))
     monkeypatch.setattr(st, "load_protocol", lambda *a, **k: tiny)
     rec = tmp_path / "rec"
     shutil.copytree(rec_dir, rec)
@@ -365,7 +407,7 @@ def test_cells_of_earlier_epochs_are_retrained_like_the_final_one(tmp_path):
             f"{100 * runs['darts']['test_acc']:.2f} ± 0.00 (1) |") in md
     # a record without the earlier cells does not stand in for a unit that asks for them
     (u,) = [x for x in st.study_units(p) if x.method == "darts"]
-    assert st._record_differs({**runs["darts"], "test_acc_at_epoch": None}, u) == ["retrain.at_epochs"]
+    assert records.record_differs({**runs["darts"], "test_acc_at_epoch": None}, u) == ["retrain.at_epochs"]
     with pytest.raises(Exception, match="at_epochs"):
         st.StudyProtocol.model_validate({**d, "retrain": {**d["retrain"], "at_epochs": [0]}})
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stablenas.config import ConfigError
-from stablenas.evaluate.sweep import SweepPlan, run_sweep, search_runs, select_best
+from stablenas.experiments.sweep import SweepPlan, run_sweep, search_runs, select_best
 
 TRAIN = [
     "channels=4",

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from stablenas.cli import app
 from stablenas.config import ConfigError
+from stablenas.errors import InterruptedRun
 from stablenas.evaluate.train import (
     TrainConfig,
     TrainExistsError,
@@ -59,9 +60,9 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     cfg = _tiny(epochs=3, auxiliary=True, drop_path=0.3)
     g = get = _s5()
     full = train_genotype(g, cfg, tmp_path / "a", log=_quiet)
-    assert (
-        train_genotype(get, cfg, tmp_path / "b", log=_quiet, stop_after=1) is None
-    )  # "killed" after epoch 1
+    with pytest.raises(InterruptedRun, match="stopped after epoch 1"):  # "killed" after epoch 1
+        train_genotype(get, cfg, tmp_path / "b", log=_quiet, stop_after=1)
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["state"] == "interrupted"
     assert not (tmp_path / "b" / "result.json").exists()
     resumed = train_genotype(g, cfg, tmp_path / "b", resume=True, log=_quiet)
     assert resumed["test_acc"] == full["test_acc"]

@@ -153,7 +153,7 @@ def test_sweep_and_s5_table_dry_runs_count_every_stage(tmp_path, monkeypatch, ti
     # 6 searches and 6 selection trainings in 2 waves of 4 jobs, 2 final trainings in 1 wave
     assert "search: 6 x 1.7 min = 3.3 min" in res.output
     assert "selection retraining: 6 x 2s = 4s" in res.output and "final retraining: 2 x 12s = 12s" in res.output
-    e = est.estimate_sweep(__import__("stablenas.evaluate.sweep", fromlist=["SweepPlan"]).SweepPlan(
+    e = est.estimate_sweep(__import__("stablenas.experiments.sweep", fromlist=["SweepPlan"]).SweepPlan(
         config="darts", seeds=[0, 1, 2], overrides=[*tiny_overrides, "space=s5"], reg="l2", reg_values=[1e-4, 1e-3],
         final_epochs=12, final_seeds=[0, 1], final="all"), jobs=4)
     assert [(r["stage"], r["runs"]) for r in e["stages"]] == [

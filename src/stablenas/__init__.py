@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import ConfigError, SearchConfig, config_from_dict, list_presets, load_config
     from .genotype import Genotype, GenotypeError, derive
-    from .methods import METHODS, Method, MethodOptions, register_method
+    from .methods import METHODS, Method, MethodOptions, SearchContext, register_method
     from .spaces.catalog import SPACES, SearchSpace, get_space, list_spaces, register_space
     from .spaces.ops import OPS, register_op
     from .supernet.arch import ArchParams, register_activation
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(("ConfigError", "SearchConfig", "config_from_dict", "list_presets", "load_config"), "config"),
     **dict.fromkeys(("Genotype", "GenotypeError", "derive"), "genotype"),
-    **dict.fromkeys(("METHODS", "Method", "MethodOptions", "register_method"), "methods"),
+    **dict.fromkeys(("METHODS", "Method", "MethodOptions", "SearchContext", "register_method"), "methods"),
     **dict.fromkeys(("OPS", "register_op"), "spaces.ops"),
     **dict.fromkeys(("SPACES", "SearchSpace", "get_space", "list_spaces", "register_space"), "spaces.catalog"),
     **dict.fromkeys(("ArchParams", "register_activation"), "supernet.arch"),
@@ -81,6 +81,7 @@ def load_run(path):
 
 __all__ = [
     "ArchParams", "ConfigError", "Genotype", "GenotypeError", "METHODS", "Method", "MethodOptions", "Mix", "OPS",
+    "SearchContext",
     "SPACES", "SearchConfig", "SearchSpace", "build_network", "build_supernet", "config_from_dict", "derive",
     "get_space", "list_presets", "list_spaces", "load_config", "load_run", "register_activation", "register_method",
     "register_op", "register_space", "run_search",

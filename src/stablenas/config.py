@@ -9,6 +9,7 @@ are checked exactly like the file.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -385,6 +386,38 @@ def apply_overrides(raw: dict, overrides: list[str] | None, example: str = "opti
         else:
             node[last] = parsed
     return raw
+
+
+def preset_config(model: type[ConfigModel], presets: dict[str, dict[str, Any]], preset: str | dict | None,
+                  overrides: list[str] | dict | None, fields: dict[str, Any], *, unknown: Callable[[str], str],
+                  prefix: str,
+                  inherit: dict | None = None) -> Any:
+    """A validated flat run config (the training configs): a preset name (or dict), then ``key=value``
+    strings (values parsed as YAML, like ``--set``) or a dict, then the keyword ``fields`` that are not
+    None; ``inherit`` fills only keys none of them set. ``unknown``: the error message for a preset
+    name not in ``presets``; ``prefix``: that of a validation error."""
+    if preset is None:
+        raw: dict[str, Any] = {}
+    elif isinstance(preset, dict):
+        raw = dict(preset)
+    elif preset in presets:
+        raw = dict(presets[preset])
+    else:
+        raise ConfigError(unknown(preset))
+    if isinstance(overrides, dict):
+        raw.update(overrides)
+    else:
+        raw = apply_overrides(raw, overrides, example="epochs=10")
+    given = {k: v for k, v in fields.items() if v is not None}
+    explicit = set(raw) | set(given)
+    raw.update(given)
+    for k, v in (inherit or {}).items():  # lowest priority: only where the preset and overrides say nothing
+        if v is not None and k not in explicit:
+            raw[k] = v
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, prefix)) from None
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, *,

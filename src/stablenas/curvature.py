@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +45,23 @@ from .supernet.network import double_backward_mode, weights_frozen
 from .utils import release_heap
 
 if TYPE_CHECKING:
-    from .search.loop import Search
     from .supernet.arch import ArchParams
+    from .supernet.mix import Mix
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 BN_MODES = ("train", "eval")
+
+
+class LiveSearch(Protocol):
+    """What a measurement reads of a running search (``methods.context.SearchContext`` has it all)."""
+
+    net: nn.Module
+    arch: ArchParams
+    device: torch.device
+
+    def mix(self, phase: str, batch: Batch | None = None) -> Mix: ...
+    def fixed_val_batches(self, n: int = 1, batch_size: int | None = None, seed_offset: int = 7) -> list[Batch]: ...
 
 
 @contextmanager
@@ -103,7 +114,7 @@ class AlphaObjective:
         self.count = sum(int(y.shape[0]) for _, y in self.batches)
 
     @classmethod
-    def from_search(cls, search: Search, *, batches: int = 1, batch_size: int | None = None,
+    def from_search(cls, search: LiveSearch, *, batches: int = 1, batch_size: int | None = None,
                     bn: str = "train", alpha_l2: float = 0.0) -> AlphaObjective:
         data = validation_batches(search, batches, batch_size)
         ew = search.arch.edge_weights()
@@ -347,7 +358,7 @@ def top_by_magnitude(eigs: torch.Tensor, k: int) -> list[float]:
 # search-level entry points
 
 
-def validation_batches(search: Search, n: int = 1, batch_size: int | None = None,
+def validation_batches(search: LiveSearch, n: int = 1, batch_size: int | None = None,
                        seed_offset: int = 7) -> list[Batch]:
     """``n`` fixed batches of the search's validation half (the alpha data), no augmentation.
 
@@ -425,7 +436,7 @@ def exact_spectrum(objective: AlphaObjective, *, retain: bool = True, chunk: int
     return H, Curvature(desc[0], [], desc, calls, time.perf_counter() - start, hvp.n, "exact")
 
 
-def measure(search: Search, *, batches: int = 1, batch_size: int | None = None, bn: str = "train",
+def measure(search: LiveSearch, *, batches: int = 1, batch_size: int | None = None, bn: str = "train",
             iters: int = 20, algorithm: str = "lanczos", exact: bool = False, alpha_l2: float = 0.0,
             seed: int = 0, retain: bool = True) -> Curvature:
     """lambda_max of ``L_val`` w.r.t. alpha for a live search; ``exact`` adds the full spectrum."""

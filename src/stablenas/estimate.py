@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .search.loop import _sync, format_seconds
+from .runs.lifecycle import format_seconds, sync
 
 __all__ = ["estimate_s5_table", "estimate_search", "estimate_sweep", "estimate_train", "format_estimate",
            "peak_memory_bytes"]
@@ -50,22 +50,22 @@ def estimate_search(cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
     t0 = None
     for i in range(n):
         if i == warmup:
-            _sync(s.device)
+            sync(s.device)
             t0 = time.perf_counter()
         s.step(next(it))
         s.step_in_epoch += 1
         s.global_step += 1
-    _sync(s.device)
+    sync(s.device)
     per_step = (time.perf_counter() - t0) / max(n - warmup, 1)
     s.step_in_epoch = s.steps_per_epoch  # the end of epoch 1 as the run would reach it
     # the epoch's validation pass: two batches timed, scaled to the batches an epoch evaluates
     n_val = min(cfg.search.val_batches or len(s.val_eval_loader), len(s.val_eval_loader))
     k = min(2, n_val)
     s.evaluate(max_batches=1)  # warm-up
-    _sync(s.device)
+    sync(s.device)
     t = time.perf_counter()
     s.evaluate(max_batches=k)
-    _sync(s.device)
+    sync(s.device)
     val_seconds = (time.perf_counter() - t) * n_val / max(k, 1)
     # the rest of the epoch end (genotype, lookups, every method's epoch work such as lambda_max)
     # runs for real; only its first validation pass (timed above) is skipped
@@ -78,7 +78,7 @@ def estimate_search(cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
     s.evaluate = evaluate_once_skipped
     t = time.perf_counter()
     s._end_epoch()
-    _sync(s.device)
+    sync(s.device)
     s.evaluate = real_evaluate
     epoch_end = time.perf_counter() - t + val_seconds
     epochs = cfg.optim.epochs
@@ -96,10 +96,11 @@ def estimate_search(cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
 
 def estimate_train(genotype, cfg, steps: int = 3, warmup: int = 1) -> dict[str, Any]:
     """Time ``warmup`` + ``steps`` training steps and one evaluation batch of ``cfg``'s run."""
-    from .evaluate.train import _Trainer, resolve_genotype
+    from .evaluate.train import resolve_genotype
+    from .evaluate.trainer import ImageTrainer
 
     g = resolve_genotype(genotype)
-    tr = _Trainer(g, cfg, None, resume=False, progress=False, log=lambda m: None)
+    tr = ImageTrainer(g, cfg, None, resume=False, progress=False, log=lambda m: None)
     _reset_peak(tr.device)
     full_steps = tr.steps
     n = min(warmup + steps, full_steps)
@@ -108,10 +109,10 @@ def estimate_train(genotype, cfg, steps: int = 3, warmup: int = 1) -> dict[str, 
         tr.steps = warmup
         tr.train_epoch()
     tr.steps = n - warmup
-    _sync(tr.device)
+    sync(tr.device)
     t = time.perf_counter()
     tr.train_epoch()
-    _sync(tr.device)
+    sync(tr.device)
     per_step = (time.perf_counter() - t) / tr.steps
     # evaluation: one batch of the test (or holdout) loader, scaled to the loader's length
     eval_seconds = 0.0
@@ -123,10 +124,10 @@ def estimate_train(genotype, cfg, steps: int = 3, warmup: int = 1) -> dict[str, 
                 ld.set_epoch(0)
                 x, _ = next(iter(ld))
                 tr.model(x)  # warm-up
-                _sync(tr.device)
+                sync(tr.device)
                 t = time.perf_counter()
                 tr.model(x)
-                _sync(tr.device)
+                sync(tr.device)
                 eval_seconds += (time.perf_counter() - t) * len(ld)
     n_evals = 1 + (cfg.epochs // cfg.eval_every if cfg.eval_every else 0)
     total = cfg.epochs * full_steps * per_step + n_evals * eval_seconds
@@ -166,7 +167,7 @@ def estimate_sweep(plan, jobs: int = 1, threads: int | None = None) -> dict[str,
     import os
 
     from .config import config_from_dict
-    from .evaluate.sweep import _train_configs, search_runs
+    from .experiments.sweep import _train_configs, search_runs
 
     runs = search_runs(plan)
     if threads is None and jobs > 1:
@@ -188,8 +189,9 @@ def estimate_s5_table(overrides: dict[str, Any] | None = None, *, jobs: int = 1,
                       repeat_seeds=(1, 2), seeds=None) -> dict[str, Any]:
     """``s5-table --dry-run``: one S5 training under the protocol timed (the 81 cells differ only
     in which cheap op sits on each edge), times the trainings the table needs."""
-    from .evaluate.s5 import S5_PROTOCOL, enumerate_s5
     from .evaluate.train import train_config
+    from .experiments.s5 import S5_PROTOCOL
+    from .skeletons.darts.s5_table import enumerate_s5
 
     protocol = {**S5_PROTOCOL, **(overrides or {})}
     cfg = train_config(None, protocol)

@@ -142,7 +142,7 @@ def _record_death(out: Path, pid: int, reason: str) -> None:
     """Rank 0 died holding the run directory: record the run as interrupted with the reason (the
     directory's lock died with it), unless another process took the directory since."""
     from .errors import StablenasError
-    from .rundir import RunDir
+    from .runs.directory import RunDir
 
     rd = RunDir(out, kind="search", config_name="config.yaml")
     st = rd.read_status_file()

@@ -157,10 +157,12 @@ def _dataset_key(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-SKELETONS: Registry[Any] = Registry("skeleton", builtins="stablenas.skeletons", key=lambda s: s.name)
-OPS: Registry[Any] = Registry("op", builtins=("stablenas.spaces.ops", "stablenas.rnn.space"))
-SPACES: Registry[Any] = Registry("search space", builtins=("stablenas.spaces.catalog", "stablenas.rnn.space"),
-                                  key=lambda s: s.name)
+SKELETONS: Registry[Any] = Registry("skeleton", builtins="stablenas.skeletons.builtin", key=lambda s: s.name)
+# the skeleton of genotypes that neither name a registered space nor are claimed by a skeleton
+DEFAULT_SKELETON = "darts"
+OPS: Registry[Any] = Registry("op", builtins=("stablenas.spaces.ops", "stablenas.skeletons.rnn.space"))
+SPACES: Registry[Any] = Registry("search space", key=lambda s: s.name,
+                                  builtins=("stablenas.spaces.catalog", "stablenas.skeletons.rnn.space"))
 ACTIVATIONS: Registry[Any] = Registry("activation", builtins="stablenas.supernet.arch")
 DISCRETIZERS: Registry[Any] = Registry("discretizer", builtins=("stablenas.search.discretize",
                                                                  "stablenas.methods"))
@@ -168,9 +170,9 @@ METHODS: Registry[Any] = Registry("method", builtins="stablenas.methods", key=la
 DATASETS: Registry[Any] = Registry("dataset", builtins="stablenas.data.datasets", normalize=_dataset_key)
 # evaluation networks a found genotype is trained in (``stablenas train`` / ``info``); each
 # skeleton lists the ones that fit its genotypes
-EVAL_NETWORKS: Registry[Any] = Registry("evaluation network", builtins="stablenas.networks.evaluation")
+EVAL_NETWORKS: Registry[Any] = Registry("evaluation network", builtins="stablenas.skeletons.builtin")
 # per-epoch ground truth of a derived genotype, by space name (the S5 table, NAS-Bench-201)
 LOOKUPS: Registry[Any] = Registry("ground-truth lookup", builtins="stablenas.evaluate.lookup")
 
-__all__ = ["ACTIVATIONS", "DATASETS", "DISCRETIZERS", "DuplicateNameError", "EVAL_NETWORKS", "LOOKUPS", "METHODS",
-           "OPS", "Registry", "SKELETONS", "SPACES", "UnknownNameError"]
+__all__ = ["ACTIVATIONS", "DATASETS", "DEFAULT_SKELETON", "DISCRETIZERS", "DuplicateNameError", "EVAL_NETWORKS",
+           "LOOKUPS", "METHODS", "OPS", "Registry", "SKELETONS", "SPACES", "UnknownNameError"]

@@ -1,6 +1,6 @@
 """Per-epoch table of the long-search curves: param-free share / train acc / lambda_max per run.
 
-Reads each run's ``metrics.jsonl`` through ``stablenas.evaluate.study.curves`` (the study's own
+Reads each run's ``metrics.jsonl`` through ``stablenas.experiments.study.curves`` (the study's own
 share definition: parameter-free ops among the ops of the normal cell derived at that epoch; the
 whole cell in NAS-Bench-201, which has one cell type). Usage::
 
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from stablenas.evaluate.study import curves
+from stablenas.experiments.study import curves
 from stablenas.genotype import Genotype
 from stablenas.spaces.ops import is_parameter_free
 

@@ -111,10 +111,9 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     and the landscape's random direction; ``on_plan``: given the plan and estimate
     (:func:`plan_run`'s) before anything is computed.
     """
-    from .. import curvature as cv
     from ..progress import bar, progress_enabled
     from . import diagnostics as dg
-    from .plan import plan_search, wants_exact
+    from .plan import plan_search
 
     log = log or (lambda _m: None)
     show = progress_enabled(progress)
@@ -137,19 +136,7 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     out["discretization"] = dg.discretization_drop(search, current, max_batches=batches)
 
     log("curvature ...")
-    obj = cv.AlphaObjective.from_search(search, batches=curvature_batches, bn="train")
-    with bar(iters, "lambda_max (Lanczos HVPs)", show, unit="hvp") as b:
-        cur = cv.dominant_eigenvalue(obj, iters=iters, seed=seed, on_hvp=b.update)
-    curv: dict[str, Any] = {"lambda_max": cur.lambda_max, "iters": iters, "hvps": cur.hvps,
-                            "seconds": round(cur.seconds, 3), "batches": curvature_batches, "bn": "train",
-                            "ritz_top": cur.ritz[:10]}
-    if wants_exact(spectrum, search.arch.num_alpha()):
-        with bar(search.arch.num_alpha(), "exact Hessian (rows)", show, unit="row") as b:
-            _, ex = cv.exact_spectrum(obj, on_hvp=b.update)
-        curv.update({"lambda_max_exact": ex.lambda_max, "spectrum_top": ex.top_k(top_k),
-                     "spectrum_seconds": round(ex.seconds, 3), "negative_share": sum(
-                         1 for v in ex.eigenvalues if v < 0) / len(ex.eigenvalues)})
-    out["curvature"] = curv
+    out["curvature"] = _curvature(search, curvature_batches, iters, spectrum, top_k, seed, show)
 
     if landscape:
         log("landscape ...")
@@ -176,6 +163,29 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     return out
 
 
+def _curvature(search: Any, batches: int, iters: int, spectrum: str, top_k: int, seed: int,
+               show: bool) -> dict[str, Any]:
+    """lambda_max by Lanczos on ``batches`` search-size batches (BN in train mode, as RobustDARTS) and,
+    when asked or small enough, the exact spectrum."""
+    from .. import curvature as cv
+    from ..progress import bar
+    from .plan import wants_exact
+
+    obj = cv.AlphaObjective.from_search(search, batches=batches, bn="train")
+    with bar(iters, "lambda_max (Lanczos HVPs)", show, unit="hvp") as b:
+        cur = cv.dominant_eigenvalue(obj, iters=iters, seed=seed, on_hvp=b.update)
+    curv: dict[str, Any] = {"lambda_max": cur.lambda_max, "iters": iters, "hvps": cur.hvps,
+                            "seconds": round(cur.seconds, 3), "batches": batches, "bn": "train",
+                            "ritz_top": cur.ritz[:10]}
+    if wants_exact(spectrum, search.arch.num_alpha()):
+        with bar(search.arch.num_alpha(), "exact Hessian (rows)", show, unit="row") as b:
+            _, ex = cv.exact_spectrum(obj, on_hvp=b.update)
+        curv.update({"lambda_max_exact": ex.lambda_max, "spectrum_top": ex.top_k(top_k),
+                     "spectrum_seconds": round(ex.seconds, 3), "negative_share": sum(
+                         1 for v in ex.eigenvalues if v < 0) / len(ex.eigenvalues)})
+    return curv
+
+
 def end_curvature(analysis: dict | None) -> dict | None:
     """lambda_max that ``analyze`` computed at the end of the search (epoch = epochs done), or None."""
     c = (analysis or {}).get("curvature") or {}
@@ -187,8 +197,7 @@ def end_curvature(analysis: dict | None) -> dict | None:
 
 def run_skeleton(run: Run):
     """The skeleton of the run's space (of its genotype where the space is not registered here)."""
-    from ..genotype import DEFAULT_SKELETON
-    from ..registry import SKELETONS, SPACES
+    from ..registry import DEFAULT_SKELETON, SKELETONS, SPACES
     from ..skeletons import skeleton_of
 
     space = run.config.get("space", "darts")

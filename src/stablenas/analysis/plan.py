@@ -44,15 +44,15 @@ def time_units(search: Search, plan: dict[str, Any], seed: int = 0) -> dict[str,
     """Seconds of one validation pass, one gradient build and one Hessian-vector product (the second
     of two: the first pays for lazy initialisation), on the batches the analysis uses."""
     from .. import curvature as cv
-    from ..search.loop import _sync
+    from ..runs.lifecycle import sync
 
     dev = search.device
 
     def timed(fn) -> float:
-        _sync(dev)
+        sync(dev)
         t = time.perf_counter()
         fn()
-        _sync(dev)
+        sync(dev)
         return time.perf_counter() - t
 
     t_eval = timed(lambda: search.evaluate(max_batches=plan["batches"]))
@@ -80,7 +80,7 @@ def estimate(plan: dict[str, Any], t: dict[str, float]) -> dict[str, float]:
 
 def format_plan(plan: dict[str, Any]) -> str:
     """The lines ``analyze --dry-run`` prints (and ``analyze`` before it starts)."""
-    from ..search.loop import format_seconds
+    from ..runs.lifecycle import format_seconds
 
     t, parts, n = plan["timing"], plan["estimate"], plan["n_alpha"]
     lines = [f"analyze plan: {plan['run']} ({plan['space']}, {plan['network']}, {n} alpha entries, "

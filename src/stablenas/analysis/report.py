@@ -333,20 +333,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-def comparison_html(run_dirs: Sequence[str | Path]) -> str:
-    from . import cells, plots
-
-    runs = [load_run(d) for d in run_dirs]
-    trained = [str(r.path) for r in runs if r.kind != "search"]
-    if trained:
-        from ..errors import RunDirError
-
-        raise RunDirError(f"a comparison page compares search runs; {trained[0]} is a training run "
-                          "(its own report: stablenas report DIR)")
-    analyses = [load_analysis(d) for d in run_dirs]
-    names = [r.path.name for r in runs]
-    if len(set(names)) < len(names):
-        names = [str(r.path) for r in runs]
+def _comparison_table(names: list[str], runs: list, analyses: list) -> str:
+    """One row per run: the numbers that tell whether a search collapsed."""
     head = ["run", "space", "methods", "L2", "epochs", "final val metric", "lambda_max (last tracked / analyze)",
             "ES stop (actual / simulated)", "acc drop", "param-free share", "first cell width / depth"]
     rows = []
@@ -369,6 +357,13 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
         rows.append("<tr>" + "".join(f"<td class='num'>{_fmt(v)}</td>" for v in vals) + "</tr>")
     table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(rows)
              + "</table>")
+    return table
+
+
+def _comparison_curves(names: list[str], runs: list, analyses: list) -> list[str]:
+    """Validation metric, training loss and lambda_max of every run on shared axes."""
+    from . import plots
+
     ov = []
     sk0 = run_skeleton(runs[0])
     for key, label in ((f"val_{sk0.metric}", f"validation {sk0.metric_label}"), ("train_loss", "training loss")):
@@ -384,6 +379,25 @@ def comparison_html(run_dirs: Sequence[str | Path]) -> str:
     else:
         ov.append("<p class='note'>no lambda_max: no run tracked it (method <code>hessian</code>) or ran "
                   "<code>stablenas analyze</code></p>")
+    return ov
+
+
+def comparison_html(run_dirs: Sequence[str | Path]) -> str:
+    from . import cells
+
+    runs = [load_run(d) for d in run_dirs]
+    trained = [str(r.path) for r in runs if r.kind != "search"]
+    if trained:
+        from ..errors import RunDirError
+
+        raise RunDirError(f"a comparison page compares search runs; {trained[0]} is a training run "
+                          "(its own report: stablenas report DIR)")
+    analyses = [load_analysis(d) for d in run_dirs]
+    names = [r.path.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [str(r.path) for r in runs]
+    table = _comparison_table(names, runs, analyses)
+    ov = _comparison_curves(names, runs, analyses)
     cell_parts = []
     for n, run in zip(names, runs):
         if run.genotype is None:

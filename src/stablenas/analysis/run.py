@@ -11,7 +11,7 @@ from ..config import read_yaml
 from ..errors import RunDirError
 from ..genotype import Genotype
 from ..plugins import run_plugins
-from ..rundir import read_jsonl
+from ..runs.records import read_jsonl
 
 
 @dataclass
@@ -25,8 +25,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        """running (pid N) / interrupted / complete / failed / diverged (see stablenas.rundir)."""
-        from ..rundir import RunDir
+        """running (pid N) / interrupted / complete / failed / diverged (see stablenas.runs.directory)."""
+        from ..runs.directory import RunDir
 
         if self.kind == "train":
             rd = RunDir(self.path, kind="train", config_name=TRAIN_CONFIG)

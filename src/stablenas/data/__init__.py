@@ -1,4 +1,12 @@
-"""Offline datasets, batched augmentation and resumable tensor loaders."""
+"""Data: offline datasets, batched augmentation and resumable tensor loaders.
+
+``datasets`` reads the image sets (Fashion-MNIST, MNIST, digits, and CIFAR/SVHN/ImageNet from a user
+directory, saying which files go where) and registers them by name; ``download`` fetches the public
+ones with checksums when asked; ``loader`` is the seeded, resumable, shardable batch stream a search
+and a training draw from (the DARTS split of the training set into a weight half and an alpha half);
+``transforms`` augments a whole batch at once on its device; ``ptb`` is Penn Treebank for the
+recurrent skeleton.
+"""
 
 from .datasets import (
     DATASETS,

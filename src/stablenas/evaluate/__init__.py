@@ -1,18 +1,17 @@
 """Evaluation networks, published genotypes and model profiling (params / multiply-adds)."""
 
-from ..networks.evaluation import (
+from ..networks.evaluation import build_eval_network
+from ..networks.profile import count_macs, count_params, info
+from ..networks.published import PUBLISHED, get_published, list_published
+from ..skeletons.darts.networks import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
     EvalCell,
-    NB201Cell,
-    NB201Network,
     NetworkCIFAR,
     NetworkImageNet,
-    build_eval_network,
     drop_path,
 )
-from ..networks.profile import count_macs, count_params, info
-from ..networks.published import PUBLISHED, get_published, list_published
+from ..skeletons.nb201.networks import NB201Cell, NB201Network
 from .train import TrainConfig, resolve_genotype, train_config, train_genotype
 
 __all__ = [

@@ -54,7 +54,7 @@ def annotate_record(search: Search, record: dict) -> None:
 
 @LOOKUPS.register("s5")
 def _s5(search: Search, record: dict) -> None:
-    from .s5 import load_table, table_path
+    from ..skeletons.darts.s5_table import load_table, table_path
 
     dataset = search.cfg.data.dataset
     table = load_table(dataset)
@@ -74,7 +74,7 @@ def _s5(search: Search, record: dict) -> None:
 
 @LOOKUPS.register("nb201")
 def _nb201(search: Search, record: dict) -> None:
-    from .nb201 import NB201FileError, get_benchmark, resolve_nb201_file
+    from ..skeletons.nb201.benchmark import NB201FileError, get_benchmark, resolve_nb201_file
 
     path = resolve_nb201_file(_setting(search, "nb201_file", None))
     if path is None:

@@ -10,10 +10,10 @@ batch before it is moved into place, so a file that exists is a file that matche
 * ``onnx`` -- ``torch.onnx.export`` of the stablenas network (batch dimension dynamic), checked
   with onnxruntime; needs ``pip install 'stablenas[export]'``.
 
-The networks are the evaluation networks of :mod:`stablenas.networks.evaluation` (DARTS CIFAR and
-ImageNet, NAS-Bench-201) without the auxiliary tower, which only training uses, and the DARTS
-recurrent language model of :mod:`stablenas.rnn.model` (tokens and hidden state in, logits and the
-last hidden state out).
+The networks are the skeletons' evaluation networks (DARTS CIFAR and ImageNet:
+:mod:`stablenas.skeletons.darts.networks`; :mod:`stablenas.skeletons.nb201.networks`) without the
+auxiliary tower, which only training uses, and the DARTS recurrent language model of
+:mod:`stablenas.skeletons.rnn.model` (tokens and hidden state in, logits and the last hidden state out).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ExportError
-from ..genotype import Genotype, parse_nb201
+from ..genotype import Genotype
+from ..skeletons.nb201.genotype import parse_nb201
 from . import standalone
 
 __all__ = ["FORMATS", "Exported", "ExportError", "build_network", "export_network"]
@@ -88,8 +89,8 @@ def build_network(genotype: Genotype | str | Path, network: str = "auto", **size
     name = g.skeleton.resolve_eval_network(network)
     if name in KINDS and KINDS[name].language_model:
         from ..data.ptb import PTB_VOCAB
-        from ..rnn.model import RNNLanguageModel
-        from ..rnn.train import RNNTrainConfig
+        from ..skeletons.rnn.model import RNNLanguageModel
+        from ..skeletons.rnn.train import RNNTrainConfig
 
         ntoken = sizes.pop("ntoken", PTB_VOCAB)
         nhid = sizes.pop("nhid", RNNTrainConfig.model_fields["nhid"].default)
@@ -98,7 +99,8 @@ def build_network(genotype: Genotype | str | Path, network: str = "auto", **size
 
 
 def _network_class(name: str) -> type[nn.Module]:
-    from ..networks.evaluation import NB201Network, NetworkCIFAR, NetworkImageNet
+    from ..skeletons.darts.networks import NetworkCIFAR, NetworkImageNet
+    from ..skeletons.nb201.networks import NB201Network
 
     return {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet, "nb201": NB201Network}[name]
 
@@ -112,7 +114,7 @@ def _resolve_sizes(name: str, sizes: dict) -> dict:
         raise ConfigError(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZE_KEYS)}")
     if KINDS[name].language_model:
         from ..data.ptb import PTB_VOCAB
-        from ..rnn.train import RNNTrainConfig
+        from ..skeletons.rnn.train import RNNTrainConfig
 
         other = sorted(set(given) - {"C", "num_classes"})
         if other:
@@ -143,12 +145,12 @@ def _trained_run(spec: Any) -> tuple[str, dict, dict, int] | None:
     if not finished:
         raise ExportError(f"{path} is a training run that has not finished (no {RESULT}); finish it with "
                           f"`stablenas train ... --out {path} --resume`, then export it")
-    from ..rundir import load_checkpoint
+    from ..runs.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path / CHECKPOINT, kind="train")
     try:
         if "cell.W0" in ck["model"]:  # the language model: the weights its perplexity was measured with
-            state = ck.get("best_state") or ck["model"]  # (model selection on validation, stablenas.rnn.train)
+            state = ck.get("best_state") or ck["model"]  # model selection on validation
             vocab, nhid = state["encoder.weight"].shape
             return "ptb", {"C": int(nhid), "num_classes": int(vocab)}, state, int(ck["config"]["bptt"])
         state = {k: v for k, v in ck["model"].items()

@@ -9,9 +9,10 @@ import importlib
 import pkgutil
 
 from .base import METHODS, Method, MethodOptions, register_method
+from .context import SearchContext
 
 for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_") and _info.name != "base":
+    if not _info.name.startswith("_") and _info.name not in ("base", "context"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["METHODS", "Method", "MethodOptions", "register_method"]
+__all__ = ["METHODS", "Method", "MethodOptions", "SearchContext", "register_method"]

@@ -23,8 +23,8 @@ from ..supernet.mix import Mix
 from .base import Method, MethodOptions
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
     from ..supernet.arch import ArchParams
+    from .context import SearchContext
 
 OpWeights = dict[str, torch.Tensor]
 Ramp = Literal["epoch", "step", "off"]
@@ -32,7 +32,7 @@ Projection = Literal["auto", "simplex", "box"]
 BNMode = Literal["eval", "train"]
 
 
-def linear_ramp(start: float, end: float, search: Search, ramp: Ramp) -> float:
+def linear_ramp(start: float, end: float, search: SearchContext, ramp: Ramp) -> float:
     """``start -> end`` linearly over the search. ``epoch``: constant within an epoch,
     ``start + (end - start) * epoch / epochs`` (the SmoothDARTS / MS-DARTS code); ``step``: the same
     line evaluated at every step; ``off``: always ``end``. ``epochs`` is ``search.schedule_epochs``;
@@ -76,16 +76,16 @@ class RampedPerturbation(Method):
         super().__init__(options)
         self.epsilon = self.opts.epsilon_min
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, self.opts.ramp)
 
-    def step_epsilon(self, search: Search) -> float:
+    def step_epsilon(self, search: SearchContext) -> float:
         """eps for this weight step (changes within an epoch only with ``ramp: step``)."""
         if self.opts.ramp == "step":
             self.epsilon = linear_ramp(self.opts.epsilon_min, self.opts.epsilon_max, search, "step")
         return self.epsilon
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["epsilon"] = self.epsilon
 
 
@@ -140,7 +140,7 @@ def bn_mode(net: torch.nn.Module, mode: BNMode) -> Iterator[None]:
         net.train(was)
 
 
-def perturbed_loss(search: Search, x: torch.Tensor, y: torch.Tensor, mix: Mix, mode: BNMode) -> torch.Tensor:
+def perturbed_loss(search: SearchContext, x: torch.Tensor, y: torch.Tensor, mix: Mix, mode: BNMode) -> torch.Tensor:
     """Training loss at perturbed op weights without touching BN running statistics: in ``eval``
     mode they are read, in ``train`` mode batch statistics are used and the running buffers go to
     throw-away copies (``Search.forward`` with ``params``)."""

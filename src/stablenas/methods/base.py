@@ -1,7 +1,9 @@
 """The hook interface every search method implements.
 
 One search loop (``search.loop.Search``) runs every method. A method is a small object whose hooks
-the loop calls at fixed points; it never copies the loop. The hooks, in call order:
+the loop calls at fixed points; it never copies the loop. Each hook receives the search as a
+``SearchContext`` (``methods.context``): the attributes a method may read and the operations it may
+perform, nothing else of the loop. The hooks, in call order:
 
 - ``setup(search)``: once, after the supernet, alpha and optimisers exist (and before a resume
   restores state).
@@ -52,7 +54,7 @@ from ..registry import METHODS
 from ..supernet.mix import Mix
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -106,28 +108,28 @@ class Method:
         return None
 
     # -- hooks (all optional) ----------------------------------------------------------------
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         pass
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         pass
 
-    def arch_step(self, search: Search, train_batch: Batch, val_batch: Batch) -> bool:
+    def arch_step(self, search: SearchContext, train_batch: Batch, val_batch: Batch) -> bool:
         return False
 
-    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+    def arch_penalty(self, search: SearchContext) -> torch.Tensor | None:
         return None
 
-    def freezes_alpha(self, search: Search) -> bool:
+    def freezes_alpha(self, search: SearchContext) -> bool:
         return False
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         return mix
 
-    def on_weight_grads(self, search: Search) -> None:
+    def on_weight_grads(self, search: SearchContext) -> None:
         pass
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         pass
 
     def state_dict(self) -> dict:

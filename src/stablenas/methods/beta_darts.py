@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
     from ..supernet.arch import ArchParams
+    from .context import SearchContext
 
 
 class BetaDecayOptions(MethodOptions):
@@ -60,16 +60,16 @@ class BetaDARTS(Method):
             raise ConfigError(f"method beta-darts regularises softmax-activated alpha: arch.activation must be "
                               f"softmax (got {cfg.arch.activation!r})")
 
-    def coefficient(self, search: Search) -> float:
+    def coefficient(self, search: SearchContext) -> float:
         """lambda of the current epoch."""
         span = search.schedule_epochs
         return self.opts.start + self.opts.coef * min(search.epoch, span) / (self.opts.ramp_epochs or span)
 
-    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+    def arch_penalty(self, search: SearchContext) -> torch.Tensor | None:
         lam = self.coefficient(search)
         return None if lam == 0.0 else lam * smoothmax_mean(search.arch)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["beta_lambda"] = self.coefficient(search)
         with torch.no_grad():
             record["beta_smoothmax"] = float(smoothmax_mean(search.arch))

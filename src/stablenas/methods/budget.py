@@ -44,15 +44,17 @@ from pydantic import Field
 
 from .. import distributed as dist
 from ..errors import ConfigError
-from ..networks.evaluation import EvalCell, NB201Cell, build_eval_network
+from ..networks.evaluation import build_eval_network
 from ..networks.profile import DEFAULTS, count_macs, count_params
 from ..registry import OPS, SKELETONS, SPACES
+from ..skeletons.darts.networks import EvalCell
+from ..skeletons.nb201.networks import NB201Cell
 from ..spaces.ops import build_op
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
     from ..spaces.catalog import SearchSpace
+    from .context import SearchContext
 
 Resource = Literal["madds", "params", "latency"]
 LIMIT = {"madds": "max_madds", "params": "max_params", "latency": "max_latency"}
@@ -210,7 +212,7 @@ class Budget(Method):
             if other != want and getattr(options, other) is not None:
                 raise ConfigError(f"method budget with resource: {options.resource} takes {want}, not {other}")
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         o, space = self.opts, search.space
         if o.network == "search":
             n = search.cfg.network
@@ -245,13 +247,13 @@ class Budget(Method):
         self.fixed, self.tables = fixed, tables
         self.costs = CostModel(self.space, fixed, tables, self.device)
 
-    def expected(self, search: Search) -> torch.Tensor:
+    def expected(self, search: SearchContext) -> torch.Tensor:
         return self.costs.expected(search.arch.op_weights())
 
-    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+    def arch_penalty(self, search: SearchContext) -> torch.Tensor | None:
         return self.opts.weight * torch.relu(self.expected(search) / self.limit - 1.0)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         with torch.no_grad():
             record[f"budget_expected_{self.opts.resource}_{self.unit}"] = float(self.expected(search))
         record[f"budget_max_{self.opts.resource}_{self.unit}"] = self.limit

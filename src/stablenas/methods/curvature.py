@@ -6,6 +6,9 @@ record every ``every`` epochs and at the last epoch (the RobustDARTS schedule: `
 cloned BN buffers, DropPath off and a private RNG for the start vector (see
 :mod:`stablenas.curvature`). It also records raw alpha (``alpha``: the flat valid entries) so that
 distances in alpha space can be computed afterwards (MS-DARTS Fig. 4).
+
+The measurement is an observer, :class:`LambdaMaxObserver`, that any method composes: ``hessian``
+attaches it to a search from the config alone, DARTS-ES and DARTS-ADA decide on its series.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
     from ..curvature import Curvature
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class HessianOptions(MethodOptions):
@@ -55,18 +58,16 @@ def lambda_series(records: list[dict]) -> list[tuple[int, float]]:
     return out
 
 
-@register_method
-class Hessian(Method):
-    name = "hessian"
-    paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
-    description = "track lambda_max of the val. Hessian w.r.t. alpha (Lanczos on HVPs); search unchanged"
-    preset = None
-    Options = HessianOptions
+class LambdaMaxObserver:
+    """lambda_max (and raw alpha) into the epoch record, on the RobustDARTS schedule; changes nothing."""
 
-    def due(self, search: Search, epoch: int) -> bool:
+    def __init__(self, opts: HessianOptions):
+        self.opts = opts
+
+    def due(self, search: SearchContext, epoch: int) -> bool:
         return epoch % self.opts.every == 0 or epoch == search.cfg.optim.epochs - 1
 
-    def measure(self, search: Search) -> Curvature:
+    def measure(self, search: SearchContext) -> Curvature:
         from ..curvature import measure
 
         o = self.opts
@@ -75,7 +76,7 @@ class Hessian(Method):
                        algorithm=o.algorithm, exact=o.top_k > 0 or o.algorithm == "exact", alpha_l2=l2,
                        seed=o.seed)
 
-    def write(self, search: Search, epoch: int, record: dict) -> None:
+    def write(self, search: SearchContext, epoch: int, record: dict) -> None:
         """Measure (if due and not already in the record) and add the keys."""
         if self.opts.record_alpha and "alpha" not in record:
             record["alpha"] = [round(float(v), 7) for v in search.arch.flat().detach().cpu()]
@@ -87,5 +88,18 @@ class Hessian(Method):
         if self.opts.top_k and cur.eigenvalues is not None:
             record["eigenvalues_top"] = [round(v, 8) for v in cur.top_k(self.opts.top_k)]
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
-        self.write(search, epoch, record)
+
+@register_method
+class Hessian(Method):
+    name = "hessian"
+    paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
+    description = "track lambda_max of the val. Hessian w.r.t. alpha (Lanczos on HVPs); search unchanged"
+    preset = None
+    Options = HessianOptions
+
+    def __init__(self, options: MethodOptions | dict | None = None):
+        super().__init__(options)
+        self.observer = LambdaMaxObserver(self.opts)
+
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
+        self.observer.write(search, epoch, record)

@@ -10,9 +10,9 @@ reference code, whose last iteration ignores the criterion). Defaults are the pa
 (linear 0 -> R over the search, like ``regularization.drop_path_max``).
 
 Rolling back needs earlier states: at the start of every epoch (= the end of the previous one)
-the method keeps a CPU copy of the loop's own resume state (``Search.state_dict``: weights, alpha,
+the method keeps a CPU copy of the loop's own resume state (``search.snapshot``: weights, alpha,
 both optimisers, the scheduler, both data streams, RNG, the other methods' states; the metrics
-only by count) and restores it with ``Search.load_state_dict``, exactly as a resume does,
+only by count) and restores it with ``search.rollback``, exactly as a resume does,
 pruned to the ``(window//2 + k) * every + 1`` most recent: the furthest a trigger can reach
 back. The rollback itself happens at the start of the epoch after the trigger (the loop finishes
 its epoch-end bookkeeping first), truncates ``search.metrics`` and rewrites ``metrics.jsonl``.
@@ -23,14 +23,14 @@ trigger could not roll back). That multiplies the checkpoint size by up to ~9 fo
 supernets; ``checkpoint_snapshots: false`` trades that for rollbacks limited to epochs after the
 resume point. Put ``darts-ada`` after any method with an epoch schedule: on a rollback the loop
 has already called earlier methods' ``on_epoch_start`` for the wrong epoch, so it restores their
-state and calls them again for the restored epoch (later methods would be left wrong).
+state and replays their epoch start for the restored epoch (``search.replay_epoch_start``; later
+methods would be left wrong).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
@@ -38,7 +38,7 @@ from .base import Method, register_method
 from .darts_es import DartsES, EarlyStopOptions
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class AdaOptions(EarlyStopOptions):
@@ -62,19 +62,6 @@ class AdaOptions(EarlyStopOptions):
         return self
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """Deep copy with every tensor cloned to CPU (optimizer state dicts share tensors otherwise)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_cpu_copy(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_cpu_copy(v) for v in obj)
-    return obj
-
-
 @register_method
 class DartsADA(DartsES):
     name = "darts-ada"
@@ -92,7 +79,7 @@ class DartsADA(DartsES):
         self.floor_epoch = 0  # 0-based: no stop epoch before the last rollback point
 
     # -- set-up and regularisation -------------------------------------------------------------
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         me = search.methods.index(self)
         for later in search.methods[me + 1:]:
             if type(later).on_epoch_start is not Method.on_epoch_start:
@@ -120,38 +107,23 @@ class DartsADA(DartsES):
             raise ConfigError(f"method darts-ada: the starting R ({key} = {r0:g}) exceeds max_value (R_max = "
                               f"{options.max_value:g}); R only rises towards R_max")
 
-    def apply(self, search: Search) -> None:
+    def apply(self, search: SearchContext) -> None:
         if self.opts.regularizer == "l2":
-            for group in search.w_optimizer.param_groups:
-                group["weight_decay"] = self.R
+            search.set_weight_decay(self.R)
         else:
-            search.net.drop_path_prob = self.R * min(search.epoch / search.schedule_epochs, 1.0)
+            search.set_drop_path(self.R * min(search.epoch / search.schedule_epochs, 1.0))
 
     def can_raise(self) -> bool:
         return self.R * self.opts.eta <= self.opts.max_value * (1 + 1e-9)
 
     # -- snapshots -----------------------------------------------------------------------------
-    def _others(self, search: Search) -> list[Method]:
-        return [m for m in search.methods if m is not self]
-
-    def snapshot(self, search: Search) -> dict:
-        """The loop's own resume state (``Search.state_dict``), minus this method and the metrics
-        records, copied to CPU."""
-        return _cpu_copy(search.state_dict(exclude=self, snapshot=True))
-
-    def restore(self, search: Search, snap: dict) -> None:
-        """``Search.load_state_dict``, the same restore as a resume; then metrics.jsonl is rewritten."""
-        search.load_state_dict(snap, exclude=self)
-        search.stop_reason = None
-        search.write_metrics()
-
     def horizon(self) -> int:
         """How many epochs back a trigger can reach (snapshots older than this are dropped)."""
         o = self.opts
         return (o.window // 2 + o.k) * o.every + 1
 
     # -- hooks ---------------------------------------------------------------------------------
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         if search.step_in_epoch > 0:  # mid-epoch resume: state is restored, only re-apply R
             self.apply(search)
             return
@@ -164,7 +136,7 @@ class DartsADA(DartsES):
                 self.pending = None
             else:
                 old = self.R
-                self.restore(search, snap)
+                search.rollback(snap, exclude=self)
                 self.R = old * self.opts.eta
                 event = dict(self.pending, R_before=old, R_after=self.R)
                 self.events.append(event)
@@ -174,15 +146,14 @@ class DartsADA(DartsES):
                 search.log(f"darts-ada: rolled back to the end of epoch {target} (criterion met at epoch "
                            f"{event['decided_at']}); {self.opts.regularizer} {old:g} -> {self.R:g}")
                 self.apply(search)
-                for m in self._others(search):
-                    m.on_epoch_start(search, search.epoch)
+                search.replay_epoch_start(exclude=self)
                 return
-        self.snapshots[epoch] = self.snapshot(search)
+        self.snapshots[epoch] = search.snapshot(exclude=self)
         for e in [e for e in self.snapshots if e < epoch - self.horizon()]:
             del self.snapshots[e]
         self.apply(search)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["ada_R"] = self.R
         if self.events:
             record["ada_events"] = list(self.events)

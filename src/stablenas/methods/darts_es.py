@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field, model_validator
 
 from ..genotype import Genotype
-from .base import register_method
-from .curvature import Hessian, HessianOptions, lambda_series
+from .base import Method, MethodOptions, register_method
+from .curvature import HessianOptions, LambdaMaxObserver, lambda_series
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class EarlyStopOptions(HessianOptions):
@@ -99,20 +99,24 @@ def genotype_of_epoch(records: Sequence[dict], epoch0: int) -> Genotype | None:
 
 
 @register_method
-class DartsES(Hessian):
+class DartsES(Method):
     name = "darts-es"
     paper = "Zela et al., ICLR 2020: 'Understanding and Robustifying Differentiable Architecture Search'"
     description = "DARTS-ES: stop when local-avg. lambda_max grows 1/0.75-fold in k epochs; return epoch i-k"
     preset = "darts-es"
     Options = EarlyStopOptions
 
-    def series(self, search: Search, record: dict) -> tuple[list[int], list[float]]:
+    def __init__(self, options: MethodOptions | dict | None = None):
+        super().__init__(options)
+        self.observer = LambdaMaxObserver(self.opts)  # the lambda_max series the rule decides on
+
+    def series(self, search: SearchContext, record: dict) -> tuple[list[int], list[float]]:
         pts = lambda_series(list(search.metrics) + [record])
         return [e for e, _ in pts], [v for _, v in pts]
 
-    def decide(self, search: Search, epoch: int, record: dict, min_stop_epoch: int = 0) -> dict | None:
+    def decide(self, search: SearchContext, epoch: int, record: dict, min_stop_epoch: int = 0) -> dict | None:
         """Measure if due, then apply the rule to the newest window; the trigger or None."""
-        self.write(search, epoch, record)
+        self.observer.write(search, epoch, record)
         if "lambda_max" not in record:
             return None
         o = self.opts
@@ -132,7 +136,7 @@ class DartsES(Hessian):
         return {"stop_epoch": stop_epoch + 1, "decided_at": epoch + 1, "smoothed_epoch": epochs[i] + 1,
                 "ratio": ratio}
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         trig = self.decide(search, epoch, record)
         if trig is None:
             return

@@ -30,7 +30,7 @@ from ._common import linear_ramp
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class DartsMinusOptions(MethodOptions):
@@ -55,12 +55,12 @@ class DartsMinus(Method):
         super().validate(cfg, options)
         SKELETONS[SPACES[cfg.space].skeleton].require("aux_skip", "method darts-minus")
 
-    def beta(self, search: Search) -> float:
+    def beta(self, search: SearchContext) -> float:
         """The auxiliary skip's weight now."""
         return linear_ramp(self.opts.beta, 0.0, search, self.opts.ramp)
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         return mix.replace(skip=self.beta(search))
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["skip_beta"] = self.beta(search)

@@ -57,7 +57,7 @@ from ._common import genotype_of
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class DartsPTOptions(MethodOptions):
@@ -144,7 +144,7 @@ class DartsPT(Method):
     def schedule_epochs(cls, cfg, options) -> int:
         return options.search_epochs
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         space = search.space
         self.cell_types = list(space.cell_types)
         self.nodes = decision_nodes(space)
@@ -161,27 +161,23 @@ class DartsPT(Method):
         k, r = divmod(epoch - (self.opts.search_epochs - 1), self.opts.proj_intv)
         return k if epoch >= self.opts.search_epochs - 1 and r == 0 and k < self.n_decisions else None
 
-    def selecting(self, search: Search) -> bool:
+    def selecting(self, search: SearchContext) -> bool:
         return search.epoch >= self.opts.search_epochs
 
-    def freezes_alpha(self, search: Search) -> bool:
+    def freezes_alpha(self, search: SearchContext) -> bool:
         return self.opts.freeze_alpha and self.selecting(search)
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         if epoch != self.opts.search_epochs or search.step_in_epoch != 0:
             return
         # the authors' reset_optimizer: a fresh SGD at lr * lr_ratio, its own cosine over tune_epochs
-        opt, o = search.w_optimizer, search.cfg.optim
-        opt.state.clear()
+        o = search.cfg.optim
         lr = o.lr * self.opts.lr_ratio
-        for g in opt.param_groups:
-            g["lr"] = g["initial_lr"] = lr
         tune_epochs = self.opts.proj_intv * (self.n_decisions - 1) + 1
-        floor = o.lr_min if self.opts.tune_schedule == "cosine" else lr
-        search.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tune_epochs, eta_min=floor)
+        search.restart_weight_schedule(lr, tune_epochs, o.lr_min if self.opts.tune_schedule == "cosine" else lr)
 
     # -- the projected op weights ----------------------------------------------------------------
-    def tables(self, search: Search) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def tables(self, search: SearchContext) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per cell type: which edges are fixed ``[E, 1]`` and their weights ``[E, K]`` (one-hot on
         the decided op, zero on a dropped edge)."""
         if self._tables is None:
@@ -196,7 +192,7 @@ class DartsPT(Method):
             self._tables = out
         return self._tables
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if all(k < 0 for ct in self.cell_types for k in self.op_choice[ct]):
             return mix
         tabs = self.tables(search)
@@ -212,7 +208,7 @@ class DartsPT(Method):
         return mix.replace(op=op, hard=hard)
 
     # -- decisions -------------------------------------------------------------------------------
-    def score(self, search: Search, ct: str, zero: tuple[int, int | None]) -> float:
+    def score(self, search: SearchContext, ct: str, zero: tuple[int, int | None]) -> float:
         """The criterion with edge ``zero[0]``'s op ``zero[1]`` (None: the whole edge) set to 0, as
         a number where smaller means the removal hurts more."""
         base = search.mix("eval").detached()
@@ -226,7 +222,7 @@ class DartsPT(Method):
                                     bn=self.opts.bn)
         return acc if self.opts.criterion == "acc" else -loss
 
-    def next_edge(self, search: Search, ct: str) -> int:
+    def next_edge(self, search: SearchContext, ct: str) -> int:
         left = [e for e, k in enumerate(self.op_choice[ct]) if k < 0]
         if self.opts.edge_decision == "random":
             return left[int(torch.randint(len(left), (1,), generator=self.gen))]
@@ -235,19 +231,19 @@ class DartsPT(Method):
         scores = sgas_scores(w, self.candidates_mask(search, ct))
         return max(left, key=lambda e: (float(scores[e]), -e))
 
-    def candidates(self, search: Search, ct: str, e: int) -> list[int]:
+    def candidates(self, search: SearchContext, ct: str, e: int) -> list[int]:
         ops = search.space.edge_ops[ct][e]
         zero_ok = search.skeleton.zero_is_choice(search.space)  # NB201: `none` may win an edge
         keep = [k for k, name in enumerate(ops) if zero_ok or not OPS[name].is_zero]
         return keep or list(range(len(ops)))
 
-    def candidates_mask(self, search: Search, ct: str) -> torch.Tensor:
+    def candidates_mask(self, search: SearchContext, ct: str) -> torch.Tensor:
         m = torch.zeros(search.arch.alphas[ct].shape, dtype=torch.bool)
         for e in range(search.space.n_edges):
             m[e, self.candidates(search, ct, e)] = True
         return m.to(search.device)
 
-    def decide_op(self, search: Search, ct: str) -> dict:
+    def decide_op(self, search: SearchContext, ct: str) -> dict:
         e = self.next_edge(search, ct)
         ks = self.candidates(search, ct, e)
         scores = [self.score(search, ct, (e, k)) for k in ks]
@@ -256,7 +252,7 @@ class DartsPT(Method):
         self._tables = None
         return {"edge": e, "op": search.space.edge_ops[ct][e][best], self.opts.criterion: self.report(scores)}
 
-    def decide_node(self, search: Search, ct: str) -> dict:
+    def decide_node(self, search: SearchContext, ct: str) -> dict:
         left = [i for i in self.nodes if i not in self.nodes_done[ct]]
         node = left[int(torch.randint(len(left), (1,), generator=self.gen))] \
             if self.opts.edge_decision == "random" else left[0]
@@ -276,7 +272,7 @@ class DartsPT(Method):
     def hard(self) -> dict[str, list[int]]:
         return {ct: [-1 if d else k for k, d in zip(self.op_choice[ct], self.dropped[ct])] for ct in self.cell_types}
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         k = self.decision_at(epoch)
         if k is None:
             return

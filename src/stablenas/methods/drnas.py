@@ -38,7 +38,7 @@ from ..supernet.mix import Mix
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class DrNASOptions(MethodOptions):
@@ -90,13 +90,13 @@ class DrNAS(Method):
             raise ConfigError(f"method drnas draws the op weights from alpha, so it must come before "
                               f"{', '.join(editing)} in methods (each edits the op weights it is handed)")
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "eval":
             return mix  # the activation's Dirichlet mean
         arch = search.arch
         return mix.replace(op={ct: dirichlet_sample(arch.alphas[ct], arch.mask(ct)) for ct in mix.op})
 
-    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+    def arch_penalty(self, search: SearchContext) -> torch.Tensor | None:
         o = self.opts
         if o.reg_scale == 0:
             return None
@@ -107,7 +107,7 @@ class DrNAS(Method):
             terms = [kl_to_uniform(a, arch.mask(ct)).sum() for ct, a in arch.alphas.items()]
         return o.reg_scale * sum(terms[1:], terms[0])
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         with torch.no_grad():
             penalty = self.arch_penalty(search)
         record["dirichlet_reg"] = 0.0 if penalty is None else float(penalty)

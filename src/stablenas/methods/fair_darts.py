@@ -37,10 +37,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ..genotype import Genotype
-    from ..search.loop import Search
     from ..skeletons.base import Skeleton
     from ..spaces.catalog import SearchSpace
     from ..supernet.arch import ArchParams
+    from .context import SearchContext
 
 class FairOptions(MethodOptions):
     # train_search.py --aux_loss_weight 10
@@ -103,7 +103,7 @@ class FairDiscretizer:
         self.threshold = threshold
 
     @torch.no_grad()
-    def __call__(self, search: Search) -> Genotype:
+    def __call__(self, search: SearchContext) -> Genotype:
         return fair_genotype(search.space, search.arch.op_weights(), self.threshold)
 
 
@@ -130,14 +130,14 @@ class FairDARTS(Method):
             SKELETONS[SPACES[cfg.space].skeleton].require("none_slots", "search.discretizer: fair",
                                                           "use search.discretizer: default")
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         if search.cfg.search.discretizer == "fair":
-            search.discretizer = FairDiscretizer(self.opts.threshold)
+            search.set_discretizer(FairDiscretizer(self.opts.threshold))
 
-    def arch_penalty(self, search: Search) -> torch.Tensor | None:
+    def arch_penalty(self, search: SearchContext) -> torch.Tensor | None:
         return self.opts.weight * zero_one_loss(search.arch, self.opts.loss)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         with torch.no_grad():
             record["fair_zero_one"] = float(zero_one_loss(search.arch, self.opts.loss))
             w = torch.cat([w[search.arch.mask(ct)] for ct, w in search.arch.op_weights().items()])

@@ -26,7 +26,7 @@ from ._common import argmax_mix, gumbel_softmax
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class GDASOptions(MethodOptions):
@@ -69,17 +69,17 @@ class GDAS(Method):
         super().__init__(options)
         self.tau = self.opts.tau_max
 
-    def _tau(self, search: Search) -> float:
+    def _tau(self, search: SearchContext) -> float:
         o = self.opts
         total = search.schedule_epochs
         done = search.epoch if o.anneal == "epoch" else search.epochs_done
         frac = min(done / (total - 1), 1.0) if total > 1 else 0.0
         return o.tau_max - (o.tau_max - o.tau_min) * frac
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         self.tau = self._tau(search)
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "eval" and self.opts.eval != "sample":
             return mix if self.opts.eval == "soft" else argmax_mix(search.arch, mix)
         if self.opts.anneal == "step" and phase != "eval":
@@ -88,5 +88,5 @@ class GDAS(Method):
         op, hard = gumbel_hard(mix.op, masks, self.tau)
         return mix.replace(op=op, hard=hard)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["tau"] = self.tau

@@ -37,12 +37,14 @@ from .. import distributed as dist
 from ..data import TensorLoader
 from ..genotype import Genotype
 from ..registry import DISCRETIZERS, OPS, SKELETONS
+from ..skeletons.darts.supernet import SearchCell
+from ..skeletons.nb201.supernet import NB201SearchCell
 from ..supernet.mix import Mix
-from ..supernet.network import MixedOp, NB201SearchCell, SearchCell, channel_shuffle, engine_options
+from ..supernet.network import MixedOp, channel_shuffle, engine_options
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class IDARTSOptions(MethodOptions):
@@ -78,9 +80,9 @@ class IDARTS(Method):
 
     requires = {"search.discretizer": "decorrelation"}  # its options configure that discretiser
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         cfg = search.cfg
-        search.discretizer = DecorrelationDiscretizer(self.opts)
+        search.set_discretizer(DecorrelationDiscretizer(self.opts))
         if not cfg.network.node_norm:
             search.log("idarts: network.node_norm is off, so this is the decorrelation-only ablation "
                        "(idarts.txt Table II); set network.node_norm: true for iDARTS")
@@ -186,7 +188,7 @@ def _edge_vector(mixed: MixedOp, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 class _GramCollector:
     """Hooks on one supernet: per search cell, the Gram matrix of [candidate op outputs, node outputs]."""
 
-    def __init__(self, search: Search, mix: Mix):
+    def __init__(self, search: SearchContext, mix: Mix):
         self.space = search.space
         self.mix = mix
         self.grams: dict[str, list[torch.Tensor]] = {}
@@ -247,7 +249,7 @@ class _GramCollector:
         return {ct: torch.stack(gs) for ct, gs in out.items()}
 
 
-def heldout_indices(search: Search, opts: IDARTSOptions) -> torch.Tensor:
+def heldout_indices(search: SearchContext, opts: IDARTSOptions) -> torch.Tensor:
     parts = {"train": [search.train_loader.indices], "val": [search.val_eval_loader.indices],
              "all": [search.train_loader.indices, search.val_eval_loader.indices]}[opts.split]
     pool = torch.cat([p if p is not None else torch.arange(len(search.dataset)) for p in parts])
@@ -256,7 +258,7 @@ def heldout_indices(search: Search, opts: IDARTSOptions) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_grams(search: Search, opts: IDARTSOptions) -> dict[str, torch.Tensor]:
+def collect_grams(search: SearchContext, opts: IDARTSOptions) -> dict[str, torch.Tensor]:
     """Per cell type, (cells, V, V) Gram matrices over the held-out set (supernet in eval mode,
     mixed by alpha's op and edge weights; method transforms are not applied)."""
     idx = heldout_indices(search, opts)
@@ -312,7 +314,7 @@ class DecorrelationDiscretizer:
         self.opts = opts or IDARTSOptions()
         self._last: tuple[weakref.ref, int, Genotype] | None = None
 
-    def __call__(self, search: Search) -> Genotype:
+    def __call__(self, search: SearchContext) -> Genotype:
         opts = self.opts
         final = search.epoch >= search.cfg.optim.epochs - 1 or search.stop_reason is not None
         if not (final or opts.every_epoch):

@@ -34,7 +34,7 @@ from ..supernet.network import weights_frozen
 from .base import Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class LambdaOptions(MethodOptions):
@@ -77,7 +77,7 @@ class LambdaDARTS(Method):
         super().__init__(options)
         self.strength = 0.0 if self.opts.ramp else self.opts.strength
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         counts: dict[str, int] = {}
         for cell in search.net.cells:
             ct = getattr(cell, "cell_type", None)
@@ -88,11 +88,11 @@ class LambdaDARTS(Method):
             raise ConfigError(f"method lambda-darts needs two or more cells of a type to align (got {counts}); "
                               "raise network.layers")
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         if self.opts.ramp:
             self.strength = self.opts.strength * min(epoch / max(search.schedule_epochs - 1, 1), 1.0)
 
-    def cell_gradients(self, search: Search) -> dict[str, torch.Tensor]:
+    def cell_gradients(self, search: SearchContext) -> dict[str, torch.Tensor]:
         """``g`` per aligned cell type, ``[cells, edges, ops]``: the training loss of the weight step's
         batch differentiated w.r.t. each cell's own op weights (averaged over ranks)."""
         x, y = search.weight_batch
@@ -109,7 +109,7 @@ class LambdaDARTS(Method):
         eps = self.opts.epsilon / torch.sqrt(sum((t * t).sum() for t in p.values())).clamp_min(1e-30)
         return {ct: t * eps for ct, t in p.items()}, eps
 
-    def on_weight_grads(self, search: Search) -> None:
+    def on_weight_grads(self, search: SearchContext) -> None:
         if self.strength == 0.0:
             return
         step, eps = self.perturbation(self.cell_gradients(search))
@@ -129,5 +129,5 @@ class LambdaDARTS(Method):
                 if f is not None and b is not None:
                     p.grad.add_((f - b) * scale)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["lambda"] = self.strength

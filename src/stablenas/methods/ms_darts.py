@@ -41,7 +41,7 @@ from ._common import (
 from .base import Batch, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class MSOptions(RampOptions):
@@ -91,7 +91,7 @@ def mean_shift_step(center: dict[str, torch.Tensor], samples: dict[str, torch.Te
     return out
 
 
-def sample_losses(search: Search, x: torch.Tensor, y: torch.Tensor, samples: dict[str, torch.Tensor],
+def sample_losses(search: SearchContext, x: torch.Tensor, y: torch.Tensor, samples: dict[str, torch.Tensor],
                   mix: Mix, mode: BNMode, batched: bool, memo: dict | None = None) -> torch.Tensor:
     """Training loss at each of the N sampled op weights, shape (N,). Batched: one vmapped forward;
     where vmap cannot run the supernet (some memory-format queries are not implemented under vmap)
@@ -132,11 +132,11 @@ class MSDARTS(RampedPerturbation):
         self._count = 0
         self._memo: dict = {}  # sample_losses: vmap cannot run this supernet
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         super().on_epoch_start(search, epoch)
         self._shift, self._count = None, 0
 
-    def shift(self, search: Search, mix: Mix, batch: Batch) -> dict[str, torch.Tensor]:
+    def shift(self, search: SearchContext, mix: Mix, batch: Batch) -> dict[str, torch.Tensor]:
         o = self.opts
         x, y = batch
         a = {ct: w.detach() for ct, w in mix.op.items()}
@@ -150,7 +150,7 @@ class MSDARTS(RampedPerturbation):
             a = mean_shift_step(a, samples, losses, o.bandwidth, o.weighting, o.kernel)
         return a
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase != "weights" or batch is None:
             return mix
         self.step_epsilon(search)
@@ -162,7 +162,7 @@ class MSDARTS(RampedPerturbation):
             self._count += 1
         return mix.replace(op={ct: mix.op[ct] + (shifted[ct] - clean[ct]) for ct in mix.op})
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         super().on_epoch_end(search, epoch, record)
         if self._shift is not None:
             record["mean_shift_linf"] = float(self._shift) / max(self._count, 1)

@@ -39,7 +39,7 @@ from ..supernet.network import MixedOp
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class OLESOptions(MethodOptions):
@@ -88,7 +88,7 @@ class OLES(Method):
             raise ConfigError(f"methods: oles takes the alpha step (it needs that backward's op-weight "
                               f"gradients) and so does {others[0]}; use one of them")
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         self.units = op_units(search.net)
         n = len(self.units)
         dev = search.device
@@ -114,7 +114,7 @@ class OLES(Method):
         self.groups = [(idx, torch.tensor([owner[i] for i in idx], device=dev)) for idx in groups.values()]
         self.frozen_params = [p for u, f in enumerate(frozen) if f for p in self.units[u][1]]
 
-    def arch_step(self, search: Search, train_batch: Batch, val_batch: Batch) -> bool:
+    def arch_step(self, search: SearchContext, train_batch: Batch, val_batch: Batch) -> bool:
         n = len(list(search.arch.parameters()))
         grads = search.first_order_grad(val_batch, self.live_params)
         self._val = grads[n:]
@@ -142,7 +142,7 @@ class OLES(Method):
         ran_all = (count == self.params_per_unit) & (count > 0)
         return torch.where(ran_all, total / count.clamp_min(1), torch.zeros_like(total)), ran_all.to(total.dtype)
 
-    def on_weight_grads(self, search: Search) -> None:
+    def on_weight_grads(self, search: SearchContext) -> None:
         if self._val is not None:
             train = [p.grad for p in self.live_params]
             s, ran = self.step_similarity(train, self._val)
@@ -169,7 +169,7 @@ class OLES(Method):
         """Module names of the frozen ops (``cells.3.edges.5.ops.4``)."""
         return [name for (name, _), f in zip(self.units, self.frozen.tolist()) if f]
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["oles_frozen"] = int(self.frozen.sum())
         record["oles_ops"] = len(self.units)
 

@@ -33,7 +33,7 @@ from ._common import discrete_mix, genotype_of, sample_architecture
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class RSWSOptions(MethodOptions):
@@ -59,11 +59,11 @@ class RSWS(Method):
 
     requires = {"search.update": "none"}  # RS-ws trains no alpha
 
-    def setup(self, search: Search) -> None:
+    def setup(self, search: SearchContext) -> None:
         gen = torch.Generator().manual_seed(search.cfg.seed * 7919 + 17)
         self._eval_arch = sample_architecture(search.space, gen)
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "weights":
             hard = sample_architecture(search.space)  # global CPU RNG: checkpointed by the loop
         elif phase == "eval":
@@ -74,7 +74,7 @@ class RSWS(Method):
 
     # -- selection -----------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, search: Search, archs: list[dict[str, list[int]]],
+    def score(self, search: SearchContext, archs: list[dict[str, list[int]]],
               max_batches: int | None) -> torch.Tensor:
         """Shared-weight validation accuracy of each architecture, shape (len(archs),), one host sync."""
         loader = search.val_eval_loader
@@ -98,7 +98,7 @@ class RSWS(Method):
         (acc,) = dist.all_reduce_sum([torch.stack(out)])  # each rank scored its slice of the batches
         return (acc[:, 0] / acc[:, 1].clamp_min(1.0)).cpu()
 
-    def select(self, search: Search) -> tuple[Genotype, float]:
+    def select(self, search: SearchContext) -> tuple[Genotype, float]:
         o = self.opts
         gen = torch.Generator().manual_seed(search.cfg.seed * 104729 + 3)
         archs = [sample_architecture(search.space, gen) for _ in range(o.samples)]
@@ -113,7 +113,7 @@ class RSWS(Method):
         self.ranking = [(genotype_of(search.space, a), s) for a, s in ranked]
         return self.ranking[0]
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         last = epoch + 1 >= search.cfg.optim.epochs
         if not (last or search.stop_reason is not None):
             return

@@ -24,7 +24,7 @@ from ._common import BNMode, Projection, RampedPerturbation, RampOptions, pertur
 from .base import Batch, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class ADVOptions(RampOptions):
@@ -43,7 +43,7 @@ class ADVOptions(RampOptions):
         description="back onto the op-weight domain: auto (simplex for softmax, box for sigmoid), simplex, box")
 
 
-def pgd_attack(search: Search, clean: dict[str, torch.Tensor], mix: Mix, batch: Batch, eps: float,
+def pgd_attack(search: SearchContext, clean: dict[str, torch.Tensor], mix: Mix, batch: Batch, eps: float,
                opts: ADVOptions) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The SDARTS-ADV attack; returns (perturbed op weights, clean loss, attacked loss), no host sync."""
     x, y = batch
@@ -95,11 +95,11 @@ class SDARTSADV(RampedPerturbation):
         self._gain = None  # running sum of (attacked - clean) training loss, tensor (no syncs)
         self._count = 0
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         super().on_epoch_start(search, epoch)
         self._gain, self._count = None, 0
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase != "weights" or batch is None:
             return mix
         clean = {ct: w.detach() for ct, w in mix.op.items()}
@@ -110,7 +110,7 @@ class SDARTSADV(RampedPerturbation):
         # delta is a constant; under single-level updates alpha gets the gradient at A + delta
         return mix.replace(op={ct: mix.op[ct] + (adv[ct] - clean[ct]) for ct in mix.op})
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         super().on_epoch_end(search, epoch, record)
         if self._gain is not None:
             record["adv_loss_gain"] = float(self._gain) / max(self._count, 1)

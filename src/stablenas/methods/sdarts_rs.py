@@ -19,7 +19,7 @@ from ._common import Projection, RampedPerturbation, RampOptions, project, unifo
 from .base import Batch, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class RSOptions(RampOptions):
@@ -38,7 +38,7 @@ class SDARTSRS(RampedPerturbation):
     preset = "sdarts-rs"
     Options = RSOptions
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase != "weights":
             return mix
         clean = {ct: w.detach() for ct, w in mix.op.items()}

@@ -30,7 +30,7 @@ from ._common import argmax_mix, gumbel_softmax
 from .base import Batch, Method, MethodOptions, register_method
 
 if TYPE_CHECKING:
-    from ..search.loop import Search
+    from .context import SearchContext
 
 
 class SNASOptions(MethodOptions):
@@ -67,15 +67,15 @@ class SNAS(Method):
         super().__init__(options)
         self.tau = self.opts.tau0
 
-    def on_epoch_start(self, search: Search, epoch: int) -> None:
+    def on_epoch_start(self, search: SearchContext, epoch: int) -> None:
         self.tau = snas_temperature(self.opts.tau0, self.opts.tau_min, epoch, search.schedule_epochs)
 
-    def transform(self, search: Search, mix: Mix, phase: str, batch: Batch | None) -> Mix:
+    def transform(self, search: SearchContext, mix: Mix, phase: str, batch: Batch | None) -> Mix:
         if phase == "eval" and self.opts.eval != "sample":
             return mix if self.opts.eval == "soft" else argmax_mix(search.arch, mix)
         masks = {ct: search.arch.mask(ct) for ct in mix.op}
         op, _ = gumbel_softmax(mix.op, masks, self.tau, hard=False)
         return mix.replace(op=op, hard=None)
 
-    def on_epoch_end(self, search: Search, epoch: int, record: dict) -> None:
+    def on_epoch_end(self, search: SearchContext, epoch: int, record: dict) -> None:
         record["tau"] = self.tau

@@ -208,7 +208,7 @@ del _space, _variant, _var, _normal, _reduce
 
 
 # ---- recurrent cells (Penn Treebank) -------------------------------------------------------------
-from ..rnn.genotype import PUBLISHED_RNN  # noqa: E402  (after the CNN entries: listing order)
+from ..skeletons.rnn.genotype import PUBLISHED_RNN  # noqa: E402  (after the CNN entries: listing order)
 
 PUBLISHED.update(PUBLISHED_RNN)
 

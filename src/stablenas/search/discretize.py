@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..genotype import Genotype, derive_darts
+from ..genotype import Genotype
 from ..registry import DISCRETIZERS
+from ..skeletons.darts.genotype import derive_darts
 
 if TYPE_CHECKING:
     from .loop import Search

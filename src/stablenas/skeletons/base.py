@@ -37,12 +37,13 @@ uses it:
 - descriptions: ``describe_network(cfg)`` (dry runs, plans, reports) and ``report_rows(cfg)``
   (the regularisation settings a report lists);
 - genotypes: ``owns``/``claims`` (which genotypes are this skeleton's), ``genotype_from_dict``,
-  ``genotype_to_dict``, ``genotype_str``, ``genotype_text`` (report), ``cell_types``,
-  ``cell_pairs``, ``cell_graph`` (drawing and cell statistics), ``derive`` (the default
-  discretisation), ``genotype_of(space, hard)`` and ``sample(space, generator)`` (op index per
-  edge, -1 = not kept), ``genotype_edges``; the discrete structure: ``keeps_every_edge``,
-  ``keep_per_node``, ``zero_is_choice``, ``zero_genotype`` (every kept connection `none`),
-  ``has_param_free_share`` (whether reports, ``show`` and studies give the share);
+  ``parse_genotype_text`` (a text form of its own, DARTS's Python one), ``genotype_to_dict``,
+  ``genotype_str``, ``genotype_text`` (report), ``cell_types``, ``cell_pairs``, ``cell_graph``
+  (drawing and cell statistics), ``derive`` (the default discretisation), ``genotype_of(space, hard)``
+  and ``sample(space, generator)`` (op index per edge, -1 = not kept), ``genotype_edges``; the
+  discrete structure: ``keeps_every_edge``, ``keep_per_node``, ``zero_is_choice``, ``zero_genotype``
+  (every kept connection `none`), ``has_param_free_share`` (whether reports, ``show`` and studies
+  give the share);
 - evaluation: ``eval_networks``, ``resolve_eval_network(name)`` (for ``train``/``info``).
 """
 
@@ -57,8 +58,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import ConfigModel
 from ..errors import ConfigError
-from ..genotype import DEFAULT_SKELETON
-from ..registry import METHODS, SKELETONS, SPACES
+from ..registry import DEFAULT_SKELETON, METHODS, SKELETONS, SPACES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -264,6 +264,11 @@ class Skeleton:
     def claims(self, d: Mapping) -> bool:
         """Whether a genotype dict whose space is not registered is this skeleton's."""
         return False
+
+    def parse_genotype_text(self, text: str, space: str) -> dict | None:
+        """A genotype dict from a text form of this skeleton's own (not JSON), else None (the text is
+        not in that form). ``space``: the space a form that names none belongs to."""
+        return None
 
     def genotype_from_dict(self, d: Mapping) -> Genotype:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """Kernel tricks of the supernet engine, and the options that switch each of them.
 
 Everything here computes exactly what the textbook op computes (up to float rounding), only with
-fewer or faster kernels; ``supernet.network`` decides where to use it, ``EngineOptions`` (an
+fewer or faster kernels; ``supernet.fused`` decides where to use it, ``EngineOptions`` (an
 attribute of every supernet module, ``net.engine``) says which tricks are on. The bench and the
 ablation switch them off one at a time with :func:`supernet.network.engine_options`.
 """

@@ -10,21 +10,25 @@ derivative is a central finite difference in weight space).
 It exists for two reasons:
 
 * correctness: tests load the *same* weights into this model and into the fast supernet
-  (``supernet.network``) and require the same logits and gradients, so every fast-path trick is
-  checked against the obvious computation;
+  (each skeleton's ``supernet`` module) and require the same logits and gradients, so every
+  fast-path trick is checked against the obvious computation;
 * speed: ``stablenas bench`` times both in the same process and reports same-run ratios.
 
-Module and parameter names mirror ``supernet.network`` (``stem``, ``cells.i.preprocess0``,
-``cells.i.edges.e.ops.k``, ``classifier``), so ``plain.load_state_dict(fast.state_dict())``
-works. Only the op *blocks* are shared with the library (``spaces.ops``: ReLUConvBN, SepConv,
-DilConv, ...), which are themselves the unfused textbook definitions, and NAS-Bench-201's macro
-scaffolding around the cells (``supernet.macro``: stem, stages, head).
+What is shared by the skeletons lives here (the plain mixed op, :func:`build_plain`, the DARTS
+model and architect); each skeleton's plain cells and network live next to its fast supernet
+(``skeletons.darts.reference`` beside ``skeletons.darts.supernet``, ``skeletons.nb201.reference``
+beside ``skeletons.nb201.supernet``). Module and parameter names mirror the fast supernet's
+(``stem``, ``cells.i.preprocess0``, ``cells.i.edges.e.ops.k``, ``classifier``), so
+``plain.load_state_dict(fast.state_dict())`` works. Only the op *blocks* are shared with the
+library (``spaces.ops``: ReLUConvBN, SepConv, DilConv, ...), which are themselves the unfused
+textbook definitions, and NAS-Bench-201's macro scaffolding around the cells
+(``skeletons.nb201.supernet.NB201Macro``: stem, stages, head).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +36,10 @@ from torch import nn
 
 from ..registry import SKELETONS
 from ..spaces.catalog import SearchSpace
-from ..spaces.ops import FactorizedReduce, ReLUConvBN, build_op
-from .macro import NB201Macro
+from ..spaces.ops import FactorizedReduce, build_op
 
-__all__ = ["PlainMixedOp", "PlainCell", "PlainNetwork", "PlainNB201Network", "PlainArchitect", "PlainDARTS",
-           "PlainSearchStep", "build_plain", "copy_weights", "plain_softmax"]
+__all__ = ["PlainMixedOp", "PlainArchitect", "PlainDARTS", "PlainSearchStep", "build_plain", "check_no_hard",
+           "copy_weights", "plain_softmax"]
 
 
 def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -47,8 +50,9 @@ def _shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, -1, h, w)
 
 
-def _no_hard(hard) -> None:
-    # same call signature as the fast supernet (so analysis code can run either), but DARTS has no hard mode
+def check_no_hard(hard) -> None:
+    """The plain networks take the fast supernet's arguments (so analysis code can run either), but
+    have no hard (one op per edge) mode."""
     if hard is not None:
         raise ValueError("the plain DARTS reference has no hard (one op per edge) mode; pass hard=None")
 
@@ -84,147 +88,11 @@ class PlainMixedOp(nn.Module):
         return _shuffle(out, self.partial_k)
 
 
-class PlainCell(nn.Module):
-    """The DARTS search cell: preprocess both inputs, each node sums a mixed op per earlier state."""
-
-    def __init__(self, space: SearchSpace, cell_type: str, C_pp: int, C_p: int, C: int, reduction: bool,
-                 reduction_prev: bool, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
-        super().__init__()
-        self.reduction = reduction
-        self.cell_type = cell_type
-        self.steps = space.n_nodes
-        self.multiplier = space.n_nodes
-        self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else \
-            ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        self.edges = nn.ModuleList()
-        e = 0
-        for i in range(self.steps):
-            for j in range(space.n_inputs + i):
-                stride = 2 if reduction and j < space.n_inputs else 1
-                self.edges.append(PlainMixedOp(C, stride, space.edge_ops[cell_type][e], partial_k,
-                                               aux_skip=aux_skip))
-                e += 1
-        self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.steps)) \
-            if node_norm else None
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                weights2: torch.Tensor | None = None, skip: float | None = None) -> torch.Tensor:
-        s0 = self.preprocess0(s0)
-        s1 = self.preprocess1(s1)
-        states = [s0, s1]
-        offset = 0
-        for i in range(self.steps):
-            if weights2 is None:
-                s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            else:
-                s = sum(weights2[offset + j] * self.edges[offset + j](h, weights[offset + j])
-                        for j, h in enumerate(states))
-            if skip is not None:  # DARTS-: beta * aux(h) beside every edge
-                s = s + sum(skip * (h if self.edges[offset + j].aux is None else self.edges[offset + j].aux(h))
-                            for j, h in enumerate(states))
-            if self.node_norm is not None:
-                s = self.node_norm[i](s)
-            offset += len(states)
-            states.append(s)
-        return torch.cat(states[-self.multiplier:], dim=1)
-
-
-class PlainNetwork(nn.Module):
-    """DARTS's search network: stem, cells (reductions at 1/3 and 2/3), global pooling, classifier."""
-
-    def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, num_classes: int = 10,
-                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1, node_norm: bool = False,
-                 aux_skip: bool = False):
-        super().__init__()
-        self.space = space
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(C_curr))
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            if layers >= 3 and i in (layers // 3, 2 * layers // 3):
-                C_curr *= 2
-                reduction = True
-            else:
-                reduction = False
-            cell = PlainCell(space, "reduce" if reduction else "normal", C_pp, C_p, C_curr, reduction,
-                             reduction_prev, partial_k, node_norm, aux_skip)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_pp, C_p = C_p, cell.multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_p, num_classes)
-
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
-                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None,
-                skip: float | None = None) -> torch.Tensor:
-        _no_hard(hard)
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            w2 = None if edge_weights is None else edge_weights[cell.cell_type]
-            s0, s1 = s1, cell(s0, s1, weights[cell.cell_type], w2, skip)
-        out = self.global_pooling(s1)
-        return self.classifier(out.view(out.size(0), -1))
-
-
-class PlainNB201Cell(nn.Module):
-    """NAS-Bench-201 search cell: node i = sum over j < i of the mixed op on edge (j -> i)."""
-
-    def __init__(self, space: SearchSpace, C: int, partial_k: int = 1, node_norm: bool = False):
-        super().__init__()
-        self.cell_type = "cell"
-        self.n_nodes = space.n_nodes
-        self.edges = nn.ModuleList(PlainMixedOp(C, 1, ops, partial_k, pool_bn=False)
-                                   for ops in space.edge_ops["cell"])  # stride 1: the auxiliary skip is x
-        self.node_norm = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(self.n_nodes)) \
-            if node_norm else None
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                weights2: torch.Tensor | None = None, skip: float | None = None) -> torch.Tensor:
-        nodes = [x]
-        e = 0
-        for i in range(self.n_nodes):
-            inter = []
-            for j in range(i + 1):
-                y = self.edges[e](nodes[j], weights[e])
-                inter.append(y if weights2 is None else weights2[e] * y)
-                if skip is not None:  # DARTS-: beta * x beside every edge
-                    inter.append(skip * nodes[j])
-                e += 1
-            s = sum(inter)
-            if self.node_norm is not None:
-                s = self.node_norm[i](s)
-            nodes.append(s)
-        return nodes[-1]
-
-
-class PlainNB201Network(NB201Macro):
-    """NAS-Bench-201's search network (``supernet.macro``) around :class:`PlainNB201Cell`.
-    ``aux_skip`` builds nothing: the cells have no stride-2 edge, DARTS-'s auxiliary path is x."""
-
-    def __init__(self, space: SearchSpace, C: int = 16, N: int = 5, num_classes: int = 10,
-                 in_channels: int = 3, partial_k: int = 1, node_norm: bool = False, aux_skip: bool = False):
-        super().__init__(C, N, num_classes, in_channels, lambda c: PlainNB201Cell(space, c, partial_k, node_norm))
-        self.space = space
-
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
-                edge_weights: Mapping[str, torch.Tensor] | None = None, hard: None = None,
-                skip: float | None = None) -> torch.Tensor:
-        _no_hard(hard)
-        x = self.stem(x)
-        w2 = None if edge_weights is None else edge_weights["cell"]
-        for cell in self.cells:
-            x = cell(x, weights["cell"], w2, skip) if isinstance(cell, PlainNB201Cell) else cell(x)
-        return self.head(x)
-
-
 def build_plain(space: SearchSpace, *, C: int = 16, layers: int = 8, num_classes: int = 10,
                 in_channels: int = 3, stem_multiplier: int = 3, partial_k: int = 1,
                 node_norm: bool = False, aux_skip: bool = False) -> nn.Module:
-    """The plain twin of ``supernet.network.build_supernet`` (same arguments, same state-dict keys)."""
+    """The plain twin of ``supernet.network.build_supernet`` (same arguments, same state-dict keys):
+    the space's skeleton's reference network."""
     return SKELETONS[space.skeleton].build_reference(
         space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
         stem_multiplier=stem_multiplier, partial_k=partial_k, node_norm=node_norm, aux_skip=aux_skip)

@@ -1,0 +1,5 @@
+"""``python -m stablenas.cli``: the console script."""
+
+from . import main
+
+main()
