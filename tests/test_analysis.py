@@ -9,8 +9,8 @@ import torch
 
 import stablenas as sn
 from stablenas.analysis import diagnostics as dg
-from stablenas.evaluate import get_published
 from stablenas.genotype import Genotype
+from stablenas.networks.published import get_published
 from stablenas.search.loop import Search
 from stablenas.supernet.mix import Mix
 

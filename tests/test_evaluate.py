@@ -33,21 +33,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from stablenas.evaluate import (  # noqa: E402
-    PUBLISHED,
+from stablenas.genotype import Genotype  # noqa: E402
+from stablenas.networks.evaluation import build_eval_network  # noqa: E402
+from stablenas.networks.profile import count_macs, count_params, info  # noqa: E402
+from stablenas.networks.published import PUBLISHED, get_published  # noqa: E402
+from stablenas.skeletons.darts.networks import (  # noqa: E402
     EvalCell,
-    NB201Network,
     NetworkCIFAR,
     NetworkImageNet,
-    build_eval_network,
-    count_macs,
-    count_params,
+    _AuxPool,  # noqa: E402
     drop_path,
-    get_published,
-    info,
 )
-from stablenas.genotype import Genotype  # noqa: E402
-from stablenas.skeletons.darts.networks import _AuxPool  # noqa: E402
+from stablenas.skeletons.nb201.networks import NB201Network  # noqa: E402
 from stablenas.spaces.catalog import get_space  # noqa: E402
 
 # Small CPU forwards: one intra-op thread. With two threads on a busy 2-core machine the OpenMP workers spin-

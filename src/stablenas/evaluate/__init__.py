@@ -1,37 +1,13 @@
-"""Evaluation networks, published genotypes and model profiling (params / multiply-adds)."""
+"""What a derived cell is worth: trained from scratch, or looked up in a benchmark table.
 
-from ..networks.evaluation import build_eval_network
-from ..networks.profile import count_macs, count_params, info
-from ..networks.published import PUBLISHED, get_published, list_published
-from ..skeletons.darts.networks import (
-    AuxiliaryHeadCIFAR,
-    AuxiliaryHeadImageNet,
-    EvalCell,
-    NetworkCIFAR,
-    NetworkImageNet,
-    drop_path,
-)
-from ..skeletons.nb201.networks import NB201Cell, NB201Network
+``train`` holds the training config (the papers' recipes as presets), how a genotype is named on the
+command line (a file, a run, a published name) and :func:`train_genotype`; ``trainer`` is the image
+training loop on the shared run lifecycle (``stablenas.runs.lifecycle``); the recurrent skeleton trains
+its cells in ``skeletons.rnn.train``. ``lookup`` records, per search epoch, the benchmark test
+accuracy of the derived cell where a table covers the space (the S5 table, NAS-Bench-201). The
+networks a cell is trained in are the skeleton's (``stablenas.networks.build_eval_network``).
+"""
+
 from .train import TrainConfig, resolve_genotype, train_config, train_genotype
 
-__all__ = [
-    "AuxiliaryHeadCIFAR",
-    "AuxiliaryHeadImageNet",
-    "EvalCell",
-    "NB201Cell",
-    "NB201Network",
-    "NetworkCIFAR",
-    "NetworkImageNet",
-    "PUBLISHED",
-    "TrainConfig",
-    "build_eval_network",
-    "count_macs",
-    "count_params",
-    "drop_path",
-    "get_published",
-    "info",
-    "list_published",
-    "resolve_genotype",
-    "train_config",
-    "train_genotype",
-]
+__all__ = ["TrainConfig", "resolve_genotype", "train_config", "train_genotype"]

@@ -1,4 +1,5 @@
-"""Search methods as composable hooks into one search loop (see ``methods.base``).
+"""Search methods as composable hooks into one search loop (see ``methods.base``); each hook sees
+the search as a ``SearchContext`` (``methods.context``), what a method may read and do.
 
 Every module of this package is imported here, and each registers its methods on import (idarts
 also the ``decorrelation`` discretiser): a new method is one new file, no import list to edit.

@@ -3,6 +3,9 @@
 Read this package first when a question is "where does a run keep X" or "what happens when it is
 killed":
 
+- :mod:`~stablenas.runs.lifecycle` — what every run does the same way (a search, an image training,
+  a recurrent training): take the directory, resume, stop on a signal with a checkpoint, time the first
+  steps, write the epoch record, end with a status; a loop supplies only its steps, epoch end and state.
 - :mod:`~stablenas.runs.directory` — the run directory (config, ``metrics.jsonl``,
   ``status.json``, ``checkpoint.pt``): nothing written before everything is validated, resume
   checked against the saved config, one status record of how the run ended.
