@@ -46,26 +46,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def hwm_bytes() -> int | None:
+def _proc_kib(path: str, key: str) -> int | None:
+    """A ``key: N kB`` field of a /proc file in bytes (None off Linux)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def hwm_bytes() -> int | None:
+    return _proc_kib("/proc/self/status", "VmHWM:")
 
 
 def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_kib("/proc/meminfo", "MemAvailable:")
 
 
 def config_of(spec: dict) -> BenchConfig:
