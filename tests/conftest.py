@@ -1,5 +1,6 @@
-"""Fixtures and helpers shared by the test modules (import the helpers with ``from conftest import ...``;
-pytest puts this directory on sys.path)."""
+"""Fixtures and helpers shared by the test modules in every folder (import the helpers with ``from conftest
+import ...``; ``pythonpath`` in pyproject.toml puts this directory on sys.path). Helpers that only some
+folders share live in ``support/``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# the shared helpers' assertions report their operands as a test module's do
+pytest.register_assert_rewrite("support")
 
 # Note: torch 2.13's CPU oneDNN backward was seen to corrupt the heap with ONE intra-op thread on
 # 4-channel supernets fed 8x8 digits (free(): invalid size); the tiny test nets use 8 channels and the
@@ -94,9 +98,9 @@ def metric_records(path: Path) -> list[dict]:
 
 def assert_same_search(ref, res, ref_dir: Path, res_dir: Path) -> None:
     """Two finished searches are bit-identical: alpha, weights (and BN buffers), genotype, metrics."""
-    for k, v in ref.search.arch.state_dict().items():
-        assert torch.equal(v, res.search.arch.state_dict()[k]), k
-    for k, v in ref.search.net.state_dict().items():
-        assert torch.equal(v, res.search.net.state_dict()[k]), k
+    for mine, theirs in ((ref.search.arch, res.search.arch), (ref.search.net, res.search.net)):
+        other = theirs.state_dict()  # once, not per key: a supernet's state dict walks every module
+        for k, v in mine.state_dict().items():
+            assert torch.equal(v, other[k]), k
     assert ref.genotype == res.genotype
     assert metric_records(Path(ref_dir) / "metrics.jsonl") == metric_records(Path(res_dir) / "metrics.jsonl")

@@ -49,7 +49,10 @@ SMALL = {"rs-ws": ["methods.0.samples=4", "methods.0.eval_batches=1", "methods.0
          "darts-es": ["methods.0.iters=4"], "darts-ada": ["methods.0.iters=4"], "r-darts-l2": ["methods.0.iters=4"],
          # one search epoch, then one decision per epoch on NB201's 6 edges, one step each
          "darts-pt": ["space=nb201", "network.layers=1", "methods.0.proj_intv=1", "methods.0.val_batches=1",
-                      "methods.0.search_epochs=1", "optim.epochs=6", "search.steps_per_epoch=1"]}
+                      "methods.0.search_epochs=1", "optim.epochs=6", "search.steps_per_epoch=1"],
+         # one epoch per stage across the prune-and-widen change, K 6 -> 4 on 12 channels
+         "drnas-progressive": ["network.channels=12", "optim.epochs=2", "methods.0.stages=[1, 1]",
+                               "methods.0.stage_warmup_epochs=0"]}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,7 @@ def test_train_one_epoch_under_autocast(amp, device, tmp_path):
 @pytest.mark.parametrize("update", ["first", "second"])
 def test_no_host_sync_inside_a_step(update, device):
     if device.type != "cuda":
-        pytest.skip("torch.cuda.set_sync_debug_mode needs CUDA (tests/test_host_sync.py counts on the CPU)")
+        pytest.skip("torch.cuda.set_sync_debug_mode needs CUDA (tests/search/test_host_sync.py counts on the CPU)")
     s = Search(sn.load_config("darts", [*TINY_SEARCH, f"search.update={update}", f"device={device}"]), None,
                progress=False, log=lambda m: None)
     s.start_epoch(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,38 @@ class ConfigModel(BaseModel):
     surface later as a "diverged" run blaming the learning rate."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_Options = TypeVar("_Options", bound="CommandOptions")
+
+
+class CommandOptions(ConfigModel):
+    """The options of one command, validated together: a field is an option (``curvature_batches``
+    is ``--curvature-batches``), and :meth:`parse` raises the first problem, in field order, as one
+    :class:`ConfigError` line. A validator's own message is said as is, so it names its option and
+    what is allowed itself; pydantic's (a range, a choice) get the option and the value first."""
+
+    @classmethod
+    def parse(cls: type[_Options], **values: Any) -> _Options:
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise ConfigError(_first_option_error(e)) from None
+
+
+def option_flag(field: str) -> str:
+    """A field of :class:`CommandOptions` as the command line spells it."""
+    return "--" + field.replace("_", "-")
+
+
+def _first_option_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    if e["type"] == "value_error":
+        return str(e["ctx"]["error"])
+    where = option_flag(str(e["loc"][0])) if e["loc"] else "options"
+    value = e.get("input")
+    shown = e["type"] != "extra_forbidden" and isinstance(value, (str, int, float))
+    return f"{where}{f' {value!r}' if shown else ''}: {e['msg']}"
 
 
 # Every seed's range: numpy's legacy seeding takes 0..2**32-1, and the streams derived from a seed

@@ -90,11 +90,20 @@ class Genotype:
         :mod:`ast`, never evaluated). ``space``: the space a form without one belongs to."""
         t = text.strip()
         if not t.startswith(("{", "[")):
-            for sk in SKELETONS.values():
-                d = sk.parse_genotype_text(t, space)
-                if d is not None:
-                    return cls.from_dict(d)
+            g = cls.from_skeleton_text(t, space)
+            if g is not None:
+                return g
         return cls.from_json(t)
+
+    @classmethod
+    def from_skeleton_text(cls, text: str, space: str = "darts") -> Genotype | None:
+        """The genotype of a text form some skeleton reads as its own, else None (the text is in
+        no such form: JSON, a path, a published name)."""
+        for sk in SKELETONS.values():
+            d = sk.parse_genotype_text(text.strip(), space)
+            if d is not None:
+                return cls.from_dict(d)
+        return None
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:

@@ -2,7 +2,7 @@
 stages of ``sweep`` and ``s5-table``): tqdm on stderr, one rule for when they show.
 
 A bar only reports; it never touches a random generator or a tensor, so results are the same with
-or without it (tests/test_report.py compares ``analyze`` with the bars on and off).
+or without it (tests/analysis/test_report.py compares ``analyze`` with the bars on and off).
 """
 
 from __future__ import annotations

@@ -111,12 +111,9 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
     and the landscape's random direction; ``on_plan``: given the plan and estimate
     (:func:`plan_run`'s) before anything is computed.
     """
-    from ..progress import bar, progress_enabled
-    from . import diagnostics as dg
+    from ..progress import progress_enabled
     from .plan import plan_search
 
-    log = log or (lambda _m: None)
-    show = progress_enabled(progress)
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     t0 = time.perf_counter()
@@ -125,7 +122,24 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
         on_plan(plan_search(search, str(run_dir), len(run.metrics), time.perf_counter() - t0, seed=seed,
                             batches=batches, curvature_batches=curvature_batches, iters=iters, spectrum=spectrum,
                             landscape=landscape, grid=grid, grad_corr=grad_corr))
-    out: dict[str, Any] = {"run": str(run_dir), "status": run.status, "epochs_done": len(run.metrics),
+    out = _measure(run, search, log or (lambda _m: None), progress_enabled(progress), batches=batches,
+                   curvature_batches=curvature_batches, iters=iters, spectrum=spectrum, top_k=top_k,
+                   landscape=landscape, grid=grid, radius=radius, grad_corr=grad_corr, seed=seed)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    out = _clean(out)
+    _save(run, out, plots, tensorboard)
+    return out
+
+
+def _measure(run: Run, search: Search, log: Callable[[str], None], show: bool, *, batches: int,
+             curvature_batches: int, iters: int, spectrum: str, top_k: int, landscape: bool, grid: int,
+             radius: float, grad_corr: bool, seed: int) -> dict[str, Any]:
+    """The analysis of :func:`analyze_run` (its keys in the order ``analysis.json`` lists them),
+    computed on the rebuilt search; ``log`` names each slow step before it starts."""
+    from ..progress import bar
+    from . import diagnostics as dg
+
+    out: dict[str, Any] = {"run": str(run.path), "status": run.status, "epochs_done": len(run.metrics),
                            "space": search.space.name, "n_alpha": search.arch.num_alpha(), "seed": seed}
     returned = run.genotype
     current = search.genotype()
@@ -151,16 +165,19 @@ def analyze_run(run_dir: str | Path, *, batches: int = 2, curvature_batches: int
         gc = dg.gradient_correlation(search, batches=1)
         out["gradient_correlation_skipped" if "skipped" in gc else "gradient_correlation"] = gc.get("skipped", gc)
     out["lambda"] = lambda_info(run.metrics)
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    out = _clean(out)
+    return out
+
+
+def _save(run: Run, out: dict[str, Any], plots: bool, tensorboard: bool) -> None:
+    """``analysis.json`` and, when asked, the figures and TensorBoard scalars into the run directory;
+    ``out["tensorboard"]`` says whether the scalars were written (not a part of the file)."""
     from ..utils import atomic_write_text
 
-    atomic_write_text(run_dir / ANALYSIS, json.dumps(out, indent=1) + "\n")
+    atomic_write_text(run.path / ANALYSIS, json.dumps(out, indent=1) + "\n")
     if plots:
-        write_plots(run, out, run_dir / PLOTS)
+        write_plots(run, out, run.path / PLOTS)
     if tensorboard:
         out["tensorboard"] = write_tensorboard(run, out)
-    return out
 
 
 def _curvature(search: Any, batches: int, iters: int, spectrum: str, top_k: int, seed: int,

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
-from ..config import ConfigModel
-from ..errors import ConfigError
+from ..config import CommandOptions, option_flag
 
 # the named sizes: (cells, channels, batch, input)
 SIZES: dict[str, dict[str, Any]] = {
@@ -99,7 +98,7 @@ def sized_from_args(args: Any) -> BenchConfig:
 _LOW = {"cells": 1, "channels": 1, "batch": 1, "repeats": 1, "warmup": 0, "curvature_iters": 1}
 
 
-class BenchOptions(ConfigModel):
+class BenchOptions(CommandOptions):
     """The options of ``stablenas bench``, validated in the order the command line reads them (the
     first error is the one reported, as ``--option ...: what is allowed``); :meth:`parse` raises it
     as a :class:`~stablenas.errors.ConfigError`. ``size`` is the comma-separated size names; left
@@ -131,14 +130,6 @@ class BenchOptions(ConfigModel):
     tune: bool = False
     tune_budget: float = 120.0
 
-    @classmethod
-    def parse(cls, **values: Any) -> BenchOptions:
-        """The validated options, or a :class:`ConfigError` with the first problem on one line."""
-        try:
-            return cls(**values)
-        except ValidationError as e:
-            raise ConfigError(_first_message(e)) from None
-
     @field_validator("space")
     @classmethod
     def _known_space(cls, v: str) -> str:
@@ -153,7 +144,7 @@ class BenchOptions(ConfigModel):
     def _at_least(cls, v: int | None, info: ValidationInfo) -> int | None:
         low = _LOW[info.field_name]
         if v is not None and v < low:
-            raise ValueError(f"{_option(info.field_name)} must be >= {low}, got {v}")
+            raise ValueError(f"{option_flag(info.field_name)} must be >= {low}, got {v}")
         return v
 
     @field_validator("input", mode="before")
@@ -226,16 +217,3 @@ class BenchOptions(ConfigModel):
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _first_message(err: ValidationError) -> str:
-    """The first error as the command line words it: a validator's own message as is, anything
-    else (a wrong type, an unknown option) prefixed with its option."""
-    e = err.errors()[0]
-    if e["type"] == "value_error":
-        return str(e["ctx"]["error"])
-    where = _option(str(e["loc"][0])) if e["loc"] else "bench"
-    return f"{where}: {e['msg']}"

@@ -64,7 +64,7 @@ def _run(bc: BenchConfig, log: Callable[[str], None]) -> dict:
     result["environment"]["engine"] = first.engine.record()  # the options "fast" runs, and where from
     m = Measurements(bc.warmup, bc.repeats, first.device, log)
     start = _time_updates(m, bc, first)
-    presets = _time_presets(m, bc)
+    presets = _time_presets(m, bc, first)
     objectives = time_lambda_max(m, bc, first, start) if bc.curvature else None
     timing = _timing(m, bc, presets)
     if objectives is not None:
@@ -137,10 +137,13 @@ def _plain_job(step, train: Batch, val: Batch, unrolled: bool) -> Callable[[], A
     return lambda: step(train, val, unrolled=unrolled)
 
 
-def _time_presets(m: Measurements, bc: BenchConfig) -> dict[str, dict]:
-    """Each method preset's iteration at the bench's size; a preset that cannot run here is skipped
-    with the reason, not an abort."""
+def _time_presets(m: Measurements, bc: BenchConfig, first) -> dict[str, dict]:
+    """Each method preset's iteration at the bench's size, interleaved repeat by repeat with a
+    first-order DARTS iteration of ``first`` (``preset/<name>/darts``), so the ratio compares two
+    series taken under the same load; a preset that cannot run here is skipped with the reason,
+    not an abort."""
     out: dict[str, dict] = {}
+    train, val = batches(first)
     for name, raw, reason in method_presets(bc.methods):
         if raw is None:
             out[name] = {"skipped": reason}
@@ -152,7 +155,8 @@ def _time_presets(m: Measurements, bc: BenchConfig) -> dict[str, dict]:
             continue
         tb, vb = batches(s)
         out[name] = {"methods": [x.name for x in s.cfg.methods], "update": s.cfg.search.update}
-        m.timed([(f"preset/{name}", search_iteration(s, tb, vb), bc.batch)])
+        m.timed([(f"preset/{name}", search_iteration(s, tb, vb), bc.batch),
+                 (f"preset/{name}/darts", search_iteration(first, train, val), bc.batch)])
         s = tb = vb = None
         _drop()
     return out
@@ -169,15 +173,14 @@ def _timing(m: Measurements, bc: BenchConfig, presets: dict[str, dict]) -> dict[
             if bc.plain and m.series["first_order/plain"].wall and m.series["second_order/plain"].wall:
                 timing["second_over_first"]["plain"] = ratio(m.series["second_order/plain"],
                                                              m.series["first_order/plain"])
-    first = m.series["first_order/fast"]
     for name, info in presets.items():
-        s = m.series.get(f"preset/{name}")
+        s, darts = m.series.get(f"preset/{name}"), m.series.get(f"preset/{name}/darts")
         if s is None:
             continue
         if m.failed.get(f"preset/{name}"):
             info["error"] = m.failed[f"preset/{name}"]
         info.update(s.summary(bc.batch))
-        if s.wall and first.wall:
-            info["vs_first_order"] = ratio(s, first)
+        if s.wall and darts is not None and darts.wall:
+            info["vs_first_order"] = ratio(s, darts)  # over the interleaved DARTS iterations
     timing["presets"] = presets
     return timing

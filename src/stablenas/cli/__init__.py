@@ -2,11 +2,12 @@
 
 Layout: :mod:`.app` holds the typer application, the global options (``--plugin``,
 ``--trust-plugins``, ``--version``) and :func:`main`, the console script; :mod:`.options` the
-options several commands share. One module per group of commands registers them on the app:
-:mod:`.training` (search, train), :mod:`.reading` (show, analyze, report), :mod:`.experiments`
-(sweep, study, s5-table), :mod:`.files` (data download, export), :mod:`.listing` (spaces, presets,
-methods, info) and :mod:`.bench`. A command imports what it runs inside its body, so ``stablenas
---help`` and the listings load no torch.
+options several commands share; :mod:`.models` the pydantic models of the options that obey rules
+beyond their type (ranges, choices, lists, rules between options). One module per group of
+commands registers them on the app: :mod:`.training` (search, train), :mod:`.reading` (show,
+analyze, report), :mod:`.experiments` (sweep, study, s5-table), :mod:`.files` (data download,
+export), :mod:`.listing` (spaces, presets, methods, info) and :mod:`.bench`. A command imports
+what it runs inside its body, so ``stablenas --help`` and the listings load no torch.
 
 Errors become exit codes in one place, :class:`.app.Commands`: every command runs inside its
 ``invoke``, where a :class:`~stablenas.errors.StablenasError` (or a missing file named on the command

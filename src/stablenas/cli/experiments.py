@@ -108,12 +108,9 @@ def sweep(
     (robust-darts Sec. 5.3), its retraining, and OUT/table.md + OUT/table.json. Re-running the
     same command resumes."""
     from ..experiments.sweep import SweepPlan, run_sweep
+    from .models import SweepOptions
 
-    if l2 and drop_path:
-        raise ConfigError("--l2 and --drop-path: give one regularisation to sweep, not both")
-    if final not in ("selected", "all", "none"):
-        raise ConfigError(f"--final {final!r}: use selected, all or none")
-    kind, values = ("l2", list(l2)) if l2 else ("drop-path", list(drop_path)) if drop_path else (None, [])
+    kind, values = SweepOptions.parse(l2=l2, drop_path=drop_path, final=final).regularisation()
     dev = [f"device={device}"] if device is not None else []
     plan = SweepPlan(config=config, seeds=list(seeds), overrides=[*(set_ or []), *dev, *root_set(data_root)],
                      reg=kind, reg_values=values, train_preset=train_preset,
@@ -158,9 +155,9 @@ def study(
     its cell retrained (or looked up: S5), the papers' analyses over all runs into OUT/table.md,
     OUT/results.json and OUT/plots/. Re-running the same command resumes."""
     from ..experiments import study as st
+    from .models import StudyOptions
 
-    if out is None and not plan:
-        raise ConfigError("--out DIR is required (the study directory); --plan needs none")
+    StudyOptions.parse(out=out, plan=plan)
     proto = st.load_protocol(protocol, set_)
     if plan:
         _print_plan(proto, out, records)
@@ -192,15 +189,6 @@ def _print_plan(proto, out: Path | None, records: Path | None) -> None:
                + (f" ({len(est['unknown'])} units without a figure)" if est["unknown"] else "")
                + (f" (+ {len(est['retrain_unpriced'])} retrainings not yet measured)"
                   if est["retrain_unpriced"] else ""))
-
-
-def _ints(*lists: str) -> list[list[int]]:
-    """Comma-separated integers (``0,17,40,80``; empty: none) for each of ``lists``."""
-    try:
-        return [[int(i) for i in text.split(",") if i.strip()] for text in lists]
-    except ValueError:
-        raise ConfigError("--repeat-archs / --repeat-seeds / --seeds: comma-separated integers, "
-                          "e.g. 0,17,40,80") from None
 
 
 @app.command("s5-table")
@@ -237,7 +225,9 @@ def s5_table(
 
     from ..config import apply_overrides
     from ..experiments import s5
+    from .models import S5TableOptions
 
+    opts = S5TableOptions.parse(repeat_archs=repeat_archs, repeat_seeds=repeat_seeds, seeds=seeds)
     if show:
         from ..skeletons.darts.s5_table import load_table, table_path
 
@@ -248,14 +238,13 @@ def s5_table(
                                "repeats": table.meta.get("repeats")}, indent=1))
         return
     overrides = apply_overrides({}, [*(set_ or []), *runtime_sets(seed, device, threads)], example="epochs=8")
-    archs, extra, main_seeds = _ints(repeat_archs, repeat_seeds, seeds)
     if dry_run:
         from ..estimate import estimate_s5_table, format_estimate
 
-        typer.echo(format_estimate(estimate_s5_table(overrides, jobs=jobs, repeat_archs=archs,
-                                                     repeat_seeds=extra, seeds=main_seeds or None)))
+        typer.echo(format_estimate(estimate_s5_table(overrides, jobs=jobs, repeat_archs=opts.repeat_archs,
+                                                     repeat_seeds=opts.repeat_seeds, seeds=opts.seeds or None)))
         return
     command = "stablenas " + shlex.join(sys.argv[1:]) if sys.argv and "s5-table" in sys.argv else None
-    s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=archs, repeat_seeds=extra,
-                      command=command, seeds=main_seeds or None, progress=progress,
+    s5.generate_table(work, out, jobs=jobs, overrides=overrides, repeat_archs=opts.repeat_archs,
+                      repeat_seeds=opts.repeat_seeds, command=command, seeds=opts.seeds or None, progress=progress,
                       backend=make_backend(backend, jobs, address, cpus_per_task, gpus_per_task))

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError
 from .app import app, user_errors
 from .options import TrustOpt, trust
 
@@ -53,19 +52,6 @@ def methods(name: Annotated[str | None, typer.Argument(
     typer.echo("\n`stablenas methods NAME`: a method's paper, options and defaults")
 
 
-def _input_size(text: str | None) -> int | tuple[int, ...] | None:
-    """``--input-size``: a side (32) or C,H,W (1,28,28; ``x`` separates as well)."""
-    if text is None:
-        return None
-    try:
-        dims = [int(s) for s in text.replace("x", ",").split(",")]
-    except ValueError:
-        dims = []
-    if len(dims) not in (1, 3):
-        raise ConfigError(f"--input-size {text!r}: expected a side (32) or C,H,W (1,28,28)")
-    return dims[0] if len(dims) == 1 else tuple(dims)
-
-
 def _count(n: float) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
@@ -87,15 +73,14 @@ def info(
     """Parameters (auxiliary head excluded, as the papers count) and multiply-adds of a genotype."""
     from ..evaluate.train import resolve_genotype
     from ..networks.published import PUBLISHED
+    from .models import InfoOptions
 
     trust(trust_plugins)
+    size = InfoOptions.parse(genotype=genotype, listing=list_, input_size=input_size).input_size
     if list_:
         for name, g in PUBLISHED.items():
             typer.echo(f"{name:22s} {g.space:6s} {g.extra.get('reported', '')}")
         return
-    if genotype is None:
-        raise ConfigError("give a GENOTYPE (or --list for the published ones)")
-    size = _input_size(input_size)
     g = resolve_genotype(genotype)
     lines = g.skeleton.info_lines(g, genotype, dict(network=network, channels=channels, layers=layers,
                                                     classes=classes, input_size=size))

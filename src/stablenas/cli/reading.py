@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError
 from .app import app, user_errors
 from .options import DataRootOpt, DeviceOpt, ThreadsOpt, TrustOpt, root_set, runtime_sets, trust
 
@@ -25,17 +24,6 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a search or training run 
     run = load_run(run_dir)
     for line in show_lines(run, run_dir):
         typer.echo(line)
-
-
-def _check_analysis(spectrum: str, grid: int, counts: dict[str, int]) -> None:
-    """The analysis options a run cannot satisfy, refused before anything loads."""
-    if spectrum not in ("auto", "yes", "no"):
-        raise ConfigError(f"--spectrum {spectrum!r}: use auto, yes or no")
-    if grid < 2:
-        raise ConfigError(f"--grid {grid}: need at least 2 points per axis")
-    for name, v in counts.items():
-        if v < 1:
-            raise ConfigError(f"{name} {v}: must be at least 1")
 
 
 @app.command()
@@ -77,13 +65,13 @@ def analyze(
     estimated wall time come first (on stderr; --dry-run: only they, on stdout)."""
     from ..analysis.analyze import analyze_run, plan_run
     from ..analysis.plan import format_plan
+    from .models import AnalyzeOptions
 
     trust(trust_plugins)
-    _check_analysis(spectrum, grid, {"--batches": batches, "--curvature-batches": curvature_batches,
-                                     "--iters": iters})
-    opts = {"batches": batches, "curvature_batches": curvature_batches, "iters": iters, "spectrum": spectrum,
-            "landscape": landscape, "grid": grid, "grad_corr": grad_corr, "seed": seed,
-            "overrides": [*(set_ or []), *runtime_sets(None, device, threads), *root_set(data_root)]}
+    opts = AnalyzeOptions.parse(
+        batches=batches, curvature_batches=curvature_batches, iters=iters, spectrum=spectrum, landscape=landscape,
+        grid=grid, grad_corr=grad_corr, seed=seed,
+        overrides=[*(set_ or []), *runtime_sets(None, device, threads), *root_set(data_root)]).model_dump()
     if dry_run:
         typer.echo(format_plan(plan_run(run_dir, **opts)))
         return
@@ -118,10 +106,10 @@ def report(
     runs, a comparison page (the config keys that differ, curves, cells). Uses analysis.json when
     `stablenas analyze` has been run."""
     from ..analysis.report import check_comparison_target, write_comparison, write_report
+    from .models import ReportOptions
 
     trust(trust_plugins)
-    if out is not None and len(run_dirs) < 2:
-        raise ConfigError("--out names the comparison page: give two or more run directories")
+    ReportOptions.parse(run_dirs=run_dirs, out=out)
     if len(run_dirs) > 1:  # refuse a taken --out before writing anything
         target = check_comparison_target(run_dirs, out)
     for d in run_dirs:

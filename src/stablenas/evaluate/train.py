@@ -216,10 +216,11 @@ def resolve_genotype(spec: str | Path | Genotype | dict) -> Genotype:
     text = str(spec)
     if text.startswith("|"):
         return Genotype.from_dict({"space": "nb201", "arch": text})  # an NB201 arch string (validated)
-    from ..skeletons.darts.genotype import looks_like_darts_python
-
-    if text.lstrip().startswith("{") or looks_like_darts_python(text):  # JSON or DARTS's Python form, inline
+    if text.lstrip().startswith("{"):  # inline JSON
         return Genotype.from_text(text)
+    inline = Genotype.from_skeleton_text(text)  # a skeleton's own text form, e.g. DARTS's Python one
+    if inline is not None:
+        return inline
     path = Path(text)
     try:
         is_dir, exists = path.is_dir(), path.exists()

@@ -426,18 +426,20 @@ def format_markdown(t: dict) -> str:
         "retrainings, wall-clock on this machine.",
         f"Selection: {t['selection_rule']}.",
         "",
-        "| Run | Supernet val acc (%) | Selection val acc (%) | S5 test regret (%) | Final test error (%) | "
-        "Params (M) | Search (min) |",
-        "|---|---|---|---|---|---|---|",
     ]
+    s5 = any(c.get("test_regret") is not None for c in t["runs"])  # a column only where an S5 table scored
+    lines += [f"| Run | Supernet val acc (%) | Selection val acc (%) | {'S5 test regret (%) | ' if s5 else ''}"
+              "Final test error (%) | Params (M) | Search (min) |",
+              "|---|---|---|" + ("---|" if s5 else "") + "---|---|---|"]
     for c in t["runs"]:
         errs = [100 * (1 - f["test_acc"]) for f in c["final"]]
         m, s = _mean_std(errs)
         fe = "-" if m is None else (f"{m:.2f}" if len(errs) == 1 else f"{m:.2f} ± {s:.2f}")
         pm = "-" if not c["final"] else f"{c['final'][0]['params'] / 1e6:.3f}"
         mark = " (selected)" if c["selected"] else ""
+        regret = f"{_pct(c.get('test_regret'))} | " if s5 else ""
         lines.append(
             f"| {c['name']}{mark} | {_pct(c.get('supernet_val_acc'))} | {_pct(c.get('valid_acc'))} | "
-            f"{_pct(c.get('test_regret'))} | {fe} | {pm} | {c['search_seconds'] / 60:.1f} |"
+            f"{regret}{fe} | {pm} | {c['search_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"

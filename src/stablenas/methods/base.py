@@ -74,6 +74,10 @@ class Method:
     # supernet build options the method needs (``skeleton.supernet_from_config`` adds them), e.g.
     # ``{"aux_skip": True}``: DARTS-'s auxiliary skip modules; the skeleton must support them
     supernet_options: ClassVar[dict[str, Any]] = {}
+    # True: the method holds references to the supernet's op modules or snapshots of its tensors,
+    # so the shape must stay as built; a method that reshapes the supernet (``reshape_supernet``)
+    # refuses to run beside it
+    needs_fixed_shape: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions | dict | None = None):
         if not isinstance(options, MethodOptions):

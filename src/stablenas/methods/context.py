@@ -2,7 +2,7 @@
 
 Every hook of :class:`~stablenas.methods.base.Method` receives a ``SearchContext``. It is a
 ``typing.Protocol``: the search loop (``stablenas.search.loop.Search``) satisfies it, and nothing
-else of the loop is a method's business. ``tests/test_method_context.py`` reads every method module
+else of the loop is a method's business. ``tests/methods/test_context.py`` reads every method module
 and fails when a hook touches a name of its context that is not declared here, or assigns to one:
 changes to the loop's state go through the operations below, so the loop knows about each of them
 (a rollback rewrites ``metrics.jsonl``; a new weight schedule is checkpointed with the run).
@@ -14,12 +14,14 @@ The extension points the stabilisers need, for every method rather than one:
 - weight gradients after the all-reduce: ``on_weight_grads`` with ``weight_batch``/``weight_mix``;
 - a post-search selection phase that fine-tunes the supernet: ``freezes_alpha``, ``Method.schedule_epochs``
   and :meth:`SearchContext.restart_weight_schedule` (DARTS-PT);
+- a supernet that changes shape between stages (pruned ops, wider partial channels):
+  :meth:`SearchContext.reshape_supernet` (progressive DrNAS);
 - the architecture a search returns: :meth:`SearchContext.set_outcome` and :meth:`SearchContext.set_discretizer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -98,6 +100,12 @@ class SearchContext(Protocol):
 
     def restart_weight_schedule(self, lr: float, epochs: int, eta_min: float) -> None:
         """Fresh weight-optimiser state and a cosine from ``lr`` over ``epochs`` (DARTS-PT's fine-tuning)."""
+
+    def reshape_supernet(self, *, keep: Mapping[str, torch.Tensor] | None = None, partial_channels: int | None = None,
+                         generator: torch.Generator | None = None) -> None:
+        """Prune candidate ops (``keep``: per cell type a bool [edges, ops]; the rest get op weight 0
+        and stop running) and/or send more channels through the ops (a smaller PC-DARTS K, weights
+        and momentum carried over); checkpointed with the run (progressive DrNAS's stages)."""
 
     def snapshot(self, exclude: Method) -> dict:
         """The run's resume state without ``exclude``'s, copied to the CPU (DARTS-ADA's rollback points)."""

@@ -69,6 +69,7 @@ class DartsADA(DartsES):
     description = "DARTS-ADA: on the DARTS-ES criterion roll back and raise L2 (or DropPath) by eta, to R_max"
     preset = "darts-ada"
     Options = AdaOptions
+    needs_fixed_shape = True  # a rollback restores a snapshot of the supernet's tensors
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -77,6 +77,7 @@ class OLES(Method):
     preset = "oles"
     Options = OLESOptions
     requires = {"search.update": "first"}
+    needs_fixed_shape = True  # its per-op units hold the ops' parameters
 
     @classmethod
     def validate(cls, cfg, options) -> None:

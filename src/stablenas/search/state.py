@@ -14,6 +14,7 @@ from ..runs.checkpoint import load_checkpoint
 from ..supernet import engine
 from ..supernet.kernels import EngineOptions
 from ..supernet.network import set_engine
+from ..supernet.reshape import partial_channels, set_candidates
 from ..utils import atomic_torch_save, rng_state, set_rng_state
 
 
@@ -29,7 +30,8 @@ class SearchState:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "net": self.net.state_dict(),
-            "arch": self.arch.state_dict(),
+            "partial_channels": partial_channels(self.net),  # its shape: a progressive search widens it
+            "arch": self.arch.state_dict(),  # with the op masks a progressive search prunes
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -54,8 +56,11 @@ class SearchState:
 
     def load_state_dict(self, st: dict, *, exclude: Method | None = None) -> None:
         """Restore :meth:`state_dict` (a checkpoint, or a rollback snapshot)."""
+        # the supernet's shape first (the widened modules; the weights drawn here are overwritten)
+        self.reshape_supernet(partial_channels=st.get("partial_channels", partial_channels(self.net)))
         self.net.load_state_dict(st["net"])
         self.arch.load_state_dict(st["arch"])
+        set_candidates(self.net, {ct: self.arch.mask(ct) for ct in self.arch.cell_types})
         self.w_optimizer.load_state_dict(st["w_optimizer"])
         self.a_optimizer.load_state_dict(st["a_optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])

@@ -24,6 +24,20 @@ from ..registry import OPS
 OpFactory = Callable[[int, int, bool], nn.Module]
 
 
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of an op output with probability ``drop_prob`` (ScheduledDropPath, the
+    DARTS/NASNet regulariser), shared by the supernet and the evaluation networks.
+
+    Survivors are scaled by ``1 / keep_prob`` so the expected activation is unchanged. Not in
+    place: the op output may be shared with the autograd graph of another branch.
+    """
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask / keep
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """A registered op: how to build it and what it is (for analysis and fast paths)."""
@@ -124,7 +138,7 @@ class FactorizedReduce(nn.Module):
     pixels, odd pixels) and then applies a stride-1 1x1 conv: the same arithmetic as DARTS's
     ``conv_1(x)`` / ``conv_2(x[:, :, 1:, 1:])`` with stride 2, and it avoids a oneDNN bug: on CPU,
     channels_last float32 1x1 *stride-2* convs with 2-4 input channels return wrong weight
-    gradients (torch 2.13; checked in tests/test_perf.py).
+    gradients (torch 2.13; checked in tests/supernet/test_perf.py).
     """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):

@@ -3,7 +3,7 @@
 
 An op's modules and parameters stay those of the plain definition (``spaces.ops``); only the
 order and grouping of the arithmetic changes, never its result (up to float rounding, checked
-against ``supernet.reference`` in tests/test_engine.py and tests/test_perf.py). What the engine
+against ``supernet.reference`` in tests/supernet/test_engine.py and tests/supernet/test_perf.py). What the engine
 does, and why (kernel-level tricks live in ``supernet.kernels``):
 
 * one ReLU per *tensor*, not per op: SepConv, DilConv, ReLUConvBN and FactorizedReduce all

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..registry import SKELETONS
 from ..spaces.catalog import SearchSpace
-from ..spaces.ops import OPS, FactorizedReduce, Identity, build_op
+from ..spaces.ops import OPS, FactorizedReduce, Identity, build_op, drop_path
 from . import kernels as K
 from .fused import FUSED, Input, Phased, Scaled, Sum, factorized_reduce, op_kind
 from .kernels import DEFAULT, EngineOptions
@@ -97,13 +97,6 @@ def weights_frozen(net: nn.Module, keep: Sequence[torch.Tensor] = ()) -> Iterato
             p.requires_grad_(True)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """ScheduledDropPath: zero whole samples with prob p, rescale survivors by 1/(1-p)."""
-    keep = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
-
-
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """PC-DARTS channel shuffle; keeps a channels_last input channels_last."""
     b, c, h, w = x.shape
@@ -133,24 +126,39 @@ class MixedOp(nn.Module):
             raise ValueError(f"partial channels: C={C} is not divisible by K={partial_k}")
         self.op_names = tuple(ops)
         self.stride = stride
-        self.partial_k = partial_k
-        c_op = C // partial_k
-        self.ops = nn.ModuleList()
-        self.active: list[int] = []  # indices of ops that are not identically zero
-        for k, name in enumerate(ops):
-            op = build_op(name, c_op, stride, affine)
-            if pool_bn and "pool" in name:
-                # DARTS: pooling outputs get a static BN so their scale matches the convs'
-                op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
-            self.ops.append(op)
-            if not OPS[name].is_zero:
-                self.active.append(k)
+        self.channels = C
+        self.pool_bn, self.affine = pool_bn, affine
+        self.ops = nn.ModuleList(self.build_candidate(name, C // partial_k) for name in ops)
+        self.nonzero = [k for k, name in enumerate(ops) if not OPS[name].is_zero]
+        self.active: list[int] = list(self.nonzero)  # the ops that run: not identically zero, not pruned
         self.droppable = [not isinstance(op, Identity) for op in self.ops]
-        # ceil_mode: on an odd map (7x7 after one reduction of 14x14) the stride-2 ops give ceil(H/2); the same
-        # pooling as PC-DARTS's MaxPool2d(2, 2) on even maps
-        self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (partial_k > 1 and stride == 2) else None
+        self.set_partial(partial_k)
         self.aux = FactorizedReduce(C, C, affine=False) if (aux_skip and stride == 2) else None
         self.engine = DEFAULT
+
+    def build_candidate(self, name: str, c_op: int) -> nn.Module:
+        """Candidate op ``name`` on ``c_op`` channels, as this edge builds it."""
+        op = build_op(name, c_op, self.stride, self.affine)
+        if self.pool_bn and "pool" in name:
+            # DARTS: pooling outputs get a static BN so their scale matches the convs'
+            op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
+        return op
+
+    def set_partial(self, k: int) -> None:
+        """Send 1/``k`` of the channels through the ops (the op modules must be built for it)."""
+        self.partial_k = k
+        # ceil_mode: on an odd map (7x7 after one reduction of 14x14) the stride-2 ops give ceil(H/2); the same
+        # pooling as PC-DARTS's MaxPool2d(2, 2) on even maps
+        self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True) if (k > 1 and self.stride == 2) else None
+        self.__dict__.pop("_kinds", None)
+
+    def set_candidates(self, keep: Sequence[bool]) -> None:
+        """Run only the ops ``keep`` marks (progressive pruning: the others have op weight 0)."""
+        self.active = [k for k in self.nonzero if keep[k]]
+
+    def op_channels(self) -> int:
+        """The channels each candidate op reads (C / K)."""
+        return self.channels // self.partial_k
 
     def _aux_module(self) -> FactorizedReduce:
         if self.aux is None:

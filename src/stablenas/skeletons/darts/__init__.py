@@ -7,7 +7,7 @@ Everything of it lives here:
 - ``supernet``: the search cell and network on the shared mixed op (``supernet.network.MixedOp``,
   fused engine ``supernet.fused``);
 - ``reference``: the same supernet written plainly, which the equivalence tests compare with
-  ``supernet`` (tests/test_engine.py, tests/test_perf.py);
+  ``supernet`` (tests/supernet/test_engine.py, tests/supernet/test_perf.py);
 - ``networks``: the evaluation networks a derived cell is trained in (``cifar``, ``imagenet``,
   registered in ``EVAL_NETWORKS`` on import), with their auxiliary heads;
 - ``genotype``: the DARTS discretisation rule and the DARTS repositories' Python genotype form.

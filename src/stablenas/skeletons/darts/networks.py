@@ -22,22 +22,9 @@ from torch import nn
 
 from ...genotype import Genotype
 from ...registry import EVAL_NETWORKS
-from ...spaces.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from ...spaces.ops import FactorizedReduce, Identity, ReLUConvBN, build_op, drop_path
 
-__all__ = ["AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "EvalCell", "NetworkCIFAR", "NetworkImageNet", "drop_path"]
-
-
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples of an op output with probability ``drop_prob`` (ScheduledDropPath).
-
-    Survivors are scaled by ``1 / keep_prob`` so the expected activation is unchanged. Not in
-    place: the op output may be shared with the autograd graph of another branch.
-    """
-    if drop_prob <= 0.0:
-        return x
-    keep = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
+__all__ = ["AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "EvalCell", "NetworkCIFAR", "NetworkImageNet"]
 
 
 def _is_identity(op: nn.Module) -> bool:

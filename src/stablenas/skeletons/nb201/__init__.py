@@ -8,7 +8,7 @@ Everything of it lives here:
 - ``supernet``: the macro skeleton (:class:`~.supernet.NB201Macro`, shared with ``reference``) and
   the search cell and network on the shared mixed op (``supernet.network.MixedOp``);
 - ``reference``: the same supernet written plainly, which the equivalence tests compare with
-  ``supernet`` (tests/test_engine.py, tests/test_nb201.py);
+  ``supernet`` (tests/supernet/test_engine.py, tests/skeletons/test_nb201.py);
 - ``networks``: the evaluation network a derived cell is trained in (``nb201``, registered in
   ``EVAL_NETWORKS`` on import);
 - ``genotype``: the benchmark's arch string (read, validated, written) and the discretisation rule;
