@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from stablenas.bench import BenchConfig, BenchOptions, parse_input
 from stablenas.bench.memory import run_worker
 from stablenas.cli import app
+from stablenas.config import load_config
 from stablenas.errors import ConfigError
 
 TINY = ["--space", "s5", "--cells", "2", "--channels", "4", "--batch", "8", "--input", "1x8x8",
@@ -39,6 +40,7 @@ def test_bench_cli_writes_json(tmp_path):
     # the preset's ratio is over its own interleaved DARTS steps: repeat r of the preset, then of DARTS
     order = [ln.split()[-5].rstrip(":") for ln in r.output.splitlines() if "preset/sdarts-rs" in ln]
     assert order == ["preset/sdarts-rs", "preset/sdarts-rs/darts"]
+    assert t["presets"]["sdarts-rs"]["epoch"] == load_config("sdarts-rs").optim.epochs // 2  # timed mid-run
     vs = t["presets"]["sdarts-rs"]["vs_first_order"]
     assert vs["of_medians"] > 0 and {"paired_median", "cpu_paired_median"} <= vs.keys()
     assert "skipped" in t["presets"]["no-such-preset"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from support import ddp_worker
 from support.ddp import assert_case_agrees, free_port, shared_job
 
@@ -199,11 +200,11 @@ def _where(ck: dict) -> str:
     return f"epoch {e + 1}, step {st}" if st else f"the end of epoch {e}"
 
 
-def _show(out: Path) -> str:
-    r = subprocess.run([sys.executable, "-m", "stablenas", "show", str(out)], env=ENV, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+def _show(out: Path, capsys) -> str:
+    """``stablenas show OUT`` in process: it only reads the run directory."""
+    code, stdout, stderr = run_cli(["show", out], capsys)
+    assert code == 0, stderr
+    return stdout
 
 
 @pytest.mark.parametrize("target,sig,code", [("launcher", signal.SIGINT, 130), ("launcher", signal.SIGKILL, -9)],
@@ -227,7 +228,7 @@ def test_a_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, t
 
 
 @pytest.mark.parametrize("dead", [1, 0])
-def test_a_killed_rank_ends_the_job_in_one_line_per_survivor(tmp_path, dead):
+def test_a_killed_rank_ends_the_job_in_one_line_per_survivor(tmp_path, capsys, dead):
     """SIGKILL to one rank: the survivor's collective breaks, and it says which rank died, that the
     last checkpoint is intact (the one on disk) and how to resume (exit 75); `show` says the same;
     no gloo message or traceback reaches the user. The resume command it prints finishes the run."""
@@ -240,7 +241,7 @@ def test_a_killed_rank_ends_the_job_in_one_line_per_survivor(tmp_path, dead):
     assert line.startswith(f"error: rank {dead} died (process ") and "GLHF" not in err and "Traceback" not in err
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert f"the last checkpoint ({_where(ck).replace('the end', 'end')}) is intact" in line
-    assert f"interrupted: rank {dead} died" in _show(out)
+    assert f"interrupted: rank {dead} died" in _show(out, capsys)
     again = line.split("resume with `")[1].rstrip("`").split()
     assert again[:2] == ["stablenas", "search"] and again[-2:] == ["--nproc", "2"]
     if dead == 1:  # one application of the hint is enough

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import metric_records
+from conftest import metric_records, run_cli
 
 import stablenas as sn
 from stablenas.config import ConfigError
@@ -165,28 +165,31 @@ def test_bad_config_values_give_one_clear_error(overrides, match):
         sn.load_config("darts", overrides)
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    """In process (conftest's runner), as tests/cli/test_bad_inputs.py's battery: the error path is
+    the CLI's own, not the interpreter's."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("space: darts\noptim: {epochs: 2, learning_rate: 0.1}\n")
-    r = _cli("search", str(bad), "--out", str(tmp_path / "x"))
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0
-    assert "optim.learning_rate: unknown key" in r.stderr and "lr" in r.stderr
+    code, _, err = run_cli(["search", bad, "--out", tmp_path / "x"], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "optim.learning_rate: unknown key" in err and "lr" in err
 
-    r = _cli("search", "darts", "--out", str(tmp_path / "y"), "--set", "space=nope")
-    assert r.returncode == 2 and "unknown search space 'nope'" in r.stderr
+    code, _, err = run_cli(["search", "darts", "--out", tmp_path / "y", "--set", "space=nope"], capsys)
+    assert code == 2 and "unknown search space 'nope'" in err
 
-    r = _cli("search", "darts", "--out", str(tmp_path / "z"), "--set", "data.root=" + str(tmp_path / "none"))
-    assert r.returncode == 2
-    assert "cifar10" in r.stderr and "data_batch_1" in r.stderr and r.stderr.strip().count("\n") == 0
+    code, _, err = run_cli(["search", "darts", "--out", tmp_path / "z", "--set", f"data.root={tmp_path / 'none'}"],
+                           capsys)
+    assert code == 2
+    assert "cifar10" in err and "data_batch_1" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "z" / "checkpoint.pt").exists()
 
-    r = _cli("search", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "w"))
-    assert r.returncode == 2 and "presets" in r.stderr
+    code, _, err = run_cli(["search", tmp_path / "missing.yaml", "--out", tmp_path / "w"], capsys)
+    assert code == 2 and "presets" in err
 
     (tmp_path / "notyaml.yaml").write_text("space: [darts\n")
-    r = _cli("search", str(tmp_path / "notyaml.yaml"), "--out", str(tmp_path / "v"))
-    assert r.returncode == 2 and "not valid YAML" in r.stderr
+    code, _, err = run_cli(["search", tmp_path / "notyaml.yaml", "--out", tmp_path / "v"], capsys)
+    assert code == 2 and "not valid YAML" in err
 
 
 def test_cli_spaces_and_show(tmp_path, tiny_overrides):

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from support.hypergradient import exact_hypergradient
 from support.ptb import PTB_TINY
 
 import stablenas as sn
@@ -129,19 +130,9 @@ def _second_order_setup(hvp: str):
     return s, train, val
 
 
-def _exact(s, train, val, xi):
-    names, ws = zip(*s.net.named_parameters())
-    arch = list(s.arch.parameters())
-    lt = s.loss(*train, s.mix("arch"), dict(zip(names, ws)))
-    g = torch.autograd.grad(lt, ws, create_graph=True)
-    w_virtual = [w - xi * gi for w, gi in zip(ws, g)]
-    lv = s.loss(*val, s.mix("arch"), dict(zip(names, w_virtual)))
-    return torch.autograd.grad(lv, arch)
-
-
 def _compare(s, train, val):
     approx = torch.cat([g.flatten() for g in s.second_order_grad(train, val)])
-    exact = torch.cat([g.flatten() for g in _exact(s, train, val, 0.5)])
+    exact = torch.cat([g.flatten() for g in exact_hypergradient(s, train, val, 0.5)])
     first = torch.cat([g.flatten() for g in s.first_order_grad(val)])
     assert (first - exact).norm() / exact.norm() > 0.01  # the Hessian term matters here
     return float(F.cosine_similarity(approx, exact, dim=0)), float((approx - exact).norm() / exact.norm())

@@ -1,6 +1,7 @@
 """The unrolled (2nd order) alpha gradient against the exact hypergradient of DARTS eq. 10-12, and the
 smooth ReLU that a finite-difference check needs (tests/search/test_second_order.py says why;
-tests/methods/test_darts_minus.py reuses both)."""
+tests/methods/test_darts_minus.py reuses both, tests/skeletons/test_ptb_search.py the exact
+hypergradient of the recurrent cell)."""
 
 import pytest
 import torch

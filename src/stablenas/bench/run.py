@@ -138,10 +138,10 @@ def _plain_job(step, train: Batch, val: Batch, unrolled: bool) -> Callable[[], A
 
 
 def _time_presets(m: Measurements, bc: BenchConfig, first) -> dict[str, dict]:
-    """Each method preset's iteration at the bench's size, interleaved repeat by repeat with a
-    first-order DARTS iteration of ``first`` (``preset/<name>/darts``), so the ratio compares two
-    series taken under the same load; a preset that cannot run here is skipped with the reason,
-    not an abort."""
+    """Each method preset's iteration at the bench's size in the middle of its run (``make_search``),
+    interleaved repeat by repeat with a first-order DARTS iteration of ``first``
+    (``preset/<name>/darts``), so the ratio compares two series taken under the same load; a preset
+    that cannot run here is skipped with the reason, not an abort."""
     out: dict[str, dict] = {}
     train, val = batches(first)
     for name, raw, reason in method_presets(bc.methods):
@@ -149,12 +149,12 @@ def _time_presets(m: Measurements, bc: BenchConfig, first) -> dict[str, dict]:
             out[name] = {"skipped": reason}
             continue
         try:
-            s = make_search(preset_config(raw, bc), bc)
+            s = make_search(preset_config(raw, bc), bc, mid_run=True)
         except Exception as e:
             out[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:240]}"}
             continue
         tb, vb = batches(s)
-        out[name] = {"methods": [x.name for x in s.cfg.methods], "update": s.cfg.search.update}
+        out[name] = {"methods": [x.name for x in s.cfg.methods], "update": s.cfg.search.update, "epoch": s.epoch}
         m.timed([(f"preset/{name}", search_iteration(s, tb, vb), bc.batch),
                  (f"preset/{name}/darts", search_iteration(first, train, val), bc.batch)])
         s = tb = vb = None

@@ -83,8 +83,11 @@ def method_presets(names: list[str] | None) -> list[tuple[str, dict | None, str 
     return out
 
 
-def make_search(raw: dict, bc: BenchConfig):
-    """A ``Search`` on the bench's seeded synthetic images (given to it as its data), in epoch 0."""
+def make_search(raw: dict, bc: BenchConfig, mid_run: bool = False):
+    """A ``Search`` on the bench's seeded synthetic images (given to it as its data), in epoch 0 or,
+    ``mid_run``, in the middle of its run (``optim.epochs // 2``), where ramped terms (beta-DARTS's
+    lambda, Lambda-DARTS's strength, SDARTS's epsilon) are on: at epoch 0 some weigh nothing and
+    are skipped."""
     from ..config import config_from_dict
     from ..registry import SKELETONS, SPACES
     from ..search.loop import Search
@@ -94,7 +97,7 @@ def make_search(raw: dict, bc: BenchConfig):
     data = SKELETONS[SPACES[cfg.space].skeleton].search_data(
         cfg, resolve_device(cfg.device), dataset=synthetic_dataset(bc.input, bc.classes, 4 * bc.batch, bc.seed))
     s = Search(cfg, None, progress=False, log=lambda _m: None, data=data)
-    s.start_epoch(0)
+    s.start_epoch(cfg.optim.epochs // 2 if mid_run else 0)
     s.net.train()
     return s
 
