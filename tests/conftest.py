@@ -25,6 +25,17 @@ TINY = ["data.dataset=digits", "data.subset=null", "data.batch_size=32", "networ
         "network.stem_multiplier=2", "optim.epochs=2", "search.steps_per_epoch=3", "network.channels_last=false"]
 # the methods' harnesses: small evaluation batches, alpha trained from the first step whatever the preset
 TINY_SEARCH = [*TINY, "data.eval_batch_size=64", "optim.warmup_epochs=0"]
+# a method's own tests: the harness's settings with two validation batches per epoch end
+TINY_METHOD = [*TINY_SEARCH, "search.val_batches=2"]
+
+
+def preset_search(preset: str, *extra: str, out: Path | None = None, resume: bool = False):
+    """A quiet ``Search`` of ``preset`` at ``TINY_METHOD`` plus ``extra`` overrides."""
+    import stablenas as sn
+    from stablenas.search.loop import Search
+
+    return Search(sn.load_config(preset, [*TINY_METHOD, *extra]), out, resume=resume, progress=False,
+                  log=lambda m: None)
 
 
 @pytest.fixture(autouse=True)

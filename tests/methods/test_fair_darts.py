@@ -9,7 +9,8 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_SEARCH
+from conftest import TINY_METHOD as TINY
+from conftest import preset_search
 
 import stablenas as sn
 from stablenas.config import ConfigError
@@ -21,14 +22,12 @@ from stablenas.spaces.catalog import get_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [*TINY_SEARCH, "search.val_batches=2"]
 S3 = ["space=s3"]
 NB201 = ["space=nb201", "network.layers=1"]
 
 
 def make(*extra, out=None, resume=False):
-    return Search(sn.load_config("fair-darts", [*TINY, *extra]), out, resume=resume, progress=False,
-                  log=lambda m: None)
+    return preset_search("fair-darts", *extra, out=out, resume=resume)
 
 
 def fair(s) -> FairDARTS:

@@ -8,23 +8,21 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_SEARCH
+from conftest import TINY_METHOD as TINY
+from conftest import preset_search
 
 import stablenas as sn
 from stablenas.config import ConfigError
 from stablenas.methods.lambda_darts import LambdaDARTS, harmony_direction
-from stablenas.search.loop import Search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [*TINY_SEARCH, "search.val_batches=2"]
 S3 = ["space=s3"]
 NB201 = ["space=nb201", "network.layers=1"]
 
 
 def make(*extra, out=None, resume=False):
-    return Search(sn.load_config("lambda-darts", [*TINY, *extra]), out, resume=resume, progress=False,
-                  log=lambda m: None)
+    return preset_search("lambda-darts", *extra, out=out, resume=resume)
 
 
 def mean_pairwise_cosine(g: torch.Tensor) -> torch.Tensor:
