@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 import stablenas as sn
 from stablenas.cli import main
@@ -145,14 +146,15 @@ READING = {"show": ["show"], "info": ["info"], "report": ["report"], "train-prin
 
 
 @pytest.mark.parametrize("name", list(READING))
-def test_reading_a_run_names_its_plugins_and_imports_none(plain_run, tmp_path, name):
+def test_reading_a_run_names_its_plugins_and_imports_none(plain_run, tmp_path, capsys, name):
+    """In process: an import of the plug-in would leave its marker file whichever process ran it."""
     run, marker = _received(plain_run, tmp_path)
     command, *opts = READING[name]
-    r = _cli(command, str(run), *opts)
-    assert r.returncode == 0, r.stderr
-    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: ")]
+    code, _, err = run_cli([command, run, *opts], capsys)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: ")]
     assert notes == [f"note: {run} names plug-in(s) {tmp_path / 'evil.py'}, not loaded; pass --trust-plugins "
-                     "to load them"], r.stderr
+                     "to load them"], err
     assert not marker.exists()
 
 
@@ -168,8 +170,8 @@ def test_show_imports_a_runs_plugins_only_when_trusted(plain_run, tmp_path):
         assert marker.read_text() == "ran"
 
 
-def test_a_refused_resume_imports_nothing(plain_run, tmp_path):
+def test_a_refused_resume_imports_nothing(plain_run, tmp_path, capsys):
     run, marker = _received(plain_run, tmp_path)
-    r = _cli("search", str(run / "config.yaml"), "--out", str(tmp_path / "elsewhere"), "--resume")
-    assert r.returncode == 2 and r.stderr.startswith("error: --resume:") and "does not exist" in r.stderr, r.stderr
+    code, _, err = run_cli(["search", run / "config.yaml", "--out", tmp_path / "elsewhere", "--resume"], capsys)
+    assert code == 2 and err.startswith("error: --resume:") and "does not exist" in err, err
     assert not marker.exists()

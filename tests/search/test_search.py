@@ -192,18 +192,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "not valid YAML" in err
 
 
-def test_cli_spaces_and_show(tmp_path, tiny_overrides):
-    r = _cli("spaces")
-    assert r.returncode == 0
+def test_cli_spaces_and_show(tmp_path, tiny_overrides, capsys):
+    code, out, _ = run_cli(["spaces"], capsys)
+    assert code == 0
     for name in ["darts", "s1", "s2", "s3", "s4", "s5", "idarts-s2", "nb201"]:
-        assert name in r.stdout
-    header = r.stdout.splitlines()[0].split()
-    s5 = dict(zip(header, next(x.split() for x in r.stdout.splitlines() if x.startswith("s5 "))))
+        assert name in out
+    header = out.splitlines()[0].split()
+    s5 = dict(zip(header, next(x.split() for x in out.splitlines() if x.startswith("s5 "))))
     assert (s5["skeleton"], s5["nodes"], s5["edges"], s5["archs"]) == ("darts", "1", "2", "81")  # 3 ops ** 4 edges
     cfg = sn.load_config("darts", tiny_overrides + ["space=s5", "optim.epochs=1", "network.layers=3"])
     res = sn.run_search(cfg, tmp_path / "r", progress=False, log=lambda s: None)
-    r = _cli("show", str(tmp_path / "r"))
-    assert r.returncode == 0 and "complete" in r.stdout and f"genotype: {res.genotype}\n" in r.stdout
+    code, out, _ = run_cli(["show", tmp_path / "r"], capsys)
+    assert code == 0 and "complete" in out and f"genotype: {res.genotype}\n" in out
 
 
 def test_deterministic_switch_sets_torch_flags():
