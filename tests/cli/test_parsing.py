@@ -92,6 +92,9 @@ OPTION_RULES = [
     (["info", "DARTS_V2", "--input-size", "3x32"], ["--input-size '3x32'", "a side (32) or C,H,W"]),
     (["info", "DARTS_V2", "--input-size", "1,0,28"], ["--input-size '1,0,28'", "positive integers"]),
     (["info"], ["GENOTYPE", "--list"]),
+    (["search", "quickstart"], ["--out DIR is required (the run directory)", "--dry-run", "--print-config"]),
+    (["search", "quickstart", "--out", "r", "--nproc", "0"], ["--nproc 0", "greater than or equal to 1"]),
+    (["train", "DARTS_V2"], ["--out DIR is required (the training run directory)", "--dry-run"]),
 ]
 
 

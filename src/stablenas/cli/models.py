@@ -7,7 +7,7 @@ one ``error: --option ...`` line before anything loads. Commands import this mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -68,6 +68,29 @@ class SweepOptions(CommandOptions):
         if self.l2:
             return "l2", list(self.l2)
         return ("drop-path", list(self.drop_path)) if self.drop_path else (None, [])
+
+
+class RunOptions(CommandOptions):
+    """``search`` and ``train``: a run writes to ``--out`` unless it only prints (``--dry-run``,
+    ``--print-config``); ``--nproc`` counts ranks."""
+
+    out: Path | None = None
+    dry_run: bool = False
+    print_config: bool = False
+    nproc: int | None = Field(None, ge=1)
+    directory: ClassVar[str] = "the run directory"  # what --out names, for the error line
+
+    @model_validator(mode="after")
+    def _out_unless_printing(self) -> RunOptions:
+        if self.out is None and not (self.dry_run or self.print_config):
+            raise ValueError(f"--out DIR is required ({self.directory}); --dry-run and --print-config need none")
+        return self
+
+
+class TrainOptions(RunOptions):
+    """``train``: ``--out`` is the training run's directory."""
+
+    directory: ClassVar[str] = "the training run directory"
 
 
 class StudyOptions(CommandOptions):

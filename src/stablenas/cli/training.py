@@ -77,9 +77,9 @@ def search(
     from .. import distributed
     from ..config import load_config
     from ..search.loop import Search
+    from .models import RunOptions
 
-    if out is None and not (dry_run or print_config):
-        raise ConfigError("--out DIR is required (the run directory); --dry-run and --print-config need none")
+    RunOptions.parse(out=out, dry_run=dry_run, print_config=print_config, nproc=nproc)
     with _rank0_reports():
         if resume and out is not None and not _other_rank():
             from ..runs.directory import RunDir  # a resumable run, before its config loads the plug-ins it names
@@ -114,8 +114,6 @@ def _launch(nproc: int, cfg, out: Path, resume: bool, argv: list[str] | None) ->
     from ..runs.directory import RunDir
     from ..search.loop import RUNTIME_KEYS, check_data_parallel
 
-    if nproc < 1:
-        raise ConfigError(f"--nproc {nproc}: give the number of ranks, 1 or more")
     if not argv:
         raise ConfigError("--nproc re-runs the stablenas command line as N ranks; run it from a shell "
                           "(or call torchrun)")
@@ -169,11 +167,10 @@ def train(
     rank trains on its slice of each batch (the batch size is global)."""
     trust(trust_plugins)
     from ..evaluate.train import inherited_fields, resolve_genotype, train_config
+    from .models import TrainOptions
 
+    TrainOptions.parse(out=out, dry_run=dry_run, print_config=print_config)
     sets = [*(set_ or []), *([] if amp is None else [f"amp={amp}"])]
-    if out is None and not (dry_run or print_config):
-        raise ConfigError("--out DIR is required (the training run directory); --dry-run and --print-config "
-                          "need none")
     fields = dict(dataset=dataset, epochs=epochs, channels=channels, layers=layers, batch_size=batch, lr=lr,
                   seed=seed, data_root=data_root, network=network)
     g = resolve_genotype(genotype)
