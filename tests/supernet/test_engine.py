@@ -18,6 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from support.curvature import alpha_hvp
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -113,16 +114,9 @@ def test_hvp_through_recomputed_activations_matches_plain(recompute_double):
     y = torch.randint(0, 10, (4,))
     v = torch.randn(arch.num_alpha())
 
-    def hvp(net):
-        flat = arch.flat().detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(net(x, arch.op_weights(arch.unflatten(flat))), y)
-        (g,) = torch.autograd.grad(loss, flat, create_graph=True)
-        (hv,) = torch.autograd.grad(g, flat, v)
-        return g.detach(), hv
-
     with N.engine_options(fast, double_backward=True):
-        gf, hf = hvp(fast)
-    gp, hp = hvp(plain)
+        gf, hf = alpha_hvp(fast, arch, x, y, v)
+    gp, hp = alpha_hvp(plain, arch, x, y, v)
     assert _close(gf, gp)
     assert _close(hf, hp, 1e-3)
 

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from support.curvature import alpha_hvp
 
 from stablenas.config import load_config
 from stablenas.search.loop import Search
@@ -224,15 +225,8 @@ def test_hessian_vector_products_match_plain():
     y = torch.randint(0, 10, (4,))
     v = torch.randn(arch.num_alpha())
 
-    def hvp(net):
-        flat = arch.flat().detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(net(x, arch.op_weights(arch.unflatten(flat))), y)
-        (g,) = torch.autograd.grad(loss, flat, create_graph=True)
-        (hv,) = torch.autograd.grad(g, flat, v)
-        return g.detach(), hv
-
-    gf, hf = hvp(fast)
-    gp, hp = hvp(plain)
+    gf, hf = alpha_hvp(fast, arch, x, y, v)
+    gp, hp = alpha_hvp(plain, arch, x, y, v)
     assert _close(gf, gp)
     assert _close(hf, hp, 1e-3)
 
